@@ -1,0 +1,139 @@
+"""``flashrnn()``: argument validation with clear errors, and the choice of backend."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from flashrnn_jax import fused
+from flashrnn_jax.cells import get_cell
+from flashrnn_jax.scan import flashrnn_scan
+
+BACKENDS: tuple[str, ...] = ("auto", "fused", "scan")
+
+
+def flashrnn(
+    Wx: jax.Array,
+    R: jax.Array,
+    b: jax.Array,
+    states: jax.Array | None = None,
+    *,
+    function: str = "lstm",
+    backend: str = "auto",
+) -> tuple[jax.Array, jax.Array]:
+    """Run a head-wise recurrent network over a whole sequence.
+
+    The hidden state of size ``N*D`` is split into ``N`` heads of size ``D``, each an
+    independent RNN (the recurrent matrix is block-diagonal). The input projection ``W x`` is
+    the caller's: ``Wx`` holds the input pre-activations of every gate.
+
+    Args:
+      Wx: ``[B, T, Gw, N, D]`` input pre-activations (batch, time, gate, head, head dim).
+      R: ``[Gr, N, D, D]`` recurrent weights; gate ``g`` of head ``n`` adds
+        ``R[g, n] @ h_prev`` (``R[g, n, d_out, d_in]``).
+      b: ``[Gt, N, D]`` biases.
+      states: ``[S, B, N, D]`` (or ``[S, B, 1, N, D]``) initial states in the cell's state
+        order; ``None`` means zeros.
+      function: ``"lstm"``, ``"gru"``, ``"slstm"`` or ``"elman"``; the gate counts and state
+        orders are listed in :mod:`flashrnn_jax.cells`.
+      backend: ``"scan"`` (``lax.scan``, every platform), ``"fused"`` (the CUDA kernels; raises
+        :class:`~flashrnn_jax.FusedBackendUnavailableError` saying why when they cannot run
+        the call) or ``"auto"`` (the kernels when they support the call, else the scan).
+
+    Returns:
+      ``(states_all, last_states)``: ``states_all`` ``[S, B, T, N, D]`` holds every state
+      after each step (``states_all[0]`` is the hidden output ``h``); ``last_states``
+      ``[S, B, N, D]`` the states after the last step. Both in the dtype of ``Wx``.
+
+    Arithmetic is float32 for float16/bfloat16/float32 inputs (matmul accumulation, pointwise
+    step and the carried states) and float64 for float64 inputs.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from flashrnn_jax import flashrnn
+      >>> B, T, N, D = 2, 5, 3, 8
+      >>> k1, k2 = jax.random.split(jax.random.key(0))
+      >>> Wx = jax.random.normal(k1, (B, T, 4, N, D))
+      >>> R = 0.1 * jax.random.normal(k2, (4, N, D, D))
+      >>> b = jnp.zeros((4, N, D))
+      >>> states_all, last = flashrnn(Wx, R, b, function="lstm")
+      >>> states_all.shape, last.shape
+      ((2, 2, 5, 3, 8), (2, 2, 3, 8))
+    """
+    cell = get_cell(function)
+    if not isinstance(backend, str) or backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+
+    Wx, R, b = (_as_float_array(x, name) for x, name in ((Wx, "Wx"), (R, "R"), (b, "b")))
+    _check_shape("Wx", Wx, "[B, T, Gw, N, D]", {2: (f"Gw (for function={function!r})", cell.gates_wx)})
+    B, T, _, N, D = Wx.shape
+    _check_shape("R", R, "[Gr, N, D, D]", {0: (f"Gr (for function={function!r})", cell.gates_r), 1: ("N", N),
+                                            2: ("D", D), 3: ("D", D)})
+    _check_shape("b", b, "[Gt, N, D]", {0: (f"Gt (for function={function!r})", cell.gates_b),
+                                        1: ("N", N), 2: ("D", D)})
+
+    S = cell.num_states
+    compute_dtype = _compute_dtype(Wx, R, b)
+    if states is None:
+        states = jnp.zeros((S, B, N, D), compute_dtype)
+    else:
+        states = _as_float_array(states, "states")
+        if states.ndim == 5:
+            _check_shape("states", states, "[S, B, 1, N, D]",
+                         {0: (f"S (for function={function!r})", S), 1: ("B", B), 2: ("1", 1),
+                          3: ("N", N), 4: ("D", D)})
+            states = states.reshape(S, B, N, D)
+        else:
+            _check_shape("states", states, "[S, B, N, D]",
+                         {0: (f"S (for function={function!r})", S), 1: ("B", B), 2: ("N", N),
+                          3: ("D", D)})
+        compute_dtype = _compute_dtype(Wx, R, b, states)
+
+    if backend == "scan":
+        use_fused = False
+    else:
+        reason = fused.unsupported_reason(Wx.dtype, D, function)
+        if backend == "fused" and reason is not None:
+            raise fused.FusedBackendUnavailableError(
+                f"backend='fused' cannot run this call: {reason}. "
+                "Use backend='auto' to fall back to the scan backend."
+            )
+        use_fused = reason is None
+    if use_fused:
+        return fused.flashrnn_fused(Wx, R, b, states, function=function)
+    return flashrnn_scan(Wx, R, b, states, function=function, compute_dtype=compute_dtype)
+
+
+def _as_float_array(x, name: str) -> jax.Array:
+    if not isinstance(x, jax.Array):
+        try:
+            x = jnp.asarray(x)
+        except TypeError as err:
+            raise TypeError(f"{name} must be an array, got {type(x).__name__}") from err
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise TypeError(
+            f"{name} must have a floating dtype (float16, bfloat16, float32 or float64), "
+            f"got {x.dtype}"
+        )
+    return x
+
+
+def _check_shape(name: str, x: jax.Array, layout: str, expected: dict[int, tuple[str, int]]):
+    """Check rank, non-empty axes and the sizes in ``expected`` (axis -> (symbol, size))."""
+    rank = layout.count(",") + 1
+    if x.ndim != rank:
+        raise ValueError(f"{name} must have rank {rank} {layout}, got shape {x.shape}")
+    if 0 in x.shape:
+        raise ValueError(f"{name} {layout} must have no empty axis, got shape {x.shape}")
+    for axis, (symbol, size) in expected.items():
+        if x.shape[axis] != size:
+            raise ValueError(
+                f"{name} {layout} must have {symbol} = {size} on axis {axis}, "
+                f"got shape {x.shape}"
+            )
+
+
+def _compute_dtype(*arrays) -> np.dtype:
+    """float32, or float64 when any input is float64."""
+    return np.dtype(jnp.promote_types(jnp.float32, jnp.result_type(*(a.dtype for a in arrays))))
