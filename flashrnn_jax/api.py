@@ -90,19 +90,26 @@ def flashrnn(
                           3: ("D", D)})
         compute_dtype = _compute_dtype(Wx, R, b, states)
 
+    def run_scan(Wx, R, b, states):
+        return flashrnn_scan(Wx, R, b, states, function=function, compute_dtype=compute_dtype)
+
+    def run_fused(Wx, R, b, states):
+        return fused.flashrnn_fused(Wx, R, b, states, function=function)
+
     if backend == "scan":
-        use_fused = False
-    else:
-        reason = fused.unsupported_reason(Wx.dtype, D, function)
-        if backend == "fused" and reason is not None:
+        return run_scan(Wx, R, b, states)
+    reason = fused.unsupported_reason(Wx.dtype, D, function)
+    if backend == "fused":
+        if reason is not None:
             raise fused.FusedBackendUnavailableError(
                 f"backend='fused' cannot run this call: {reason}. "
                 "Use backend='auto' to fall back to the scan backend."
             )
-        use_fused = reason is None
-    if use_fused:
-        return fused.flashrnn_fused(Wx, R, b, states, function=function)
-    return flashrnn_scan(Wx, R, b, states, function=function, compute_dtype=compute_dtype)
+        return run_fused(Wx, R, b, states)
+    if reason is not None:
+        return run_scan(Wx, R, b, states)
+    # The kernels exist for this call; the platform the computation is lowered for decides.
+    return jax.lax.platform_dependent(Wx, R, b, states, cuda=run_fused, default=run_scan)
 
 
 def _as_float_array(x, name: str) -> jax.Array:

@@ -43,6 +43,9 @@ class Cell:
     gates_b: int
     state_names: tuple[str, ...]
     step: StepFn
+    # Wx gate g adds to bias gate g + wx_bias_offset (GRU: Wx r, z, n are bias gates 1..3);
+    # the R gates are bias gates 0 .. gates_r - 1 for every cell.
+    wx_bias_offset: int = 0
 
     @property
     def num_states(self) -> int:
@@ -95,7 +98,7 @@ CELLS: dict[str, Cell] = {
     cell.name: cell
     for cell in (
         Cell("lstm", 4, 4, 4, ("h", "c"), _lstm_step),
-        Cell("gru", 3, 3, 4, ("h",), _gru_step),
+        Cell("gru", 3, 3, 4, ("h",), _gru_step, wx_bias_offset=1),
         Cell("slstm", 4, 4, 4, ("h", "c", "n", "m"), _slstm_step),
         Cell("elman", 1, 1, 1, ("h",), _elman_step),
     )

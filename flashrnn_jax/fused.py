@@ -1,16 +1,42 @@
-"""The fused CUDA backend: loading the compiled extension, FFI registration, support checks.
+"""The fused CUDA backend: the compiled extension, FFI calls, support checks and the custom_vjp.
 
 The extension ``flashrnn_jax._cuda`` is built by CMake only where nvcc and a CUDA-enabled
 jaxlib are found; without it the package is pure JAX and ``backend="auto"`` runs the scan.
+
+Numerics: ``Wx`` and ``R`` are read in the call's dtype (bfloat16, float16 or float32; ``R`` is
+cast to the dtype of ``Wx``), biases and initial states in float32; the recurrent matmul
+accumulates in float32, and the cell states are carried in float32 registers from step to
+step. Outputs are written in the dtype of ``Wx``.
+
+Differentiation: the forward run under ``jax.grad`` also writes the residuals the backward
+needs (every gate pre-activation and every state, in float32); the backward kernel runs the
+time steps in reverse with ``R`` on chip and returns the cotangent of every gate
+pre-activation and of the initial states; ``dR`` and ``db`` are contractions of those over batch
+and time, left to XLA.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import warnings
 
 import jax
+import jax.numpy as jnp
+import numpy as np
+
+from flashrnn_jax.cells import get_cell
+
+_XLA_DTYPE_NAMES = {
+    np.dtype(jnp.bfloat16): "BF16",
+    np.dtype(jnp.float16): "F16",
+    np.dtype(jnp.float32): "F32",
+}
+
+# Testing aid: when set, the FFI handlers fill every output with NaN before the kernel runs,
+# so that an element the kernel fails to write shows up.
+_poison_outputs = False
 
 
 class FusedBackendUnavailableError(RuntimeError):
@@ -29,6 +55,14 @@ def extension():
     return module
 
 
+@functools.cache
+def compiled_grid() -> frozenset[tuple[str, str, int]]:
+    """The (function, XLA dtype name, head size) triples the extension was compiled for."""
+    module = extension()
+    return frozenset() if module is None else frozenset(module.compiled_grid())
+
+
+@functools.cache
 def _has_cuda_device() -> bool:
     try:
         return bool(jax.devices("cuda"))
@@ -43,7 +77,7 @@ def _warn_kernels_missing() -> None:
         "backend='auto' runs the lax.scan backend. Reinstall with nvcc on the PATH and a "
         "CUDA-enabled jaxlib: pip install --no-build-isolation .",
         RuntimeWarning,
-        stacklevel=3,
+        stacklevel=4,
     )
 
 
@@ -54,8 +88,106 @@ def unsupported_reason(dtype, head_size: int, function: str) -> str | None:
     if extension() is None:
         _warn_kernels_missing()
         return "flashrnn_jax was installed without its CUDA kernels (flashrnn_jax._cuda)"
-    return "the fused kernels are not part of this version of flashrnn_jax yet"
+    name = _XLA_DTYPE_NAMES.get(np.dtype(dtype))
+    if name is None:
+        return f"the fused kernels take bfloat16, float16 or float32 Wx, got {np.dtype(dtype)}"
+    if (function, name, head_size) not in compiled_grid():
+        sizes = sorted(d for f, n, d in compiled_grid() if (f, n) == (function, name))
+        return (
+            f"head size {head_size} is not compiled for function={function!r} and dtype "
+            f"{np.dtype(dtype)} (compiled head sizes: {sizes}; see FLASHRNN_HEAD_SIZES in "
+            "CMakeLists.txt)"
+        )
+    return None
 
 
-def flashrnn_fused(Wx, R, b, states, *, function):
-    raise FusedBackendUnavailableError(unsupported_reason(Wx.dtype, Wx.shape[-1], function))
+@contextlib.contextmanager
+def poison_outputs():
+    """Fill the kernels' outputs with NaN before each launch (for tests; traces inside only)."""
+    global _poison_outputs
+    _poison_outputs, previous = True, _poison_outputs
+    try:
+        yield
+    finally:
+        _poison_outputs = previous
+
+
+def _forward_call(Wx, R, b, states, function: str, *, train: bool):
+    S, B, N, D = states.shape
+    T = Wx.shape[1]
+    out = [
+        jax.ShapeDtypeStruct((S, B, T, N, D), Wx.dtype),
+        jax.ShapeDtypeStruct((S, B, N, D), Wx.dtype),
+    ]
+    if train:
+        out += [
+            jax.ShapeDtypeStruct((B, T, b.shape[0], N, D), jnp.float32),
+            jax.ShapeDtypeStruct((S, B, T, N, D), jnp.float32),
+        ]
+    target = "flashrnn_jax_forward_train" if train else "flashrnn_jax_forward"
+    return jax.ffi.ffi_call(target, out, vmap_method="sequential")(
+        Wx, R, b, states, function=function, poison_outputs=_poison_outputs
+    )
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _fused(Wx, R, b, states, function):
+    return tuple(_forward_call(Wx, R, b, states, function, train=False))
+
+
+def _fused_fwd(Wx, R, b, states, function):
+    states_all, last, gate_cache, states_f32 = _forward_call(
+        Wx, R, b, states, function, train=True
+    )
+    return (states_all, last), (R, states, gate_cache, states_f32)
+
+
+def _fused_bwd(function, residuals, cotangents):
+    R, states, gate_cache, states_f32 = residuals
+    d_states_all, d_last = cotangents
+    wx_dtype = d_states_all.dtype  # the outputs, and so their cotangents, have Wx's dtype
+    d_gates, d_states0 = jax.ffi.ffi_call(
+        "flashrnn_jax_backward",
+        (
+            jax.ShapeDtypeStruct(gate_cache.shape, jnp.float32),
+            jax.ShapeDtypeStruct(states.shape, jnp.float32),
+        ),
+        vmap_method="sequential",
+    )(
+        R,
+        states,
+        gate_cache,
+        states_f32,
+        d_states_all,
+        d_last.astype(wx_dtype),
+        function=function,
+        poison_outputs=_poison_outputs,
+    )
+    cell = get_cell(function)
+    offset = cell.wx_bias_offset
+    d_wx = d_gates[:, :, offset : offset + cell.gates_wx].astype(wx_dtype)
+    # h_prev of every step: the initial h, then h after steps 0 .. T-2.
+    h_prev = jnp.concatenate([states[0][:, None], states_f32[0][:, :-1]], axis=1)
+    d_r = jnp.einsum(
+        "btgno,btni->gnoi",
+        d_gates[:, :, : cell.gates_r],
+        h_prev,
+        precision=jax.lax.Precision.HIGHEST,
+    ).astype(R.dtype)
+    d_b = d_gates.sum(axis=(0, 1))
+    return d_wx, d_r, d_b, d_states0
+
+
+_fused.defvjp(_fused_fwd, _fused_bwd)
+
+
+def flashrnn_fused(Wx, R, b, states, *, function: str):
+    """Run the fused kernels on validated arguments (shapes as :func:`flashrnn_jax.flashrnn`).
+
+    ``R`` is cast to the dtype of ``Wx``, ``b`` and ``states`` to float32; their gradients come
+    back in their own dtypes through those casts.
+    """
+    states_all, last = _fused(
+        Wx, R.astype(Wx.dtype), b.astype(jnp.float32), states.astype(jnp.float32), function
+    )
+    return states_all, last

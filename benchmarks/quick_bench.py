@@ -1,0 +1,79 @@
+"""Quick benchmark for scripts/gpu_check.sh: fused vs scan backend, forward and forward+backward.
+
+Median milliseconds of device-synchronised runs after warm-up, on random data, baseline (scan)
+measured in the same run. Writes JSON records and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from flashrnn_jax import flashrnn
+from flashrnn_jax.cells import get_cell
+
+
+def median_ms(fn, *args, warmup: int = 3, runs: int = 20) -> float:
+    for _ in range(warmup):
+        jax.block_until_ready(fn(*args))
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - start)
+    return 1e3 * float(np.median(times))
+
+
+def bench_case(function, backend, dtype, B, T, N, D, key):
+    cell = get_cell(function)
+    k1, k2, k3 = jax.random.split(key, 3)
+    Wx = jax.random.normal(k1, (B, T, cell.gates_wx, N, D), dtype)
+    R = (jax.random.normal(k2, (cell.gates_r, N, D, D)) / D**0.5).astype(dtype)
+    b = jax.random.normal(k3, (cell.gates_b, N, D)).astype(dtype)
+
+    fwd = jax.jit(lambda Wx, R, b: flashrnn(Wx, R, b, function=function, backend=backend)[0])
+
+    def loss(Wx, R, b):
+        return flashrnn(Wx, R, b, function=function, backend=backend)[0].astype(jnp.float32).sum()
+
+    fwdbwd = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
+    return {
+        "impl": backend, "function": function, "dtype": jnp.dtype(dtype).name,
+        "B": B, "T": T, "N": N, "D": D,
+        "fwd_ms": median_ms(fwd, Wx, R, b),
+        "fwdbwd_ms": median_ms(fwdbwd, Wx, R, b),
+    }
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--json", help="write the records here")
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=1024)
+    args = parser.parse_args()
+    key = jax.random.key(0)
+    records = []
+    for function in ("lstm", "slstm"):
+        for N, D in ((12, 64), (3, 256)):
+            for backend in ("fused", "scan"):
+                records.append(bench_case(function, backend, jnp.bfloat16, args.batch,
+                                          args.steps, N, D, key))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"gpu": jax.devices()[0].device_kind, "jax": jax.__version__,
+                       "records": records}, f, indent=1)
+    print(f"{'function':8} {'N x D':>8} {'impl':>6} {'fwd ms':>9} {'fwd+bwd ms':>11} {'speed-up':>9}")
+    for fused_rec, scan_rec in zip(records[::2], records[1::2]):
+        for r in (fused_rec, scan_rec):
+            speedup = scan_rec["fwdbwd_ms"] / r["fwdbwd_ms"]
+            print(f"{r['function']:8} {r['N']:>3}x{r['D']:<4} {r['impl']:>6} "
+                  f"{r['fwd_ms']:9.3f} {r['fwdbwd_ms']:11.3f} {speedup:8.1f}x")
+
+
+if __name__ == "__main__":
+    main()

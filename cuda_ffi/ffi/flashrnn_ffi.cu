@@ -1,0 +1,310 @@
+// XLA FFI handlers of the fused forward and backward kernels. Each handler checks the shapes
+// and dtypes it receives against the cell, picks the compiled instantiation for the call's
+// (function, dtype, head size) from the table CMake generated, launches it on the call's stream
+// and turns any CUDA error into an ffi::Error carrying the CUDA error text.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <tuple>
+#include <vector>
+
+#include "kernels/elman_pointwise.cuh"
+#include "kernels/gru_pointwise.cuh"
+#include "kernels/lstm_pointwise.cuh"
+#include "kernels/params.h"
+#include "ffi/flashrnn_ffi.h"
+#include "kernels/slstm_pointwise.cuh"
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace flashrnn {
+namespace {
+
+struct CompiledKernel {
+  std::string_view function;
+  ffi::DataType dtype;
+  std::string_view dtype_name;
+  int head_size;
+  int gates_wx, gates_r, gates_b, states;
+  cudaError_t (*forward)(const ForwardArgs&, cudaStream_t);
+  cudaError_t (*backward)(const BackwardArgs&, cudaStream_t);
+};
+
+#define FLASHRNN_KERNEL(function, Cell, dtype, CType, head_size)                            \
+  CompiledKernel{#function,        ffi::DataType::dtype,                                     \
+                 #dtype,           head_size,                                                \
+                 Cell::kGatesWx,   Cell::kGatesR,                                            \
+                 Cell::kGatesB,    Cell::kStates,                                            \
+                 &LaunchForward<Cell, CType, head_size>,                                     \
+                 &LaunchBackward<Cell, CType, head_size>},
+constexpr CompiledKernel kCompiledKernels[] = {
+#include "compiled_grid.inc"
+};
+#undef FLASHRNN_KERNEL
+
+std::string ShapeString(ffi::AnyBuffer::Dimensions dims) {
+  std::string out = "(";
+  for (size_t i = 0; i < dims.size(); ++i) {
+    out += (i ? ", " : "") + std::to_string(dims[i]);
+  }
+  return out + ")";
+}
+
+// The call's kernel, or an error naming what is not compiled.
+ffi::Error FindKernel(std::string_view function, ffi::DataType dtype, int64_t head_size,
+                      const CompiledKernel** found) {
+  for (const CompiledKernel& kernel : kCompiledKernels) {
+    if (kernel.function == function && kernel.dtype == dtype && kernel.head_size == head_size) {
+      *found = &kernel;
+      return ffi::Error::Success();
+    }
+  }
+  return ffi::Error::InvalidArgument(
+      "flashrnn_jax: no fused kernel compiled for function=" + std::string(function) +
+      ", head size " + std::to_string(head_size) + " and this dtype");
+}
+
+ffi::Error CheckShape(std::string_view name, ffi::AnyBuffer::Dimensions dims,
+                      std::initializer_list<int64_t> expected) {
+  bool ok = dims.size() == expected.size();
+  for (size_t i = 0; ok && i < dims.size(); ++i) ok = dims[i] == expected.begin()[i];
+  if (ok) return ffi::Error::Success();
+  std::string want = "(";
+  for (size_t i = 0; i < expected.size(); ++i) {
+    want += (i ? ", " : "") + std::to_string(expected.begin()[i]);
+  }
+  return ffi::Error::InvalidArgument("flashrnn_jax: " + std::string(name) + " must have shape " +
+                                     want + "), got " + ShapeString(dims));
+}
+
+ffi::Error CudaError(std::string_view what, cudaError_t err) {
+  return ffi::Error::Internal("flashrnn_jax: " + std::string(what) +
+                              " failed: " + cudaGetErrorName(err) + ": " +
+                              cudaGetErrorString(err));
+}
+
+// Fills the outputs with NaN (all bits set is NaN in bf16, f16 and f32) so that tests see
+// any element a kernel fails to write.
+ffi::Error PoisonOutputs(cudaStream_t stream, std::initializer_list<ffi::AnyBuffer> outputs) {
+  for (const ffi::AnyBuffer& out : outputs) {
+    if (cudaError_t err = cudaMemsetAsync(out.untyped_data(), 0xFF, out.size_bytes(), stream);
+        err != cudaSuccess) {
+      return CudaError("poisoning an output", err);
+    }
+  }
+  return ffi::Error::Success();
+}
+
+#define FLASHRNN_RETURN_IF_ERROR(expr)  \
+  do {                                  \
+    if (ffi::Error e = (expr); e.failure()) return e; \
+  } while (0)
+
+// Shapes shared by forward and backward, read off R [Gr, N, D, D] and states0 [S, B, N, D].
+struct Problem {
+  const CompiledKernel* kernel;
+  int64_t batch, heads, head_size;
+};
+
+ffi::Error ResolveProblem(std::string_view function, ffi::AnyBuffer r, ffi::AnyBuffer states0,
+                          Problem* problem) {
+  const auto r_dims = r.dimensions();
+  const auto s_dims = states0.dimensions();
+  if (r_dims.size() != 4 || s_dims.size() != 4) {
+    return ffi::Error::InvalidArgument("flashrnn_jax: R must have rank 4 and states0 rank 4, got " +
+                                       ShapeString(r_dims) + " and " + ShapeString(s_dims));
+  }
+  const CompiledKernel* k = nullptr;
+  FLASHRNN_RETURN_IF_ERROR(FindKernel(function, r.element_type(), r_dims[3], &k));
+  *problem = Problem{k, s_dims[1], r_dims[1], r_dims[3]};
+  FLASHRNN_RETURN_IF_ERROR(CheckShape(
+      "R", r_dims, {k->gates_r, problem->heads, problem->head_size, problem->head_size}));
+  FLASHRNN_RETURN_IF_ERROR(CheckShape(
+      "states0", s_dims, {k->states, problem->batch, problem->heads, problem->head_size}));
+  if (states0.element_type() != ffi::DataType::F32) {
+    return ffi::Error::InvalidArgument("flashrnn_jax: states0 must be float32");
+  }
+  return ffi::Error::Success();
+}
+
+ffi::Error Forward(cudaStream_t stream, std::string_view function, ffi::AnyBuffer wx,
+                   ffi::AnyBuffer r, ffi::AnyBuffer bias, ffi::AnyBuffer states0,
+                   ffi::AnyBuffer states_all, ffi::AnyBuffer last_states,
+                   ffi::AnyBuffer* gate_cache, ffi::AnyBuffer* states_f32, bool poison) {
+  Problem p;
+  FLASHRNN_RETURN_IF_ERROR(ResolveProblem(function, r, states0, &p));
+  const CompiledKernel& k = *p.kernel;
+  const auto wx_dims = wx.dimensions();
+  if (wx_dims.size() != 5) {
+    return ffi::Error::InvalidArgument("flashrnn_jax: Wx must have rank 5, got " +
+                                       ShapeString(wx_dims));
+  }
+  const int64_t steps = wx_dims[1];
+  FLASHRNN_RETURN_IF_ERROR(
+      CheckShape("Wx", wx_dims, {p.batch, steps, k.gates_wx, p.heads, p.head_size}));
+  FLASHRNN_RETURN_IF_ERROR(CheckShape("b", bias.dimensions(), {k.gates_b, p.heads, p.head_size}));
+  FLASHRNN_RETURN_IF_ERROR(CheckShape("states_all", states_all.dimensions(),
+                                      {k.states, p.batch, steps, p.heads, p.head_size}));
+  FLASHRNN_RETURN_IF_ERROR(CheckShape("last_states", last_states.dimensions(),
+                                      {k.states, p.batch, p.heads, p.head_size}));
+  if (wx.element_type() != k.dtype || states_all.element_type() != k.dtype ||
+      last_states.element_type() != k.dtype || bias.element_type() != ffi::DataType::F32) {
+    return ffi::Error::InvalidArgument(
+        "flashrnn_jax: Wx, R, states_all and last_states must share one dtype and b must be "
+        "float32");
+  }
+  if (gate_cache != nullptr) {
+    FLASHRNN_RETURN_IF_ERROR(CheckShape("gate_cache", gate_cache->dimensions(),
+                                        {p.batch, steps, k.gates_b, p.heads, p.head_size}));
+    FLASHRNN_RETURN_IF_ERROR(CheckShape("states_f32", states_f32->dimensions(),
+                                        {k.states, p.batch, steps, p.heads, p.head_size}));
+  }
+  ForwardArgs args;
+  args.wx = wx.untyped_data();
+  args.r = r.untyped_data();
+  args.bias = static_cast<const float*>(bias.untyped_data());
+  args.states0 = static_cast<const float*>(states0.untyped_data());
+  args.states_all = states_all.untyped_data();
+  args.last_states = last_states.untyped_data();
+  args.gate_cache = gate_cache ? static_cast<float*>(gate_cache->untyped_data()) : nullptr;
+  args.states_f32 = states_f32 ? static_cast<float*>(states_f32->untyped_data()) : nullptr;
+  args.batch = p.batch;
+  args.steps = steps;
+  args.heads = p.heads;
+  if (poison) {
+    FLASHRNN_RETURN_IF_ERROR(PoisonOutputs(stream, {states_all, last_states}));
+    if (gate_cache != nullptr) {
+      FLASHRNN_RETURN_IF_ERROR(PoisonOutputs(stream, {*gate_cache, *states_f32}));
+    }
+  }
+  if (cudaError_t err = k.forward(args, stream); err != cudaSuccess) {
+    return CudaError("fused forward kernel launch", err);
+  }
+  return ffi::Error::Success();
+}
+
+ffi::Error ForwardImpl(cudaStream_t stream, ffi::AnyBuffer wx, ffi::AnyBuffer r,
+                       ffi::AnyBuffer bias, ffi::AnyBuffer states0,
+                       ffi::Result<ffi::AnyBuffer> states_all,
+                       ffi::Result<ffi::AnyBuffer> last_states, std::string_view function,
+                       bool poison) {
+  return Forward(stream, function, wx, r, bias, states0, *states_all, *last_states, nullptr,
+                 nullptr, poison);
+}
+
+ffi::Error ForwardTrainImpl(cudaStream_t stream, ffi::AnyBuffer wx, ffi::AnyBuffer r,
+                            ffi::AnyBuffer bias, ffi::AnyBuffer states0,
+                            ffi::Result<ffi::AnyBuffer> states_all,
+                            ffi::Result<ffi::AnyBuffer> last_states,
+                            ffi::Result<ffi::AnyBuffer> gate_cache,
+                            ffi::Result<ffi::AnyBuffer> states_f32, std::string_view function,
+                            bool poison) {
+  ffi::AnyBuffer cache = *gate_cache, states = *states_f32;
+  return Forward(stream, function, wx, r, bias, states0, *states_all, *last_states, &cache,
+                 &states, poison);
+}
+
+ffi::Error BackwardImpl(cudaStream_t stream, ffi::AnyBuffer r, ffi::AnyBuffer states0,
+                        ffi::AnyBuffer gate_cache, ffi::AnyBuffer states_f32,
+                        ffi::AnyBuffer d_states_all, ffi::AnyBuffer d_last_states,
+                        ffi::Result<ffi::AnyBuffer> d_gates,
+                        ffi::Result<ffi::AnyBuffer> d_states0, std::string_view function,
+                        bool poison) {
+  Problem p;
+  FLASHRNN_RETURN_IF_ERROR(ResolveProblem(function, r, states0, &p));
+  const CompiledKernel& k = *p.kernel;
+  const auto cache_dims = gate_cache.dimensions();
+  if (cache_dims.size() != 5) {
+    return ffi::Error::InvalidArgument("flashrnn_jax: gate_cache must have rank 5, got " +
+                                       ShapeString(cache_dims));
+  }
+  const int64_t steps = cache_dims[1];
+  const std::initializer_list<int64_t> all_states = {k.states, p.batch, steps, p.heads,
+                                                     p.head_size};
+  const std::initializer_list<int64_t> gates = {p.batch, steps, k.gates_b, p.heads, p.head_size};
+  const std::initializer_list<int64_t> last = {k.states, p.batch, p.heads, p.head_size};
+  FLASHRNN_RETURN_IF_ERROR(CheckShape("gate_cache", cache_dims, gates));
+  FLASHRNN_RETURN_IF_ERROR(CheckShape("states_f32", states_f32.dimensions(), all_states));
+  FLASHRNN_RETURN_IF_ERROR(CheckShape("d_states_all", d_states_all.dimensions(), all_states));
+  FLASHRNN_RETURN_IF_ERROR(CheckShape("d_last_states", d_last_states.dimensions(), last));
+  FLASHRNN_RETURN_IF_ERROR(CheckShape("d_gates", d_gates->dimensions(), gates));
+  FLASHRNN_RETURN_IF_ERROR(CheckShape("d_states0", d_states0->dimensions(), last));
+  if (d_states_all.element_type() != k.dtype || d_last_states.element_type() != k.dtype) {
+    return ffi::Error::InvalidArgument(
+        "flashrnn_jax: the state cotangents must have the dtype of R");
+  }
+  BackwardArgs args;
+  args.r = r.untyped_data();
+  args.states0 = static_cast<const float*>(states0.untyped_data());
+  args.gate_cache = static_cast<const float*>(gate_cache.untyped_data());
+  args.states_f32 = static_cast<const float*>(states_f32.untyped_data());
+  args.d_states_all = d_states_all.untyped_data();
+  args.d_last_states = d_last_states.untyped_data();
+  args.d_gates = static_cast<float*>(d_gates->untyped_data());
+  args.d_states0 = static_cast<float*>(d_states0->untyped_data());
+  args.batch = p.batch;
+  args.steps = steps;
+  args.heads = p.heads;
+  if (poison) FLASHRNN_RETURN_IF_ERROR(PoisonOutputs(stream, {*d_gates, *d_states0}));
+  if (cudaError_t err = k.backward(args, stream); err != cudaSuccess) {
+    return CudaError("fused backward kernel launch", err);
+  }
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+std::vector<std::tuple<std::string, std::string, int>> CompiledGrid() {
+  std::vector<std::tuple<std::string, std::string, int>> grid;
+  for (const CompiledKernel& k : kCompiledKernels) {
+    grid.emplace_back(std::string(k.function), std::string(k.dtype_name), k.head_size);
+  }
+  return grid;
+}
+
+}  // namespace flashrnn
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(FlashrnnForward, flashrnn::ForwardImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::PlatformStream<cudaStream_t>>()
+                                  .Arg<ffi::AnyBuffer>()  // Wx
+                                  .Arg<ffi::AnyBuffer>()  // R
+                                  .Arg<ffi::AnyBuffer>()  // b
+                                  .Arg<ffi::AnyBuffer>()  // states0
+                                  .Ret<ffi::AnyBuffer>()  // states_all
+                                  .Ret<ffi::AnyBuffer>()  // last_states
+                                  .Attr<std::string_view>("function")
+                                  .Attr<bool>("poison_outputs"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(FlashrnnForwardTrain, flashrnn::ForwardTrainImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::PlatformStream<cudaStream_t>>()
+                                  .Arg<ffi::AnyBuffer>()  // Wx
+                                  .Arg<ffi::AnyBuffer>()  // R
+                                  .Arg<ffi::AnyBuffer>()  // b
+                                  .Arg<ffi::AnyBuffer>()  // states0
+                                  .Ret<ffi::AnyBuffer>()  // states_all
+                                  .Ret<ffi::AnyBuffer>()  // last_states
+                                  .Ret<ffi::AnyBuffer>()  // gate_cache
+                                  .Ret<ffi::AnyBuffer>()  // states_f32
+                                  .Attr<std::string_view>("function")
+                                  .Attr<bool>("poison_outputs"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(FlashrnnBackward, flashrnn::BackwardImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::PlatformStream<cudaStream_t>>()
+                                  .Arg<ffi::AnyBuffer>()  // R
+                                  .Arg<ffi::AnyBuffer>()  // states0
+                                  .Arg<ffi::AnyBuffer>()  // gate_cache
+                                  .Arg<ffi::AnyBuffer>()  // states_f32
+                                  .Arg<ffi::AnyBuffer>()  // d_states_all
+                                  .Arg<ffi::AnyBuffer>()  // d_last_states
+                                  .Ret<ffi::AnyBuffer>()  // d_gates
+                                  .Ret<ffi::AnyBuffer>()  // d_states0
+                                  .Attr<std::string_view>("function")
+                                  .Attr<bool>("poison_outputs"));

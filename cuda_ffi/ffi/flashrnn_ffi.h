@@ -1,0 +1,21 @@
+// What the nanobind module needs from the FFI handlers: their symbols and the compiled grid.
+#pragma once
+
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "xla/ffi/api/c_api.h"
+
+extern "C" {
+XLA_FFI_Error* FlashrnnForward(XLA_FFI_CallFrame* call_frame);
+XLA_FFI_Error* FlashrnnForwardTrain(XLA_FFI_CallFrame* call_frame);
+XLA_FFI_Error* FlashrnnBackward(XLA_FFI_CallFrame* call_frame);
+}
+
+namespace flashrnn {
+
+// The compiled (function, dtype name, head size) triples; dtype names as XLA's (BF16, F16, F32).
+std::vector<std::tuple<std::string, std::string, int>> CompiledGrid();
+
+}  // namespace flashrnn

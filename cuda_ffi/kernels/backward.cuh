@@ -1,0 +1,148 @@
+// The fused backward kernel: one persistent launch runs all time steps in reverse for every
+// head and batch tile. Each CTA keeps the same rows of R as in the forward (its units' output
+// rows) in shared memory. Per step it runs the cell's pointwise derivative for its units, then
+// multiplies its units' gate cotangents by its rows of R, which gives a partial recurrent
+// cotangent for every unit of the head; the partials are sent to the CTAs owning those units
+// (distributed shared memory, double-buffered) and summed there in the next step.
+// dR and db are contractions over batch and time left to XLA.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include "cluster_sync.cuh"
+#include "dtype.cuh"
+#include "launch.cuh"
+#include "params.h"
+#include "tiling.cuh"
+
+namespace flashrnn {
+
+template <typename Cell, typename T, int D>
+struct BackwardLayout {
+  using Tile = Tiling<Cell, T, D>;
+  // r_s [Gr][kUnits (output o)][D (input i)] as in global memory: lanes with consecutive i
+  // read consecutive words. part_s [2][kCluster (source)][kBatchTile][kUnits] float.
+  // dg_s [Gr][kBatchTile][kUnits] float: this CTA's recurrent gate cotangents of one step.
+  static constexpr std::size_t kRBytes =
+      AlignUp(std::size_t{Cell::kGatesR} * Tile::kUnits * D * sizeof(T));
+  static constexpr std::size_t kPartBytes =
+      AlignUp(2 * std::size_t{Tile::kCluster} * Tile::kBatchTile * Tile::kUnits * sizeof(float));
+  static constexpr std::size_t kGateBytes =
+      std::size_t{Cell::kGatesR} * Tile::kBatchTile * Tile::kUnits * sizeof(float);
+  static constexpr std::size_t kBytes = kRBytes + kPartBytes + kGateBytes;
+};
+
+template <typename Cell, typename T, int D>
+__global__ void __launch_bounds__(Tiling<Cell, T, D>::kThreads)
+    BackwardKernel(const BackwardArgs args) {
+  using Tile = Tiling<Cell, T, D>;
+  using Layout = BackwardLayout<Cell, T, D>;
+  using Group = CtaGroup<Tile::kCluster>;
+  constexpr int C = Tile::kCluster, U = Tile::kUnits, BT = Tile::kBatchTile;
+  constexpr int P = Tile::kPerThread;
+  constexpr int Gr = Cell::kGatesR, Gt = Cell::kGatesB, S = Cell::kStates;
+  constexpr int kPartStride = C * BT * U;  // floats per part_s buffer
+
+  extern __shared__ __align__(128) unsigned char smem[];
+  T* r_s = reinterpret_cast<T*>(smem);
+  float* part_s = reinterpret_cast<float*>(smem + Layout::kRBytes);
+  float* dg_s = reinterpret_cast<float*>(smem + Layout::kRBytes + Layout::kPartBytes);
+
+  const int64_t B = args.batch, steps = args.steps, N = args.heads;
+  const int rank = Group::Rank();
+  const int64_t head = blockIdx.x / C;
+  const int64_t b0 = int64_t{blockIdx.y} * BT;
+  const int u0 = rank * U;
+  const T* R = static_cast<const T*>(args.r);
+  const T* d_states_all = static_cast<const T*>(args.d_states_all);
+  const T* d_last = static_cast<const T*>(args.d_last_states);
+
+  for (int idx = threadIdx.x; idx < Gr * U * D; idx += blockDim.x) {
+    const int g = idx / (U * D), o = idx / D % U, i = idx % D;
+    r_s[idx] = R[((g * N + head) * D + u0 + o) * D + i];
+  }
+  // The step T-1 reads the partials of a step T that does not exist: zeros.
+  float* part_first = part_s + (steps & 1) * kPartStride;
+  for (int idx = threadIdx.x; idx < kPartStride; idx += blockDim.x) part_first[idx] = 0.0f;
+
+  float ds[P][S];  // cotangent of the states after the current step, carried backwards
+#pragma unroll
+  for (int p = 0; p < P; ++p) {
+    const int e = threadIdx.x + p * Tile::kThreads, u = e % U, row = e / U;
+    const int64_t b = b0 + row;
+#pragma unroll
+    for (int i = 0; i < S; ++i) {
+      ds[p][i] = b < B ? ToFloat(d_last[((i * B + b) * N + head) * D + u0 + u]) : 0.0f;
+    }
+  }
+  // Every CTA of the group must be running (and part_first zeroed) before remote writes.
+  Group::Sync();
+
+  for (int64_t t = steps - 1; t >= 0; --t) {
+    const float* part_in = part_s + ((t + 1) & 1) * kPartStride;
+#pragma unroll
+    for (int p = 0; p < P; ++p) {
+      const int e = threadIdx.x + p * Tile::kThreads, u = e % U, row = e / U;
+      const int64_t b = b0 + row;
+      float dg[Gt] = {};
+      if (b < B) {
+        for (int src = 0; src < C; ++src) ds[p][0] += part_in[(src * BT + row) * U + u];
+        float pre[Gt], prev[S];
+#pragma unroll
+        for (int i = 0; i < S; ++i) {
+          ds[p][i] += ToFloat(d_states_all[(((i * B + b) * steps + t) * N + head) * D + u0 + u]);
+          prev[i] = t > 0 ? args.states_f32[(((i * B + b) * steps + t - 1) * N + head) * D + u0 + u]
+                          : args.states0[((i * B + b) * N + head) * D + u0 + u];
+        }
+#pragma unroll
+        for (int g = 0; g < Gt; ++g) {
+          pre[g] = args.gate_cache[(((b * steps + t) * Gt + g) * N + head) * D + u0 + u];
+        }
+        Cell::Backward(pre, prev, ds[p], dg);
+#pragma unroll
+        for (int g = 0; g < Gt; ++g) {
+          args.d_gates[(((b * steps + t) * Gt + g) * N + head) * D + u0 + u] = dg[g];
+        }
+      }
+#pragma unroll
+      for (int g = 0; g < Gr; ++g) dg_s[(g * BT + row) * U + u] = dg[g];
+    }
+    __syncthreads();
+
+    // Partial recurrent cotangent of every unit i of the head from this CTA's output rows:
+    // sum over gates g and owned units o of R[g, o, i] * dg[g, o]; sent to i's owner.
+    float* part_out = part_s + (t & 1) * kPartStride;
+    for (int e = threadIdx.x; e < D * BT; e += blockDim.x) {
+      const int i = e % D, row = e / D;
+      float acc = 0.0f;
+#pragma unroll
+      for (int g = 0; g < Gr; ++g) {
+#pragma unroll 8
+        for (int o = 0; o < U; ++o) {
+          acc += ToFloat(r_s[(g * U + o) * D + i]) * dg_s[(g * BT + row) * U + o];
+        }
+      }
+      Group::Map(part_out, i / U)[(rank * BT + row) * U + i % U] = acc;
+    }
+    Group::Sync();
+  }
+
+  const float* part_in = part_s;  // written by step 0
+#pragma unroll
+  for (int p = 0; p < P; ++p) {
+    const int e = threadIdx.x + p * Tile::kThreads, u = e % U, row = e / U;
+    const int64_t b = b0 + row;
+    if (b >= B) continue;
+    for (int src = 0; src < C; ++src) ds[p][0] += part_in[(src * BT + row) * U + u];
+#pragma unroll
+    for (int i = 0; i < S; ++i) args.d_states0[((i * B + b) * N + head) * D + u0 + u] = ds[p][i];
+  }
+}
+
+template <typename Cell, typename T, int D>
+cudaError_t LaunchBackward(const BackwardArgs& args, cudaStream_t stream) {
+  return LaunchOverHeadsAndBatchTiles<Tiling<Cell, T, D>>(BackwardKernel<Cell, T, D>, args,
+                                                          BackwardLayout<Cell, T, D>::kBytes, stream);
+}
+
+}  // namespace flashrnn

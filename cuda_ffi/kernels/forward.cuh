@@ -1,0 +1,141 @@
+// The fused forward kernel: one persistent launch runs all time steps for every head and
+// batch tile. A CTA group (one CTA, or a thread-block cluster for large heads) owns one
+// (head, batch tile); each CTA keeps its rows of R in shared memory for the whole sequence and
+// its units' cell states and biases in registers, in float32. h_prev lives in shared memory
+// (double-buffered; cluster members write their slice of h into each other's buffers), so a
+// step costs one barrier and never round-trips h through global memory.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include "cluster_sync.cuh"
+#include "dtype.cuh"
+#include "launch.cuh"
+#include "params.h"
+#include "tiling.cuh"
+
+namespace flashrnn {
+
+template <typename Cell, typename T, int D>
+struct ForwardLayout {
+  using Tile = Tiling<Cell, T, D>;
+  // r_s [Gr][D (input k)][kUnits (output u)]: lanes with consecutive units read consecutive
+  // words. h_s [2][kBatchTile][D] float: h_prev of the whole head, double-buffered.
+  static constexpr std::size_t kRBytes =
+      AlignUp(std::size_t{Cell::kGatesR} * D * Tile::kUnits * sizeof(T));
+  static constexpr std::size_t kHBytes = 2 * std::size_t{Tile::kBatchTile} * D * sizeof(float);
+  static constexpr std::size_t kBytes = kRBytes + kHBytes;
+};
+
+template <typename Cell, typename T, int D>
+__global__ void __launch_bounds__(Tiling<Cell, T, D>::kThreads)
+    ForwardKernel(const ForwardArgs args) {
+  using Tile = Tiling<Cell, T, D>;
+  using Layout = ForwardLayout<Cell, T, D>;
+  using Group = CtaGroup<Tile::kCluster>;
+  constexpr int U = Tile::kUnits, BT = Tile::kBatchTile, P = Tile::kPerThread;
+  constexpr int Gr = Cell::kGatesR, Gt = Cell::kGatesB, Gw = Cell::kGatesWx, S = Cell::kStates;
+
+  extern __shared__ __align__(128) unsigned char smem[];
+  T* r_s = reinterpret_cast<T*>(smem);
+  float* h_s = reinterpret_cast<float*>(smem + Layout::kRBytes);
+
+  const int64_t B = args.batch, steps = args.steps, N = args.heads;
+  const int rank = Group::Rank();
+  const int64_t head = blockIdx.x / Tile::kCluster;
+  const int64_t b0 = int64_t{blockIdx.y} * BT;
+  const int u0 = rank * U;
+  const T* R = static_cast<const T*>(args.r);
+  const T* wx = static_cast<const T*>(args.wx);
+  T* states_all = static_cast<T*>(args.states_all);
+
+  for (int idx = threadIdx.x; idx < Gr * U * D; idx += blockDim.x) {
+    const int g = idx / (U * D), u = idx / D % U, k = idx % D;
+    r_s[(g * D + k) * U + u] = R[((g * N + head) * D + u0 + u) * D + k];
+  }
+
+  // Every CTA of the group must be running before its shared memory is written remotely.
+  Group::Sync();
+
+  // Element p of this thread: unit u, batch row b0 + row.
+  float s[P][S];
+  float bias[P][Gt];
+#pragma unroll
+  for (int p = 0; p < P; ++p) {
+    const int e = threadIdx.x + p * Tile::kThreads, u = e % U, row = e / U;
+    const int64_t b = b0 + row;
+#pragma unroll
+    for (int g = 0; g < Gt; ++g) bias[p][g] = args.bias[(g * N + head) * D + u0 + u];
+#pragma unroll
+    for (int i = 0; i < S; ++i) {
+      s[p][i] = b < B ? args.states0[((i * B + b) * N + head) * D + u0 + u] : 0.0f;
+    }
+    for (int r = 0; r < Tile::kCluster; ++r) Group::Map(h_s, r)[row * D + u0 + u] = s[p][0];
+  }
+  Group::Sync();
+
+  for (int64_t t = 0; t < steps; ++t) {
+    const float* h_cur = h_s + (t & 1) * BT * D;
+    float* h_next = h_s + ((t + 1) & 1) * BT * D;
+#pragma unroll
+    for (int p = 0; p < P; ++p) {
+      const int e = threadIdx.x + p * Tile::kThreads, u = e % U, row = e / U;
+      const int64_t b = b0 + row;
+      const bool valid = b < B;
+      float pre[Gt];
+#pragma unroll
+      for (int g = 0; g < Gt; ++g) pre[g] = bias[p][g];
+      if (valid) {
+#pragma unroll
+        for (int g = 0; g < Gw; ++g) {
+          pre[g + Cell::kWxGateOffset] +=
+              ToFloat(wx[(((b * steps + t) * Gw + g) * N + head) * D + u0 + u]);
+        }
+      }
+      float rh[Gr] = {};
+#pragma unroll 8
+      for (int k = 0; k < D; ++k) {
+        const float hk = h_cur[row * D + k];
+#pragma unroll
+        for (int g = 0; g < Gr; ++g) rh[g] += ToFloat(r_s[(g * D + k) * U + u]) * hk;
+      }
+      Cell::Forward(pre, rh, s[p]);
+      for (int r = 0; r < Tile::kCluster; ++r) Group::Map(h_next, r)[row * D + u0 + u] = s[p][0];
+      if (valid) {
+#pragma unroll
+        for (int i = 0; i < S; ++i) {
+          const int64_t at = (((i * B + b) * steps + t) * N + head) * D + u0 + u;
+          states_all[at] = FromFloat<T>(s[p][i]);
+          if (args.states_f32 != nullptr) args.states_f32[at] = s[p][i];
+        }
+        if (args.gate_cache != nullptr) {
+#pragma unroll
+          for (int g = 0; g < Gt; ++g) {
+            args.gate_cache[(((b * steps + t) * Gt + g) * N + head) * D + u0 + u] = pre[g];
+          }
+        }
+      }
+    }
+    Group::Sync();
+  }
+
+  T* last_states = static_cast<T*>(args.last_states);
+#pragma unroll
+  for (int p = 0; p < P; ++p) {
+    const int e = threadIdx.x + p * Tile::kThreads, u = e % U, row = e / U;
+    const int64_t b = b0 + row;
+    if (b >= B) continue;
+#pragma unroll
+    for (int i = 0; i < S; ++i) {
+      last_states[((i * B + b) * N + head) * D + u0 + u] = FromFloat<T>(s[p][i]);
+    }
+  }
+}
+
+template <typename Cell, typename T, int D>
+cudaError_t LaunchForward(const ForwardArgs& args, cudaStream_t stream) {
+  return LaunchOverHeadsAndBatchTiles<Tiling<Cell, T, D>>(ForwardKernel<Cell, T, D>, args,
+                                                          ForwardLayout<Cell, T, D>::kBytes, stream);
+}
+
+}  // namespace flashrnn

@@ -1,0 +1,53 @@
+// Host-visible interface of the fused kernels: argument structs, the tiling of an
+// instantiation, and the launchers that the generated instantiation files define.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace flashrnn {
+
+struct LstmCell;
+struct GruCell;
+struct SlstmCell;
+struct ElmanCell;
+
+// Layouts (row-major): wx [B, T, Gw, N, D]; r [Gr, N, D, D]; bias [Gt, N, D];
+// states0 [S, B, N, D]; states_all [S, B, T, N, D]; last_states [S, B, N, D];
+// gate_cache [B, T, Gt, N, D]; states_f32 [S, B, T, N, D].
+// wx, r, states_all and last_states hold the call's dtype; everything else is float32.
+struct ForwardArgs {
+  const void* wx;
+  const void* r;
+  const float* bias;
+  const float* states0;
+  void* states_all;
+  void* last_states;
+  float* gate_cache;  // null: forward only, no residuals written
+  float* states_f32;  // null with gate_cache
+  int64_t batch, steps, heads;
+};
+
+// d_states_all [S, B, T, N, D] and d_last_states [S, B, N, D] in the call's dtype; the rest
+// float32. d_gates [B, T, Gt, N, D] receives the cotangent of every bias gate's
+// pre-activation; d_states0 [S, B, N, D] that of the initial states.
+struct BackwardArgs {
+  const void* r;
+  const float* states0;
+  const float* gate_cache;
+  const float* states_f32;
+  const void* d_states_all;
+  const void* d_last_states;
+  float* d_gates;
+  float* d_states0;
+  int64_t batch, steps, heads;
+};
+
+template <typename Cell, typename T, int kHeadSize>
+cudaError_t LaunchForward(const ForwardArgs& args, cudaStream_t stream);
+
+template <typename Cell, typename T, int kHeadSize>
+cudaError_t LaunchBackward(const BackwardArgs& args, cudaStream_t stream);
+
+}  // namespace flashrnn

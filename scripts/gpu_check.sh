@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# One call of the lent GPU machine: build the CUDA kernels, run the GPU tests (writing the
+# summary JSON), run compute-sanitizer (memcheck, racecheck) on a small case of every kernel,
+# and run the quick benchmark, printing its table last.
+#   usage: scripts/gpu_check.sh        (logs and JSON go to $OUT, or build/gpu_check_out)
+set -uo pipefail
+repo="$(cd "$(dirname "$0")/.." && pwd)"
+out="${OUT:-$repo/build/gpu_check_out}"
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
+export CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}"
+cd "$repo"
+gpu="$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | tr ' ' '_')"
+echo "== GPU: $gpu"
+
+echo "== build"
+start=$(date +%s)
+if ! python3 -m pip install --no-build-isolation --no-deps -v . \
+    -Ccmake.define.FLASHRNN_CUDA=ON >"$out/build.log" 2>&1; then
+  tail -60 "$out/build.log"
+  exit 1
+fi
+echo "built in $(( $(date +%s) - start )) s"
+
+# From outside the checkout, so that the installed package (with _cuda) is the one imported.
+cd /tmp
+echo "== GPU tests"
+FLASHRNN_GPU_SUMMARY="$out/gpu_summary.json" python3 -m pytest "$repo/tests/test_fused_gpu.py" \
+  --rootdir "$repo" -c "$repo/pyproject.toml" -p gpu_summary -m gpu -q --maxfail=20 --durations=5 \
+  2>&1 | tee "$out/pytest.log" | tail -25
+tests_rc=${PIPESTATUS[0]}
+
+echo "== compute-sanitizer"
+for tool in memcheck racecheck; do
+  compute-sanitizer --tool "$tool" --kernel-name kns=flashrnn --error-exitcode 3 \
+    python3 "$repo/scripts/sanitize_case.py" >"$out/sanitizer_$tool.log" 2>&1
+  echo "$tool: exit $? ($(grep -c -E '^========= (Invalid|Error|Race|.*hazard)' "$out/sanitizer_$tool.log") reports)"
+  tail -3 "$out/sanitizer_$tool.log"
+done
+
+echo "== quick benchmark"
+python3 "$repo/benchmarks/quick_bench.py" --json "$out/quick_bench.json"
+exit "$tests_rc"

@@ -1,0 +1,174 @@
+"""The fused CUDA kernels against the float64 reference (DESIGN §4's rule), on a CUDA device.
+
+Forward outputs are compared with the independent NumPy reference; gradients with the scan
+backend run in float64 (itself checked against finite differences of the NumPy reference in
+test_gradients.py). A fused result passes when its relative error is at most twice that of the
+scan backend at the same input dtype, plus a small floor. Outputs are poisoned with NaN before
+every kernel launch, so an element a kernel does not write fails the comparison.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from reference import CELL_SHAPES, random_inputs, random_states, reference_flashrnn
+
+from flashrnn_jax import flashrnn
+from flashrnn_jax import fused
+
+pytestmark = pytest.mark.gpu
+
+FUNCTIONS = tuple(CELL_SHAPES)
+DTYPES = (jnp.bfloat16, jnp.float16, jnp.float32)
+HEAD_SIZES = (16, 32, 64, 128, 256)
+# (B, T, N): every odd batch, length and head count of the issue appears for every cell and
+# dtype as the head sizes rotate through these.
+SHAPES = ((1, 7, 3), (3, 1000, 1), (17, 7, 12), (3, 1, 3), (17, 1000, 1))
+
+
+def _floor(dtype) -> float:
+    return max(0.1 * float(jnp.finfo(dtype).eps), 1e-5)
+
+
+def _rel_err(x, ref) -> float:
+    x = np.asarray(x, np.float64)
+    if not np.all(np.isfinite(x)):
+        return float("inf")
+    return float(np.linalg.norm(x - ref) / max(np.linalg.norm(ref), 1e-30))
+
+
+def _cases():
+    for function, dtype in itertools.product(FUNCTIONS, DTYPES):
+        for i, head_size in enumerate(HEAD_SIZES):
+            B, T, N = SHAPES[(i + FUNCTIONS.index(function)) % len(SHAPES)]
+            yield pytest.param(
+                function, dtype, head_size, B, T, N,
+                id=f"{function}-{jnp.dtype(dtype).name}-D{head_size}-B{B}-T{T}-N{N}",
+            )
+
+
+def _loss(function, backend):
+    """A random projection of every output, as a function of (Wx, R, b, states, weights)."""
+
+    def loss(Wx, R, b, states, w_all, w_last):
+        states_all, last = flashrnn(Wx, R, b, states, function=function, backend=backend)
+        return jnp.sum(states_all.astype(jnp.float64) * w_all) + jnp.sum(
+            last.astype(jnp.float64) * w_last
+        )
+
+    return jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3)))
+
+
+@functools.cache
+def _grad_fn(function, backend):
+    return _loss(function, backend)
+
+
+@functools.cache
+def _forward_fn(function, backend):
+    return jax.jit(functools.partial(flashrnn, function=function, backend=backend))
+
+
+@pytest.mark.parametrize("function,dtype,head_size,B,T,N", list(_cases()))
+def test_fused_matches_reference(function, dtype, head_size, B, T, N, rng, gpu_case):
+    Wx, R, b = random_inputs(rng, function, B, T, N, head_size)
+    states = random_states(rng, function, B, N, head_size)
+    low = [jnp.asarray(x, dtype) for x in (Wx, R, b, states)]
+    Wx64, R64, b64, states64 = (np.asarray(x, np.float64) for x in low)
+
+    expected_all, expected_last = reference_flashrnn(Wx64, R64, b64, states64, function)
+    with fused.poison_outputs():
+        fused_all, fused_last = _forward_fn(function, "fused")(*low)
+    scan_all, scan_last = _forward_fn(function, "scan")(*low)
+    assert fused_all.dtype == dtype and fused_last.dtype == dtype
+    fwd_err = max(_rel_err(fused_all, expected_all), _rel_err(fused_last, expected_last))
+    fwd_scan_err = max(_rel_err(scan_all, expected_all), _rel_err(scan_last, expected_last))
+
+    S = CELL_SHAPES[function].num_states
+    w_all = rng.normal(size=(S, B, T, N, head_size))
+    w_last = rng.normal(size=(S, B, N, head_size))
+    expected_grads = _grad_fn(function, "scan")(Wx64, R64, b64, states64, w_all, w_last)
+    with fused.poison_outputs():
+        fused_grads = _grad_fn(function, "fused")(*low, w_all, w_last)
+    scan_grads = _grad_fn(function, "scan")(*low, w_all, w_last)
+    grad_errs = [_rel_err(g, np.asarray(e)) for g, e in zip(fused_grads, expected_grads)]
+    grad_scan_errs = [_rel_err(g, np.asarray(e)) for g, e in zip(scan_grads, expected_grads)]
+
+    gpu_case(function=function, dtype=jnp.dtype(dtype).name, D=head_size, N=N, B=B, T=T,
+             fwd_rel_err=fwd_err, grad_rel_err=max(grad_errs))
+    floor = _floor(dtype)
+    assert fwd_err <= 2 * fwd_scan_err + floor, (fwd_err, fwd_scan_err)
+    for name, err, scan_err in zip(("Wx", "R", "b", "states"), grad_errs, grad_scan_errs):
+        assert err <= 2 * scan_err + floor, (name, err, scan_err)
+
+
+def test_long_sequence_drift(rng, gpu_case):
+    """T=4096: the fused forward stays as close to float64 as the scan does."""
+    function, dtype, B, T, N, D = "slstm", jnp.bfloat16, 3, 4096, 2, 64
+    Wx, R, b = random_inputs(rng, function, B, T, N, D)
+    low = [jnp.asarray(x, dtype) for x in (Wx, R, b)]
+    expected_all, _ = reference_flashrnn(*(np.asarray(x, np.float64) for x in low), None, function)
+    with fused.poison_outputs():
+        fused_all, _ = _forward_fn(function, "fused")(*low)
+    scan_all, _ = _forward_fn(function, "scan")(*low)
+    # Error over the last 256 steps, where drift would have accumulated.
+    err = _rel_err(fused_all[:, :, -256:], expected_all[:, :, -256:])
+    scan_err = _rel_err(scan_all[:, :, -256:], expected_all[:, :, -256:])
+    gpu_case(function=function, dtype="bfloat16", D=D, N=N, B=B, T=T,
+             fwd_rel_err=err, grad_rel_err=None)
+    assert err <= 2 * scan_err + _floor(dtype), (err, scan_err)
+
+
+@pytest.mark.parametrize("function", FUNCTIONS)
+def test_vmap_and_jit(function, rng):
+    """vmap over an extra leading axis equals a loop of single calls; jit equals eager."""
+    V, B, T, N, D = 3, 2, 9, 2, 32
+    Wx, R, b = random_inputs(rng, function, V * B, T, N, D)
+    Wx = jnp.asarray(Wx.reshape(V, B, *Wx.shape[1:]), jnp.float32)
+    R, b = jnp.asarray(R, jnp.float32), jnp.asarray(b, jnp.float32)
+    run = functools.partial(flashrnn, function=function, backend="fused")
+    batched = jax.jit(jax.vmap(run, in_axes=(0, None, None)))(Wx, R, b)
+    for v in range(V):
+        single = run(Wx[v], R, b)
+        for got, want in zip(batched, single):
+            np.testing.assert_array_equal(np.asarray(got[v]), np.asarray(want))
+    grads = jax.jit(jax.vmap(jax.grad(lambda w: run(w, R, b)[0].sum())))(Wx)
+    assert np.all(np.isfinite(np.asarray(grads)))
+
+
+def test_auto_takes_fused(rng):
+    """backend='auto' runs the kernels on a CUDA device (bit-identical to backend='fused')."""
+    Wx, R, b = (jnp.asarray(x, jnp.bfloat16) for x in random_inputs(rng, "lstm", 4, 33, 3, 64))
+    auto = flashrnn(Wx, R, b, function="lstm", backend="auto")
+    fused_out = flashrnn(Wx, R, b, function="lstm", backend="fused")
+    for a, f in zip(auto, fused_out):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(f))
+
+
+def test_unsupported_head_size_says_why(rng):
+    Wx, R, b = (jnp.asarray(x, jnp.float32) for x in random_inputs(rng, "lstm", 2, 3, 1, 24))
+    with pytest.raises(fused.FusedBackendUnavailableError, match="head size 24 is not compiled"):
+        flashrnn(Wx, R, b, function="lstm", backend="fused")
+    auto_all, _ = flashrnn(Wx, R, b, function="lstm", backend="auto")
+    scan_all, _ = flashrnn(Wx, R, b, function="lstm", backend="scan")
+    np.testing.assert_array_equal(np.asarray(auto_all), np.asarray(scan_all))
+
+
+def test_flax_layer_grad_fused(rng):
+    """A loss through the linen layer with backend='fused' has the scan backend's gradient."""
+    from flashrnn_jax.linen import FlashRNN
+
+    x = jnp.asarray(rng.normal(size=(5, 40, 24)), jnp.float32)
+    grads = {}
+    for backend in ("fused", "scan"):
+        layer = FlashRNN(function="slstm", hidden_size=128, num_heads=4, backend=backend)
+        params = layer.init(jax.random.key(0), x)
+        loss = lambda p: jnp.sum(layer.apply(p, x) ** 2)  # noqa: E731
+        grads[backend] = jax.jit(jax.grad(loss))(params)
+    for f, s in zip(jax.tree.leaves(grads["fused"]), jax.tree.leaves(grads["scan"])):
+        np.testing.assert_allclose(np.asarray(f), np.asarray(s), rtol=2e-4, atol=2e-5)
