@@ -171,4 +171,5 @@ def test_flax_layer_grad_fused(rng):
         loss = lambda p: jnp.sum(layer.apply(p, x) ** 2)  # noqa: E731
         grads[backend] = jax.jit(jax.grad(loss))(params)
     for f, s in zip(jax.tree.leaves(grads["fused"]), jax.tree.leaves(grads["scan"])):
-        np.testing.assert_allclose(np.asarray(f), np.asarray(s), rtol=2e-4, atol=2e-5)
+        # Both run float32 arithmetic; only the summation order differs.
+        assert _rel_err(f, np.asarray(s, np.float64)) < 1e-4
