@@ -173,3 +173,17 @@ def test_flax_layer_grad_fused(rng):
     for f, s in zip(jax.tree.leaves(grads["fused"]), jax.tree.leaves(grads["scan"])):
         # Both run float32 arithmetic; only the summation order differs.
         assert _rel_err(f, np.asarray(s, np.float64)) < 1e-4
+
+
+def test_slstm_closed_input_gate_from_zero_states(rng):
+    """From zero states m = ĩ; a strongly closed input gate must not overflow f' into NaN."""
+    Wx, R, b = random_inputs(rng, "slstm", 3, 6, 2, 32)
+    Wx[:, 0, 0] = -100.0
+    low = [jnp.asarray(x, jnp.float32) for x in (Wx, R, b)]
+    expected_all, _ = reference_flashrnn(*(np.asarray(x, np.float64) for x in low), None, "slstm")
+    with fused.poison_outputs():
+        states_all, _ = _forward_fn("slstm", "fused")(*low)
+        grads = jax.grad(lambda w: flashrnn(w, *low[1:], function="slstm",
+                                             backend="fused")[0][0].sum())(low[0])
+    assert _rel_err(states_all, expected_all) < 1e-5
+    assert np.all(np.isfinite(np.asarray(grads)))

@@ -15,6 +15,7 @@ struct SlstmCell {
 
   struct Gates {
     float log_f_plus_m, m, i, f, z, o, n_raw;
+    bool f_capped;
   };
 
   __device__ static Gates Activate(const float (&pre)[kGatesB], const float (&prev)[kStates]) {
@@ -22,7 +23,10 @@ struct SlstmCell {
     a.log_f_plus_m = LogSigmoid(pre[1]) + prev[3];
     a.m = prev[2] == 0.0f ? pre[0] : fmaxf(pre[0], a.log_f_plus_m);
     a.i = __expf(pre[0] - a.m);
-    a.f = __expf(a.log_f_plus_m - a.m);
+    // L - m <= 0 except from zero states (m = i), where f' multiplies c_prev = n_prev = 0; the
+    // cap keeps f' finite there (a closed input gate would overflow exp) so 0 * f' stays 0.
+    a.f_capped = a.log_f_plus_m - a.m > 0.0f;
+    a.f = a.f_capped ? 1.0f : __expf(a.log_f_plus_m - a.m);
     a.z = tanhf(pre[2]);
     a.o = Sigmoid(pre[3]);
     a.n_raw = a.f * prev[2] + a.i;
@@ -51,7 +55,7 @@ struct SlstmCell {
     const float dn_raw = n_free ? ds[2] - ds[0] * a.o * c / (n * n) : 0.0f;
     const float df = dc * prev[1] + dn_raw * prev[2];
     const float di = dc * a.z + dn_raw;
-    const float d_log_f_plus_m = df * a.f;
+    const float d_log_f_plus_m = a.f_capped ? 0.0f : df * a.f;
     dg[0] = di * a.i;
     dg[1] = d_log_f_plus_m * (1.0f - Sigmoid(pre[1]));
     dg[2] = dc * a.i * (1.0f - a.z * a.z);
