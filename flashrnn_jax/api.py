@@ -79,6 +79,11 @@ def flashrnn(
         states = jnp.zeros((S, B, N, D), compute_dtype)
     else:
         states = _as_float_array(states, "states")
+        if states.ndim not in (4, 5):
+            raise ValueError(
+                f"states must have rank 4 [S, B, N, D] or rank 5 [S, B, 1, N, D], "
+                f"got shape {states.shape}"
+            )
         if states.ndim == 5:
             _check_shape("states", states, "[S, B, 1, N, D]",
                          {0: (f"S (for function={function!r})", S), 1: ("B", B), 2: ("1", 1),
@@ -116,7 +121,7 @@ def _as_float_array(x, name: str) -> jax.Array:
     if not isinstance(x, jax.Array):
         try:
             x = jnp.asarray(x)
-        except TypeError as err:
+        except (TypeError, ValueError) as err:
             raise TypeError(f"{name} must be an array, got {type(x).__name__}") from err
     if not jnp.issubdtype(x.dtype, jnp.floating):
         raise TypeError(

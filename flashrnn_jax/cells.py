@@ -75,6 +75,10 @@ def _elman_step(wx, rh, b, states):
     return (jnp.tanh(wx[..., 0, :, :] + rh[..., 0, :, :] + b[0]),)
 
 
+# The largest exponent of the sLSTM forget gate f' = exp(L - m); see _slstm_step.
+SLSTM_MAX_LOG_F = 80.0
+
+
 def _slstm_step(wx, rh, b, states):
     _, c_prev, n_prev, m_prev = states
     pre = wx + rh + b
@@ -84,11 +88,10 @@ def _slstm_step(wx, rh, b, states):
     # as in xLSTM. From zero states (n_prev == 0) there is nothing to rescale and m starts at i.
     m = jax.lax.stop_gradient(jnp.where(n_prev == 0, i, jnp.maximum(i, log_f_plus_m)))
     i_gate = jnp.exp(i - m)
-    # L - m <= 0 except from zero states (m = i), where f' multiplies c_prev = n_prev = 0; the
-    # cap keeps f' finite there (a closed input gate would overflow exp) so 0 * f' stays 0.
-    # A where, not a minimum: at L = m the gradient must pass whole, not be split at the tie.
+    # L - m <= 0 except from zero states (m = i), where a closed input gate makes it large: the
+    # cap keeps f' finite (float32 exp overflows above ~88.7) so that f' * 0 stays 0.
     log_f_rel = log_f_plus_m - m
-    f_gate = jnp.exp(jnp.where(log_f_rel > 0, jnp.zeros_like(log_f_rel), log_f_rel))
+    f_gate = jnp.exp(jnp.where(log_f_rel > SLSTM_MAX_LOG_F, SLSTM_MAX_LOG_F, log_f_rel))
     c = f_gate * c_prev + i_gate * jnp.tanh(z)
     n_raw = f_gate * n_prev + i_gate
     # max(n_raw, 1) with the gradient passed to n_raw at the tie: from zero states n_raw is

@@ -12,6 +12,7 @@ struct SlstmCell {
   static constexpr int kGatesB = 4;
   static constexpr int kStates = 4;
   static constexpr int kWxGateOffset = 0;
+  static constexpr float kMaxLogF = 80.0f;
 
   struct Gates {
     float log_f_plus_m, m, i, f, z, o, n_raw;
@@ -23,10 +24,11 @@ struct SlstmCell {
     a.log_f_plus_m = LogSigmoid(pre[1]) + prev[3];
     a.m = prev[2] == 0.0f ? pre[0] : fmaxf(pre[0], a.log_f_plus_m);
     a.i = __expf(pre[0] - a.m);
-    // L - m <= 0 except from zero states (m = i), where f' multiplies c_prev = n_prev = 0; the
-    // cap keeps f' finite there (a closed input gate would overflow exp) so 0 * f' stays 0.
-    a.f_capped = a.log_f_plus_m - a.m > 0.0f;
-    a.f = a.f_capped ? 1.0f : __expf(a.log_f_plus_m - a.m);
+    // L - m <= 0 except from zero states (m = i), where a closed input gate makes it large: the
+    // cap keeps f' finite (float32 exp overflows above ~88.7) so that f' * 0 stays 0. The same
+    // cap as SLSTM_MAX_LOG_F in flashrnn_jax/cells.py.
+    a.f_capped = a.log_f_plus_m - a.m > kMaxLogF;
+    a.f = __expf(a.f_capped ? kMaxLogF : a.log_f_plus_m - a.m);
     a.z = tanhf(pre[2]);
     a.o = Sigmoid(pre[3]);
     a.n_raw = a.f * prev[2] + a.i;

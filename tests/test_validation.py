@@ -1,0 +1,252 @@
+"""Argument validation: the right exception type, and a message that names the argument, the
+expected value and the actual one. Also the import from a source tree without compiled code."""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import textwrap
+import warnings
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from reference import CELL_SHAPES, random_inputs, random_states, reference_flashrnn
+
+import flashrnn_jax
+from flashrnn_jax import BACKENDS, FUNCTIONS, FusedBackendUnavailableError, flashrnn
+
+FUNCTION_LIST = tuple(CELL_SHAPES)
+# Sizes distinct from each other, from the gate and state counts and from axis numbers, so a
+# message that lacks the expected value cannot contain it by accident.
+B, T, N, D = 5, 6, 7, 9
+GATE_AXIS = {"Wx": 2, "R": 0, "b": 0}
+GATE_SYMBOL = {"Wx": "Gw", "R": "Gr", "b": "Gt"}
+
+
+def _valid_args(rng, function):
+    Wx, R, b = random_inputs(rng, function, B, T, N, D)
+    return {"Wx": Wx, "R": R, "b": b, "states": random_states(rng, function, B, N, D)}
+
+
+def _gate_count(function, name):
+    shape = CELL_SHAPES[function]
+    return {"Wx": shape.gates_wx, "R": shape.gates_r, "b": shape.gates_b}[name]
+
+
+def _call(args, function="lstm", backend="scan"):
+    return flashrnn(args["Wx"], args["R"], args["b"], args["states"], function=function,
+                    backend=backend)
+
+
+def _resize(rng, x, axis, size):
+    """``x`` with axis ``axis`` changed to ``size``."""
+    shape = list(x.shape)
+    shape[axis] = size
+    return rng.normal(size=shape)
+
+
+def _mentions(message, word):
+    return re.search(rf"(?<!\w){re.escape(str(word))}(?!\w)", message) is not None
+
+
+def _assert_message(error, argument, expected, actual):
+    """The message names ``argument``, ``expected`` (outside the ``actual`` text) and ``actual``."""
+    message = str(error.value)
+    assert _mentions(message, argument), (argument, message)
+    assert str(actual) in message, (actual, message)
+    assert _mentions(message.replace(str(actual), ""), expected), (expected, message)
+
+
+def test_every_function_is_covered():
+    assert set(FUNCTIONS) == set(CELL_SHAPES)
+
+
+@pytest.mark.parametrize("change", [-1, 1], ids=["rank-1", "rank+1"])
+@pytest.mark.parametrize("name, rank", [("Wx", 5), ("R", 4), ("b", 3)])
+def test_wrong_rank(rng, name, rank, change):
+    args = _valid_args(rng, "lstm")
+    args[name] = args[name][0] if change < 0 else args[name][None]
+    with pytest.raises(ValueError) as error:
+        _call(args)
+    _assert_message(error, name, rank, args[name].shape)
+
+
+@pytest.mark.parametrize("rank", [3, 6])
+def test_states_wrong_rank_names_both_layouts(rng, rank):
+    args = _valid_args(rng, "lstm")
+    args["states"] = args["states"][0] if rank == 3 else args["states"][:, :, None, None]
+    with pytest.raises(ValueError) as error:
+        _call(args)
+    message = str(error.value)
+    assert _mentions(message, "states") and str(args["states"].shape) in message
+    compact = message.replace(" ", "")
+    assert "[S,B,N,D]" in compact and "[S,B,1,N,D]" in compact, message
+
+
+@pytest.mark.parametrize("name", ["Wx", "R", "b"])
+@pytest.mark.parametrize("function", FUNCTION_LIST)
+def test_wrong_gate_count(rng, function, name):
+    args = _valid_args(rng, function)
+    expected = _gate_count(function, name)
+    args[name] = _resize(rng, args[name], GATE_AXIS[name], expected + 1)
+    with pytest.raises(ValueError) as error:
+        _call(args, function)
+    _assert_message(error, name, expected, args[name].shape)
+    assert GATE_SYMBOL[name] in str(error.value)
+
+
+@pytest.mark.parametrize("layout", ["[S,B,N,D]", "[S,B,1,N,D]"])
+@pytest.mark.parametrize("function", FUNCTION_LIST)
+def test_wrong_state_count(rng, function, layout):
+    args = _valid_args(rng, function)
+    expected = CELL_SHAPES[function].num_states
+    args["states"] = _resize(rng, args["states"], 0, expected + 1)
+    if layout == "[S,B,1,N,D]":
+        args["states"] = args["states"][:, :, None]
+    with pytest.raises(ValueError) as error:
+        _call(args, function)
+    _assert_message(error, "states", expected, args["states"].shape)
+
+
+@pytest.mark.parametrize(
+    "name, axis, expected",
+    [
+        ("R", 1, N), ("R", 2, D), ("R", 3, D),
+        ("b", 1, N), ("b", 2, D),
+        ("states", 1, B), ("states", 2, N), ("states", 3, D),
+    ],
+    ids=["R-N", "R-D_out", "R-not-square", "b-N", "b-D", "states-B", "states-N", "states-D"],
+)
+def test_size_mismatch_with_Wx(rng, name, axis, expected):
+    args = _valid_args(rng, "lstm")
+    args[name] = _resize(rng, args[name], axis, expected + 1)
+    with pytest.raises(ValueError) as error:
+        _call(args)
+    _assert_message(error, name, expected, args[name].shape)
+
+
+@pytest.mark.parametrize("axis, expected", [(1, B), (2, 1), (3, N), (4, D)],
+                         ids=["B", "unit-axis", "N", "D"])
+def test_five_axis_states_size_mismatch(rng, axis, expected):
+    args = _valid_args(rng, "lstm")
+    args["states"] = _resize(rng, args["states"][:, :, None], axis, expected + 1)
+    with pytest.raises(ValueError) as error:
+        _call(args)
+    _assert_message(error, "states", expected, args["states"].shape)
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.int64, np.bool_])
+@pytest.mark.parametrize("name", ["Wx", "R", "b", "states"])
+def test_non_float_dtype(rng, name, dtype):
+    args = _valid_args(rng, "lstm")
+    args[name] = np.ones(args[name].shape, dtype)
+    with pytest.raises(TypeError) as error:
+        _call(args)
+    message = str(error.value)
+    assert _mentions(message, name), message
+    assert "float" in message and f"got {np.dtype(dtype).name}" in message, message
+
+
+# states=None is valid (zeros); None for Wx, R or b (say, "no bias") is not.
+@pytest.mark.parametrize(
+    "name, value", [(name, "text") for name in ("Wx", "R", "b", "states")]
+    + [(name, None) for name in ("Wx", "R", "b")]
+)
+def test_non_array_argument(rng, name, value):
+    args = _valid_args(rng, "lstm")
+    args[name] = value
+    with pytest.raises(TypeError) as error:
+        _call(args)
+    message = str(error.value)
+    assert _mentions(message, name), message
+    assert "array" in message and type(value).__name__ in message, message
+
+
+@pytest.mark.parametrize("function", ["tanh", "LSTM", "", 3, None])
+def test_unknown_function(rng, function):
+    args = _valid_args(rng, "lstm")
+    with pytest.raises(ValueError) as error:
+        _call(args, function=function)
+    message = str(error.value)
+    assert _mentions(message, "function") and repr(function) in message, message
+    assert all(repr(name) in message for name in FUNCTIONS), message
+
+
+@pytest.mark.parametrize("backend", ["cuda", "Scan", "", 0, None])
+def test_unknown_backend(rng, backend):
+    args = _valid_args(rng, "lstm")
+    with pytest.raises(ValueError) as error:
+        _call(args, backend=backend)
+    message = str(error.value)
+    assert _mentions(message, "backend") and repr(backend) in message, message
+    assert all(repr(name) in message for name in BACKENDS), message
+
+
+@pytest.mark.parametrize(
+    "name, axis",
+    [("Wx", 0), ("Wx", 1), ("Wx", 3), ("Wx", 4), ("R", 2), ("b", 1), ("states", 1)],
+    ids=["Wx-B", "Wx-T", "Wx-N", "Wx-D", "R-D", "b-N", "states-B"],
+)
+def test_empty_axis(rng, name, axis):
+    args = _valid_args(rng, "lstm")
+    args[name] = _resize(rng, args[name], axis, 0)
+    with pytest.raises(ValueError) as error:
+        _call(args)
+    message = str(error.value)
+    assert _mentions(message, name) and str(args[name].shape) in message
+    assert re.search("empty|zero|size", message), message
+
+
+_cpu_only = pytest.mark.skipif(jax.default_backend() != "cpu", reason="checks the CPU-only path")
+
+
+@_cpu_only
+@pytest.mark.parametrize("function", FUNCTION_LIST)
+def test_fused_backend_without_cuda_says_why(rng, function):
+    args = _valid_args(rng, function)
+    with pytest.raises(FusedBackendUnavailableError) as error:
+        _call(args, function, backend="fused")
+    assert "no CUDA device" in str(error.value), str(error.value)
+
+
+@_cpu_only
+def test_auto_backend_runs_on_cpu_without_warning(rng):
+    args = _valid_args(rng, "slstm")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        states_all, last_states = _call(args, "slstm", backend="auto")
+    expected_all, expected_last = reference_flashrnn(args["Wx"], args["R"], args["b"],
+                                                     args["states"], "slstm")
+    np.testing.assert_allclose(states_all, expected_all, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(last_states, expected_last, rtol=1e-12, atol=1e-12)
+
+
+def test_runs_from_a_source_tree_without_compiled_module(rng, tmp_path):
+    """A source checkout: the package's files minus any compiled extension built in place."""
+    source = Path(flashrnn_jax.__file__).parent
+    shutil.copytree(source, tmp_path / "flashrnn_jax",
+                    ignore=shutil.ignore_patterns("*.so", "*.pyd", "__pycache__"))
+    Wx, R, b = (x.astype(np.float32) for x in random_inputs(rng, "gru", 2, 3, 2, 4))
+    np.savez(tmp_path / "inputs.npz", Wx=Wx, R=R, b=b)
+    script = textwrap.dedent(f"""
+        import numpy as np
+        import flashrnn_jax
+        from flashrnn_jax import fused, flashrnn
+        assert flashrnn_jax.__file__.startswith({str(tmp_path)!r}), flashrnn_jax.__file__
+        assert fused.extension() is None
+        inputs = np.load({str(tmp_path / "inputs.npz")!r})
+        states_all, _ = flashrnn(inputs["Wx"], inputs["R"], inputs["b"], function="gru")
+        np.save({str(tmp_path / "out.npy")!r}, np.asarray(states_all))
+    """)
+    # cwd too: ``python -c`` puts the working directory first on sys.path.
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(tmp_path)},
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    states_all = np.load(tmp_path / "out.npy")
+    assert states_all.dtype == np.float32
+    expected, _ = reference_flashrnn(Wx, R, b, None, "gru")
+    np.testing.assert_allclose(states_all, expected, rtol=1e-5, atol=1e-6)
