@@ -66,12 +66,13 @@ def flashrnn(
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
 
     Wx, R, b = (_as_float_array(x, name) for x, name in ((Wx, "Wx"), (R, "R"), (b, "b")))
-    _check_shape("Wx", Wx, "[B, T, Gw, N, D]", {2: (f"Gw (for function={function!r})", cell.gates_wx)})
+    per_fn = f"(for function={function!r})"
+    _check_shape("Wx", Wx, "[B, T, Gw, N, D]", {2: (f"Gw {per_fn}", cell.gates_wx)})
     B, T, _, N, D = Wx.shape
-    _check_shape("R", R, "[Gr, N, D, D]", {0: (f"Gr (for function={function!r})", cell.gates_r), 1: ("N", N),
-                                            2: ("D", D), 3: ("D", D)})
-    _check_shape("b", b, "[Gt, N, D]", {0: (f"Gt (for function={function!r})", cell.gates_b),
-                                        1: ("N", N), 2: ("D", D)})
+    _check_shape("R", R, "[Gr, N, D, D]",
+                 {0: (f"Gr {per_fn}", cell.gates_r), 1: ("N", N), 2: ("D", D), 3: ("D", D)})
+    _check_shape("b", b, "[Gt, N, D]",
+                 {0: (f"Gt {per_fn}", cell.gates_b), 1: ("N", N), 2: ("D", D)})
 
     S = cell.num_states
     compute_dtype = _compute_dtype(Wx, R, b)
@@ -86,14 +87,13 @@ def flashrnn(
             )
         if states.ndim == 5:
             _check_shape("states", states, "[S, B, 1, N, D]",
-                         {0: (f"S (for function={function!r})", S), 1: ("B", B), 2: ("1", 1),
-                          3: ("N", N), 4: ("D", D)})
+                         {0: (f"S {per_fn}", S), 1: ("B", B), 2: ("1", 1), 3: ("N", N),
+                          4: ("D", D)})
             states = states.reshape(S, B, N, D)
         else:
             _check_shape("states", states, "[S, B, N, D]",
-                         {0: (f"S (for function={function!r})", S), 1: ("B", B), 2: ("N", N),
-                          3: ("D", D)})
-        compute_dtype = _compute_dtype(Wx, R, b, states)
+                         {0: (f"S {per_fn}", S), 1: ("B", B), 2: ("N", N), 3: ("D", D)})
+    compute_dtype = _compute_dtype(Wx, R, b, states)
 
     def run_scan(Wx, R, b, states):
         return flashrnn_scan(Wx, R, b, states, function=function, compute_dtype=compute_dtype)

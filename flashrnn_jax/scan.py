@@ -7,12 +7,15 @@ step, and the states carried between steps. Outputs are cast to the dtype of ``W
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
 from flashrnn_jax.cells import get_cell
 
 
+@functools.partial(jax.jit, static_argnames=("function", "compute_dtype"))
 def flashrnn_scan(
     Wx: jax.Array,
     R: jax.Array,
@@ -27,7 +30,7 @@ def flashrnn_scan(
     Arguments are already validated and normalised by :func:`flashrnn_jax.flashrnn`:
     ``Wx`` ``[B, T, Gw, N, D]``, ``R`` ``[Gr, N, D, D]``, ``b`` ``[Gt, N, D]``, ``states``
     ``[S, B, N, D]``. Returns ``states_all`` ``[S, B, T, N, D]`` and ``last_states``
-    ``[S, B, N, D]`` in the dtype of ``Wx``.
+    ``[S, B, N, D]`` in the dtype of ``Wx``. Jitted, so eager calls compile once per shape.
     """
     cell = get_cell(function)
     out_dtype = Wx.dtype

@@ -1,0 +1,168 @@
+"""What the Linen and NNX layers share: head layout, initializers, the forward pass and the carry.
+
+Both :class:`flashrnn_jax.linen.FlashRNN` and :class:`flashrnn_jax.nnx.FlashRNN` hold the same
+three parameters and run the same computation; only how parameters are created and stored
+differs. Everything else lives here so the two layers cannot drift apart.
+
+Parameters (``F`` input features, ``H = N * D`` hidden size, ``N`` heads of size ``D``):
+
+============================  ==================  ==========================================
+name                          shape               meaning
+============================  ==================  ==========================================
+``kernel``                    ``[F, Gw * H]``     input projection; column ``g*H + n*D + d``
+                                                  feeds gate ``g``, head ``n``, unit ``d``
+``recurrent_kernel``          ``[Gr, N, D, D]``   ``R[g, n, d_out, d_in]``, one matrix per
+                                                  gate and head (block-diagonal recurrence)
+``bias``                      ``[Gt, N, D]``      gate biases
+============================  ==================  ==========================================
+
+The carry is one array ``[S, *batch, H]``: the cell's ``S`` states in the cell's order (state 0
+is ``h``; see :mod:`flashrnn_jax.cells`), heads concatenated along the last axis as in the
+output. The carry returned by a call can be passed back as ``initial_carry`` to continue the
+sequence.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+from flax.linen.dtypes import promote_dtype
+from flax.typing import Dtype, Initializer, PrecisionLike
+
+from flashrnn_jax.api import flashrnn
+from flashrnn_jax.cells import Cell, get_cell
+
+default_kernel_init: Initializer = jax.nn.initializers.lecun_normal()
+default_recurrent_kernel_init: Initializer = jax.nn.initializers.orthogonal()
+default_bias_init: Initializer = jax.nn.initializers.zeros
+
+
+@dataclasses.dataclass(frozen=True)
+class HeadLayout:
+    """The cell and the split of ``hidden_size`` into ``num_heads`` heads of ``head_size``."""
+
+    cell: Cell
+    hidden_size: int
+    num_heads: int
+
+    @property
+    def head_size(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    def kernel_shape(self, in_features: int) -> tuple[int, int]:
+        return (in_features, self.cell.gates_wx * self.hidden_size)
+
+    @property
+    def recurrent_kernel_shape(self) -> tuple[int, int, int, int]:
+        return (self.cell.gates_r, self.num_heads, self.head_size, self.head_size)
+
+    @property
+    def bias_shape(self) -> tuple[int, int, int]:
+        return (self.cell.gates_b, self.num_heads, self.head_size)
+
+    def carry_shape(self, batch_shape: tuple[int, ...]) -> tuple[int, ...]:
+        return (self.cell.num_states, *batch_shape, self.hidden_size)
+
+
+def head_layout(function: str, hidden_size: int, num_heads: int) -> HeadLayout:
+    """Validate the layer's configuration; raise ValueError naming the offending argument."""
+    cell = get_cell(function)
+    for name, value in (("hidden_size", hidden_size), ("num_heads", num_heads)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    if hidden_size % num_heads:
+        raise ValueError(
+            f"hidden_size must be divisible by num_heads (each head has hidden_size // "
+            f"num_heads units), got hidden_size={hidden_size} and num_heads={num_heads}"
+        )
+    return HeadLayout(cell, hidden_size, num_heads)
+
+
+def blockwise(init: Initializer) -> Initializer:
+    """Apply a matrix initializer to every ``[D, D]`` block of a ``[..., D, D]`` parameter.
+
+    Each block gets its own key, so ``blockwise(orthogonal())`` makes every ``R[g, n]``
+    orthogonal (the plain initializer on the whole array would only make the stacked columns
+    orthonormal) and fan-in based initializers see the head size ``D``, not ``Gr * N * D``.
+    """
+
+    def init_blocks(key: jax.Array, shape: tuple[int, ...], dtype: Dtype = jnp.float32):
+        *lead, d_out, d_in = shape
+        keys = jax.random.split(key, math.prod(lead))
+        # Draw in at least float32, then round to `dtype`: jax's orthogonal initializer needs a
+        # QR decomposition, which has no bfloat16/float16 implementation.
+        draw_dtype = jnp.promote_types(dtype, jnp.float32)
+        blocks = jax.vmap(lambda k: init(k, (d_out, d_in), draw_dtype))(keys)
+        return blocks.reshape(shape).astype(dtype)
+
+    return init_blocks
+
+
+def split_time(inputs: jax.Array, time_major: bool) -> tuple[jax.Array, tuple[int, ...]]:
+    """Return the inputs as ``[*batch, T, F]`` and the batch shape."""
+    if inputs.ndim < 2:
+        layout = "[T, *batch, features]" if time_major else "[*batch, T, features]"
+        raise ValueError(f"inputs must have shape {layout} (rank >= 2), got shape {inputs.shape}")
+    if time_major:
+        inputs = jnp.moveaxis(inputs, 0, -2)
+    return inputs, inputs.shape[:-2]
+
+
+def zeros_carry(layout: HeadLayout, batch_shape: tuple[int, ...], dtype: Dtype) -> jax.Array:
+    """The carry a sequence starts from: all states zero, ``[S, *batch, H]``."""
+    return jnp.zeros(layout.carry_shape(batch_shape), dtype)
+
+
+def apply(
+    layout: HeadLayout,
+    inputs: jax.Array,
+    kernel: jax.Array,
+    recurrent_kernel: jax.Array,
+    bias: jax.Array,
+    *,
+    initial_carry: jax.Array | None,
+    time_major: bool,
+    dtype: Dtype | None,
+    precision: PrecisionLike,
+    backend: str,
+) -> tuple[jax.Array, jax.Array]:
+    """Run the layer; return ``(carry [S, *batch, H], h [*batch, T, H] or [T, *batch, H])``."""
+    x, batch_shape = split_time(jnp.asarray(inputs), time_major)
+    *_, T, F = x.shape
+    if F != kernel.shape[0]:
+        raise ValueError(
+            f"inputs must have in_features = {kernel.shape[0]} on the last axis, got inputs of "
+            f"shape {jnp.shape(inputs)}"
+        )
+    # As flax.linen.Dense: every operand is cast to `dtype`, or to the promotion of the
+    # input and parameter dtypes when `dtype` is None. The kernels see one dtype.
+    x, kernel, recurrent_kernel, bias = promote_dtype(
+        x, kernel, recurrent_kernel, bias, dtype=dtype
+    )
+    B = math.prod(batch_shape)
+    N, D = layout.num_heads, layout.head_size
+    Wx = jnp.einsum("btf,fk->btk", x.reshape(B, T, F), kernel, precision=precision)
+    Wx = Wx.reshape(B, T, layout.cell.gates_wx, N, D)
+
+    states = None
+    if initial_carry is not None:
+        expected = layout.carry_shape(batch_shape)
+        if jnp.shape(initial_carry) != expected:
+            raise ValueError(
+                f"initial_carry must have shape [S, *batch, hidden_size] = {expected} for "
+                f"function={layout.cell.name!r} and inputs of shape {jnp.shape(inputs)}, got "
+                f"{jnp.shape(initial_carry)}"
+            )
+        states = jnp.asarray(initial_carry, Wx.dtype).reshape(layout.cell.num_states, B, N, D)
+
+    states_all, last = flashrnn(
+        Wx, recurrent_kernel, bias, states, function=layout.cell.name, backend=backend
+    )
+    h = states_all[0].reshape(*batch_shape, T, layout.hidden_size)
+    if time_major:
+        h = jnp.moveaxis(h, -2, 0)
+    carry = last.reshape(layout.carry_shape(batch_shape))
+    return carry, h
