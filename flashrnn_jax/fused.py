@@ -18,6 +18,7 @@ and time, left to XLA.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import importlib
 import warnings
@@ -27,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from flashrnn_jax.cells import get_cell
+from flashrnn_jax.constrint import hardware
 
 _XLA_DTYPE_NAMES = {
     np.dtype(jnp.bfloat16): "BF16",
@@ -56,10 +58,42 @@ def extension():
 
 
 @functools.cache
-def compiled_grid() -> frozenset[tuple[str, str, int]]:
-    """The (function, XLA dtype name, head size) triples the extension was compiled for."""
+def compiled_grid() -> dict[tuple[str, str, int], tuple[hardware.Tiling, ...]]:
+    """The compiled kernels: (function, XLA dtype name, head size) -> their tilings."""
     module = extension()
-    return frozenset() if module is None else frozenset(module.compiled_grid())
+    grid: dict[tuple[str, str, int], tuple[hardware.Tiling, ...]] = {}
+    for function, dtype, head_size, *tiling in module.compiled_grid() if module else ():
+        key = (function, dtype, head_size)
+        grid[key] = grid.get(key, ()) + (hardware.Tiling(*tiling),)
+    return grid
+
+
+@functools.cache
+def _device_limits() -> hardware.DeviceLimits:
+    ordinal = jax.devices("cuda")[0].local_hardware_id or 0
+    return hardware.DeviceLimits.from_properties(extension().device_properties(ordinal))
+
+
+@functools.cache
+def _select_tiling(function: str, dtype_name: str, head_size: int) -> hardware.Tiling | str:
+    """The compiled tiling to run on this device, or why there is none."""
+    compiled = compiled_grid().get((function, dtype_name, head_size))
+    device = _device_limits()
+    if compiled is None:
+        try:
+            fits = hardware.choose_tiling(function, dtype_name, head_size, device)
+        except hardware.InfeasibleTilingError as err:
+            return f"head size {head_size} does not fit on chip: {err}"
+        sizes = sorted(d for f, n, d in compiled_grid() if (f, n) == (function, dtype_name))
+        return (
+            f"head size {head_size} is not compiled for function={function!r} and dtype "
+            f"{dtype_name} (compiled head sizes: {sizes}); it would fit with {fits}: add it "
+            "to FLASHRNN_HEAD_SIZES (CMake) and rebuild"
+        )
+    try:
+        return hardware.pick_compiled(function, dtype_name, head_size, compiled, device)
+    except hardware.InfeasibleTilingError as err:
+        return str(err)
 
 
 @functools.cache
@@ -91,14 +125,8 @@ def unsupported_reason(dtype, head_size: int, function: str) -> str | None:
     name = _XLA_DTYPE_NAMES.get(np.dtype(dtype))
     if name is None:
         return f"the fused kernels take bfloat16, float16 or float32 Wx, got {np.dtype(dtype)}"
-    if (function, name, head_size) not in compiled_grid():
-        sizes = sorted(d for f, n, d in compiled_grid() if (f, n) == (function, name))
-        return (
-            f"head size {head_size} is not compiled for function={function!r} and dtype "
-            f"{np.dtype(dtype)} (compiled head sizes: {sizes}; see FLASHRNN_HEAD_SIZES in "
-            "CMakeLists.txt)"
-        )
-    return None
+    tiling = _select_tiling(function, name, head_size)
+    return tiling if isinstance(tiling, str) else None
 
 
 @contextlib.contextmanager
@@ -110,6 +138,12 @@ def poison_outputs():
         yield
     finally:
         _poison_outputs = previous
+
+
+def _tiling_attributes(function: str, dtype, head_size: int) -> dict[str, np.int32]:
+    """The FFI attributes that select the compiled variant (see :func:`_select_tiling`)."""
+    tiling = _select_tiling(function, _XLA_DTYPE_NAMES[np.dtype(dtype)], head_size)
+    return {k: np.int32(v) for k, v in dataclasses.asdict(tiling).items()}
 
 
 def _forward_call(Wx, R, b, states, function: str, *, train: bool):
@@ -126,7 +160,8 @@ def _forward_call(Wx, R, b, states, function: str, *, train: bool):
         ]
     target = "flashrnn_jax_forward_train" if train else "flashrnn_jax_forward"
     return jax.ffi.ffi_call(target, out, vmap_method="sequential")(
-        Wx, R, b, states, function=function, poison_outputs=_poison_outputs
+        Wx, R, b, states, function=function, poison_outputs=_poison_outputs,
+        **_tiling_attributes(function, Wx.dtype, D),
     )
 
 
@@ -162,6 +197,7 @@ def _fused_bwd(function, residuals, cotangents):
         d_last.astype(wx_dtype),
         function=function,
         poison_outputs=_poison_outputs,
+        **_tiling_attributes(function, R.dtype, R.shape[-1]),
     )
     cell = get_cell(function)
     offset = cell.wx_bias_offset

@@ -187,3 +187,10 @@ def test_slstm_closed_input_gate_from_zero_states(rng):
                                              backend="fused")[0][0].sum())(low[0])
     assert _rel_err(states_all, expected_all) < 1e-5
     assert np.all(np.isfinite(np.asarray(grads)))
+
+
+def test_head_too_large_for_the_chip_names_the_limit(rng):
+    """The hardware model refuses a head whose R cannot stay on chip, naming the limit."""
+    Wx, R, b = (jnp.asarray(x, jnp.bfloat16) for x in random_inputs(rng, "lstm", 1, 2, 1, 1024))
+    with pytest.raises(fused.FusedBackendUnavailableError, match="shared memory per block"):
+        flashrnn(Wx, R, b, function="lstm", backend="fused")

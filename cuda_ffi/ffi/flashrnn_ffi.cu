@@ -18,6 +18,7 @@
 #include "kernels/params.h"
 #include "ffi/flashrnn_ffi.h"
 #include "kernels/slstm_pointwise.cuh"
+#include "kernels/tiling.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -29,19 +30,26 @@ struct CompiledKernel {
   std::string_view function;
   ffi::DataType dtype;
   std::string_view dtype_name;
-  int head_size;
+  int head_size, cluster, batch_tile, threads;
   int gates_wx, gates_r, gates_b, states;
   cudaError_t (*forward)(const ForwardArgs&, cudaStream_t);
   cudaError_t (*backward)(const BackwardArgs&, cudaStream_t);
 };
 
-#define FLASHRNN_KERNEL(function, Cell, dtype, CType, head_size)                            \
-  CompiledKernel{#function,        ffi::DataType::dtype,                                     \
-                 #dtype,           head_size,                                                \
-                 Cell::kGatesWx,   Cell::kGatesR,                                            \
-                 Cell::kGatesB,    Cell::kStates,                                            \
-                 &LaunchForward<Cell, CType, head_size>,                                     \
-                 &LaunchBackward<Cell, CType, head_size>},
+#define FLASHRNN_KERNEL(function, Cell, dtype, CType, head_size, cluster, batch_tile, threads) \
+  CompiledKernel{#function,                                                                   \
+                 ffi::DataType::dtype,                                                        \
+                 #dtype,                                                                      \
+                 head_size,                                                                   \
+                 cluster,                                                                     \
+                 batch_tile,                                                                  \
+                 threads,                                                                     \
+                 Cell::kGatesWx,                                                              \
+                 Cell::kGatesR,                                                               \
+                 Cell::kGatesB,                                                               \
+                 Cell::kStates,                                                               \
+                 &LaunchForward<Cell, CType, Tiling<head_size, cluster, batch_tile, threads>>, \
+                 &LaunchBackward<Cell, CType, Tiling<head_size, cluster, batch_tile, threads>>},
 constexpr CompiledKernel kCompiledKernels[] = {
 #include "compiled_grid.inc"
 };
@@ -55,18 +63,27 @@ std::string ShapeString(ffi::AnyBuffer::Dimensions dims) {
   return out + ")";
 }
 
+// The compiled variant Python selected (flashrnn_jax.fused._select_tiling).
+struct Variant {
+  std::string_view function;
+  int32_t cluster, batch_tile, threads;
+};
+
 // The call's kernel, or an error naming what is not compiled.
-ffi::Error FindKernel(std::string_view function, ffi::DataType dtype, int64_t head_size,
+ffi::Error FindKernel(const Variant& v, ffi::DataType dtype, int64_t head_size,
                       const CompiledKernel** found) {
-  for (const CompiledKernel& kernel : kCompiledKernels) {
-    if (kernel.function == function && kernel.dtype == dtype && kernel.head_size == head_size) {
-      *found = &kernel;
+  for (const CompiledKernel& k : kCompiledKernels) {
+    if (k.function == v.function && k.dtype == dtype && k.head_size == head_size &&
+        k.cluster == v.cluster && k.batch_tile == v.batch_tile && k.threads == v.threads) {
+      *found = &k;
       return ffi::Error::Success();
     }
   }
   return ffi::Error::InvalidArgument(
-      "flashrnn_jax: no fused kernel compiled for function=" + std::string(function) +
-      ", head size " + std::to_string(head_size) + " and this dtype");
+      "flashrnn_jax: no fused kernel compiled for function=" + std::string(v.function) +
+      ", head size " + std::to_string(head_size) + ", this dtype and tiling (cluster " +
+      std::to_string(v.cluster) + ", batch tile " + std::to_string(v.batch_tile) + ", " +
+      std::to_string(v.threads) + " threads)");
 }
 
 ffi::Error CheckShape(std::string_view name, ffi::AnyBuffer::Dimensions dims,
@@ -111,7 +128,7 @@ struct Problem {
   int64_t batch, heads, head_size;
 };
 
-ffi::Error ResolveProblem(std::string_view function, ffi::AnyBuffer r, ffi::AnyBuffer states0,
+ffi::Error ResolveProblem(const Variant& variant, ffi::AnyBuffer r, ffi::AnyBuffer states0,
                           Problem* problem) {
   const auto r_dims = r.dimensions();
   const auto s_dims = states0.dimensions();
@@ -120,7 +137,7 @@ ffi::Error ResolveProblem(std::string_view function, ffi::AnyBuffer r, ffi::AnyB
                                        ShapeString(r_dims) + " and " + ShapeString(s_dims));
   }
   const CompiledKernel* k = nullptr;
-  FLASHRNN_RETURN_IF_ERROR(FindKernel(function, r.element_type(), r_dims[3], &k));
+  FLASHRNN_RETURN_IF_ERROR(FindKernel(variant, r.element_type(), r_dims[3], &k));
   *problem = Problem{k, s_dims[1], r_dims[1], r_dims[3]};
   FLASHRNN_RETURN_IF_ERROR(CheckShape(
       "R", r_dims, {k->gates_r, problem->heads, problem->head_size, problem->head_size}));
@@ -132,12 +149,12 @@ ffi::Error ResolveProblem(std::string_view function, ffi::AnyBuffer r, ffi::AnyB
   return ffi::Error::Success();
 }
 
-ffi::Error Forward(cudaStream_t stream, std::string_view function, ffi::AnyBuffer wx,
+ffi::Error Forward(cudaStream_t stream, const Variant& variant, ffi::AnyBuffer wx,
                    ffi::AnyBuffer r, ffi::AnyBuffer bias, ffi::AnyBuffer states0,
                    ffi::AnyBuffer states_all, ffi::AnyBuffer last_states,
                    ffi::AnyBuffer* gate_cache, ffi::AnyBuffer* states_f32, bool poison) {
   Problem p;
-  FLASHRNN_RETURN_IF_ERROR(ResolveProblem(function, r, states0, &p));
+  FLASHRNN_RETURN_IF_ERROR(ResolveProblem(variant, r, states0, &p));
   const CompiledKernel& k = *p.kernel;
   const auto wx_dims = wx.dimensions();
   if (wx_dims.size() != 5) {
@@ -192,9 +209,9 @@ ffi::Error ForwardImpl(cudaStream_t stream, ffi::AnyBuffer wx, ffi::AnyBuffer r,
                        ffi::AnyBuffer bias, ffi::AnyBuffer states0,
                        ffi::Result<ffi::AnyBuffer> states_all,
                        ffi::Result<ffi::AnyBuffer> last_states, std::string_view function,
-                       bool poison) {
-  return Forward(stream, function, wx, r, bias, states0, *states_all, *last_states, nullptr,
-                 nullptr, poison);
+                       bool poison, int32_t cluster, int32_t batch_tile, int32_t threads) {
+  return Forward(stream, {function, cluster, batch_tile, threads}, wx, r, bias, states0,
+                 *states_all, *last_states, nullptr, nullptr, poison);
 }
 
 ffi::Error ForwardTrainImpl(cudaStream_t stream, ffi::AnyBuffer wx, ffi::AnyBuffer r,
@@ -203,10 +220,10 @@ ffi::Error ForwardTrainImpl(cudaStream_t stream, ffi::AnyBuffer wx, ffi::AnyBuff
                             ffi::Result<ffi::AnyBuffer> last_states,
                             ffi::Result<ffi::AnyBuffer> gate_cache,
                             ffi::Result<ffi::AnyBuffer> states_f32, std::string_view function,
-                            bool poison) {
+                            bool poison, int32_t cluster, int32_t batch_tile, int32_t threads) {
   ffi::AnyBuffer cache = *gate_cache, states = *states_f32;
-  return Forward(stream, function, wx, r, bias, states0, *states_all, *last_states, &cache,
-                 &states, poison);
+  return Forward(stream, {function, cluster, batch_tile, threads}, wx, r, bias, states0,
+                 *states_all, *last_states, &cache, &states, poison);
 }
 
 ffi::Error BackwardImpl(cudaStream_t stream, ffi::AnyBuffer r, ffi::AnyBuffer states0,
@@ -214,9 +231,10 @@ ffi::Error BackwardImpl(cudaStream_t stream, ffi::AnyBuffer r, ffi::AnyBuffer st
                         ffi::AnyBuffer d_states_all, ffi::AnyBuffer d_last_states,
                         ffi::Result<ffi::AnyBuffer> d_gates,
                         ffi::Result<ffi::AnyBuffer> d_states0, std::string_view function,
-                        bool poison) {
+                        bool poison, int32_t cluster, int32_t batch_tile, int32_t threads) {
+  const Variant variant{function, cluster, batch_tile, threads};
   Problem p;
-  FLASHRNN_RETURN_IF_ERROR(ResolveProblem(function, r, states0, &p));
+  FLASHRNN_RETURN_IF_ERROR(ResolveProblem(variant, r, states0, &p));
   const CompiledKernel& k = *p.kernel;
   const auto cache_dims = gate_cache.dimensions();
   if (cache_dims.size() != 5) {
@@ -259,10 +277,11 @@ ffi::Error BackwardImpl(cudaStream_t stream, ffi::AnyBuffer r, ffi::AnyBuffer st
 
 }  // namespace
 
-std::vector<std::tuple<std::string, std::string, int>> CompiledGrid() {
-  std::vector<std::tuple<std::string, std::string, int>> grid;
+std::vector<CompiledTiling> CompiledGrid() {
+  std::vector<CompiledTiling> grid;
   for (const CompiledKernel& k : kCompiledKernels) {
-    grid.emplace_back(std::string(k.function), std::string(k.dtype_name), k.head_size);
+    grid.emplace_back(std::string(k.function), std::string(k.dtype_name), k.head_size, k.cluster,
+                      k.batch_tile, k.threads);
   }
   return grid;
 }
@@ -279,7 +298,10 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(FlashrnnForward, flashrnn::ForwardImpl,
                                   .Ret<ffi::AnyBuffer>()  // states_all
                                   .Ret<ffi::AnyBuffer>()  // last_states
                                   .Attr<std::string_view>("function")
-                                  .Attr<bool>("poison_outputs"));
+                                  .Attr<bool>("poison_outputs")
+                                  .Attr<int32_t>("cluster")
+                                  .Attr<int32_t>("batch_tile")
+                                  .Attr<int32_t>("threads"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(FlashrnnForwardTrain, flashrnn::ForwardTrainImpl,
                               ffi::Ffi::Bind()
@@ -293,7 +315,10 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(FlashrnnForwardTrain, flashrnn::ForwardTrainImpl,
                                   .Ret<ffi::AnyBuffer>()  // gate_cache
                                   .Ret<ffi::AnyBuffer>()  // states_f32
                                   .Attr<std::string_view>("function")
-                                  .Attr<bool>("poison_outputs"));
+                                  .Attr<bool>("poison_outputs")
+                                  .Attr<int32_t>("cluster")
+                                  .Attr<int32_t>("batch_tile")
+                                  .Attr<int32_t>("threads"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(FlashrnnBackward, flashrnn::BackwardImpl,
                               ffi::Ffi::Bind()
@@ -307,4 +332,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(FlashrnnBackward, flashrnn::BackwardImpl,
                                   .Ret<ffi::AnyBuffer>()  // d_gates
                                   .Ret<ffi::AnyBuffer>()  // d_states0
                                   .Attr<std::string_view>("function")
-                                  .Attr<bool>("poison_outputs"));
+                                  .Attr<bool>("poison_outputs")
+                                  .Attr<int32_t>("cluster")
+                                  .Attr<int32_t>("batch_tile")
+                                  .Attr<int32_t>("threads"));

@@ -15,7 +15,10 @@ XLA_FFI_Error* FlashrnnBackward(XLA_FFI_CallFrame* call_frame);
 
 namespace flashrnn {
 
-// The compiled (function, dtype name, head size) triples; dtype names as XLA's (BF16, F16, F32).
-std::vector<std::tuple<std::string, std::string, int>> CompiledGrid();
+// (function, dtype name as XLA's: BF16, F16, F32, head size, cluster, batch tile, threads).
+using CompiledTiling = std::tuple<std::string, std::string, int, int, int, int>;
+
+// Every compiled kernel instantiation with its tiling.
+std::vector<CompiledTiling> CompiledGrid();
 
 }  // namespace flashrnn

@@ -5,6 +5,11 @@
 #include <nanobind/stl/tuple.h>
 #include <nanobind/stl/vector.h>
 
+#include <cuda_runtime.h>
+
+#include <stdexcept>
+#include <string>
+
 #include "ffi/flashrnn_ffi.h"
 
 namespace nb = nanobind;
@@ -28,5 +33,26 @@ NB_MODULE(_cuda, m) {
     return table;
   });
   m.def("compiled_grid", &flashrnn::CompiledGrid,
-        "The compiled (function, dtype, head size) triples; dtypes as BF16, F16, F32.");
+        "The compiled kernels: (function, dtype as BF16/F16/F32, head size, cluster, batch tile, "
+        "threads).");
+  m.def(
+      "device_properties",
+      [](int device) {
+        cudaDeviceProp prop;
+        if (cudaError_t err = cudaGetDeviceProperties(&prop, device); err != cudaSuccess) {
+          throw std::runtime_error(std::string("cudaGetDeviceProperties failed: ") +
+                                   cudaGetErrorString(err));
+        }
+        nb::dict out;
+        out["name"] = std::string(prop.name);
+        out["compute_capability"] = nb::make_tuple(prop.major, prop.minor);
+        out["sm_count"] = prop.multiProcessorCount;
+        out["registers_per_sm"] = prop.regsPerMultiprocessor;
+        out["registers_per_block"] = prop.regsPerBlock;
+        out["shared_memory_per_block_optin"] = static_cast<int64_t>(prop.sharedMemPerBlockOptin);
+        out["shared_memory_per_sm"] = static_cast<int64_t>(prop.sharedMemPerMultiprocessor);
+        out["max_threads_per_block"] = prop.maxThreadsPerBlock;
+        return out;
+      },
+      nb::arg("device") = 0, "The CUDA device's limits that the kernels' tiling depends on.");
 }

@@ -12,31 +12,16 @@
 #include "cluster_sync.cuh"
 #include "dtype.cuh"
 #include "launch.cuh"
+#include "layouts.h"
 #include "params.h"
-#include "tiling.cuh"
+#include "tiling.h"
 
 namespace flashrnn {
 
-template <typename Cell, typename T, int D>
-struct BackwardLayout {
-  using Tile = Tiling<Cell, T, D>;
-  // r_s [Gr][kUnits (output o)][D (input i)] as in global memory: lanes with consecutive i
-  // read consecutive words. part_s [2][kCluster (source)][kBatchTile][kUnits] float.
-  // dg_s [Gr][kBatchTile][kUnits] float: this CTA's recurrent gate cotangents of one step.
-  static constexpr std::size_t kRBytes =
-      AlignUp(std::size_t{Cell::kGatesR} * Tile::kUnits * D * sizeof(T));
-  static constexpr std::size_t kPartBytes =
-      AlignUp(2 * std::size_t{Tile::kCluster} * Tile::kBatchTile * Tile::kUnits * sizeof(float));
-  static constexpr std::size_t kGateBytes =
-      std::size_t{Cell::kGatesR} * Tile::kBatchTile * Tile::kUnits * sizeof(float);
-  static constexpr std::size_t kBytes = kRBytes + kPartBytes + kGateBytes;
-};
-
-template <typename Cell, typename T, int D>
-__global__ void __launch_bounds__(Tiling<Cell, T, D>::kThreads)
-    BackwardKernel(const BackwardArgs args) {
-  using Tile = Tiling<Cell, T, D>;
-  using Layout = BackwardLayout<Cell, T, D>;
+template <typename Cell, typename T, typename Tile>
+__global__ void __launch_bounds__(Tile::kThreads) BackwardKernel(const BackwardArgs args) {
+  using Layout = BackwardLayout<Cell::kGatesR, sizeof(T), Tile>;
+  constexpr int D = Tile::kHeadSize;
   using Group = CtaGroup<Tile::kCluster>;
   constexpr int C = Tile::kCluster, U = Tile::kUnits, BT = Tile::kBatchTile;
   constexpr int P = Tile::kPerThread;
@@ -139,10 +124,11 @@ __global__ void __launch_bounds__(Tiling<Cell, T, D>::kThreads)
   }
 }
 
-template <typename Cell, typename T, int D>
+template <typename Cell, typename T, typename Tile>
 cudaError_t LaunchBackward(const BackwardArgs& args, cudaStream_t stream) {
-  return LaunchOverHeadsAndBatchTiles<Tiling<Cell, T, D>>(BackwardKernel<Cell, T, D>, args,
-                                                          BackwardLayout<Cell, T, D>::kBytes, stream);
+  using Layout = BackwardLayout<Cell::kGatesR, sizeof(T), Tile>;
+  return LaunchOverHeadsAndBatchTiles<Tile>(BackwardKernel<Cell, T, Tile>, args, Layout::kBytes,
+                                            stream);
 }
 
 }  // namespace flashrnn

@@ -11,27 +11,16 @@
 #include "cluster_sync.cuh"
 #include "dtype.cuh"
 #include "launch.cuh"
+#include "layouts.h"
 #include "params.h"
-#include "tiling.cuh"
+#include "tiling.h"
 
 namespace flashrnn {
 
-template <typename Cell, typename T, int D>
-struct ForwardLayout {
-  using Tile = Tiling<Cell, T, D>;
-  // r_s [Gr][D (input k)][kUnits (output u)]: lanes with consecutive units read consecutive
-  // words. h_s [2][kBatchTile][D] float: h_prev of the whole head, double-buffered.
-  static constexpr std::size_t kRBytes =
-      AlignUp(std::size_t{Cell::kGatesR} * D * Tile::kUnits * sizeof(T));
-  static constexpr std::size_t kHBytes = 2 * std::size_t{Tile::kBatchTile} * D * sizeof(float);
-  static constexpr std::size_t kBytes = kRBytes + kHBytes;
-};
-
-template <typename Cell, typename T, int D>
-__global__ void __launch_bounds__(Tiling<Cell, T, D>::kThreads)
-    ForwardKernel(const ForwardArgs args) {
-  using Tile = Tiling<Cell, T, D>;
-  using Layout = ForwardLayout<Cell, T, D>;
+template <typename Cell, typename T, typename Tile>
+__global__ void __launch_bounds__(Tile::kThreads) ForwardKernel(const ForwardArgs args) {
+  using Layout = ForwardLayout<Cell::kGatesR, sizeof(T), Tile>;
+  constexpr int D = Tile::kHeadSize;
   using Group = CtaGroup<Tile::kCluster>;
   constexpr int U = Tile::kUnits, BT = Tile::kBatchTile, P = Tile::kPerThread;
   constexpr int Gr = Cell::kGatesR, Gt = Cell::kGatesB, Gw = Cell::kGatesWx, S = Cell::kStates;
@@ -132,10 +121,11 @@ __global__ void __launch_bounds__(Tiling<Cell, T, D>::kThreads)
   }
 }
 
-template <typename Cell, typename T, int D>
+template <typename Cell, typename T, typename Tile>
 cudaError_t LaunchForward(const ForwardArgs& args, cudaStream_t stream) {
-  return LaunchOverHeadsAndBatchTiles<Tiling<Cell, T, D>>(ForwardKernel<Cell, T, D>, args,
-                                                          ForwardLayout<Cell, T, D>::kBytes, stream);
+  using Layout = ForwardLayout<Cell::kGatesR, sizeof(T), Tile>;
+  return LaunchOverHeadsAndBatchTiles<Tile>(ForwardKernel<Cell, T, Tile>, args, Layout::kBytes,
+                                            stream);
 }
 
 }  // namespace flashrnn

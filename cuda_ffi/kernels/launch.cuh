@@ -28,6 +28,13 @@ cudaError_t LaunchOverHeadsAndBatchTiles(void (*kernel)(Args), const Args& args,
   cluster.val.clusterDim.x = Tile::kCluster;
   cluster.val.clusterDim.y = 1;
   cluster.val.clusterDim.z = 1;
+  if constexpr (Tile::kCluster > 8) {
+    if (cudaError_t err =
+            cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
+        err != cudaSuccess) {
+      return err;
+    }
+  }
   config.attrs = &cluster;
   config.numAttrs = Tile::kCluster > 1 ? 1 : 0;
   if (cudaError_t err = cudaLaunchKernelEx(&config, kernel, args); err != cudaSuccess) {

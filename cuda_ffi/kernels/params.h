@@ -44,10 +44,11 @@ struct BackwardArgs {
   int64_t batch, steps, heads;
 };
 
-template <typename Cell, typename T, int kHeadSize>
+// Tile is a Tiling<head size, cluster, batch tile, threads> (tiling.h).
+template <typename Cell, typename T, typename Tile>
 cudaError_t LaunchForward(const ForwardArgs& args, cudaStream_t stream);
 
-template <typename Cell, typename T, int kHeadSize>
+template <typename Cell, typename T, typename Tile>
 cudaError_t LaunchBackward(const BackwardArgs& args, cudaStream_t stream);
 
 }  // namespace flashrnn

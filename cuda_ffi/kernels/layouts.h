@@ -1,0 +1,40 @@
+// Shared-memory layouts of the fused kernels, in plain C++ so that the host compiler can check
+// the static limits for any tiling (tests/test_constrint_hardware.py compiles them for every
+// tiling the hardware model chooses).
+#pragma once
+
+#include <cstddef>
+
+#include "tiling.h"
+
+namespace flashrnn {
+
+template <int kGatesR, std::size_t kElementBytes, typename Tile>
+struct ForwardLayout {
+  static constexpr int D = Tile::kHeadSize;
+  // r_s [Gr][D (input k)][kUnits (output u)]: lanes with consecutive units read consecutive
+  // words. h_s [2][kBatchTile][D] float: h_prev of the whole head, double-buffered.
+  static constexpr std::size_t kRBytes =
+      AlignUp(std::size_t{kGatesR} * D * Tile::kUnits * kElementBytes);
+  static constexpr std::size_t kHBytes = 2 * std::size_t{Tile::kBatchTile} * D * sizeof(float);
+  static constexpr std::size_t kBytes = kRBytes + kHBytes;
+  static_assert(kBytes <= kMaxSharedBytesPerBlock, "shared memory per block (sm_90 opt-in)");
+};
+
+template <int kGatesR, std::size_t kElementBytes, typename Tile>
+struct BackwardLayout {
+  static constexpr int D = Tile::kHeadSize;
+  // r_s [Gr][kUnits (output o)][D (input i)] as in global memory: lanes with consecutive i
+  // read consecutive words. part_s [2][kCluster (source)][kBatchTile][kUnits] float.
+  // dg_s [Gr][kBatchTile][kUnits] float: this CTA's recurrent gate cotangents of one step.
+  static constexpr std::size_t kRBytes =
+      AlignUp(std::size_t{kGatesR} * Tile::kUnits * D * kElementBytes);
+  static constexpr std::size_t kPartBytes =
+      AlignUp(2 * std::size_t{Tile::kCluster} * Tile::kBatchTile * Tile::kUnits * sizeof(float));
+  static constexpr std::size_t kGateBytes =
+      std::size_t{kGatesR} * Tile::kBatchTile * Tile::kUnits * sizeof(float);
+  static constexpr std::size_t kBytes = kRBytes + kPartBytes + kGateBytes;
+  static_assert(kBytes <= kMaxSharedBytesPerBlock, "shared memory per block (sm_90 opt-in)");
+};
+
+}  // namespace flashrnn

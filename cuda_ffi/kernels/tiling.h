@@ -1,0 +1,39 @@
+// The tiling of one kernel instantiation, chosen by the ConstrINT hardware model
+// (flashrnn_jax/constrint/hardware.py) and passed in by the generated instantiation files; the
+// static checks below are the kernel's own guard that a tiling it is given is one it can run.
+//
+// A head's recurrent matrix is split by output rows ("units") over a group of kCluster CTAs (a
+// thread-block cluster, or one CTA) so that every CTA keeps its slice of R in shared memory for
+// the whole sequence. Each CTA serves kBatchTile batch rows with kThreads threads; each thread
+// owns kPerThread (unit, batch row) elements and keeps their cell states in registers.
+#pragma once
+
+#include <cstddef>
+
+namespace flashrnn {
+
+template <int kHeadSize_, int kCluster_, int kBatchTile_, int kThreads_>
+struct Tiling {
+  static constexpr int kHeadSize = kHeadSize_;
+  static constexpr int kCluster = kCluster_;
+  static constexpr int kBatchTile = kBatchTile_;
+  static constexpr int kThreads = kThreads_;
+  static_assert(kCluster >= 1 && kCluster <= 16 && (kCluster & (kCluster - 1)) == 0,
+                "a cluster is a power of two of at most 16 CTAs (sm_90)");
+  static_assert(kHeadSize % kCluster == 0, "a head's units split evenly over its CTAs");
+  static constexpr int kUnits = kHeadSize / kCluster;
+  static constexpr int kElements = kUnits * kBatchTile;
+  static_assert(kThreads % 32 == 0 && kThreads <= 1024, "whole warps, at most 1024 threads");
+  static_assert(kElements % kThreads == 0, "(unit, batch row) elements split evenly");
+  static constexpr int kPerThread = kElements / kThreads;
+  static_assert(kPerThread <= 8, "per-thread cell states must stay in registers");
+};
+
+// Opt-in dynamic shared memory per block on sm_90 (227 KiB).
+inline constexpr std::size_t kMaxSharedBytesPerBlock = 232448;
+
+constexpr std::size_t AlignUp(std::size_t bytes, std::size_t to = 128) {
+  return (bytes + to - 1) / to * to;
+}
+
+}  // namespace flashrnn

@@ -1,0 +1,197 @@
+"""The fused kernels' hardware model: their tiling as a ConstrINT model of the GPU's limits.
+
+A kernel instantiation is a (cell, dtype, head size ``D``) with a tiling: ``C`` CTAs per head (a
+thread-block cluster when ``C > 1``) that split the head's ``D`` output units, ``BT`` batch rows
+per CTA, ``NT`` threads per CTA, each owning ``P`` (unit, batch row) elements. The model states
+the kernels' invariants and the device's limits as constraints (each with a comment naming the
+limit), and prefers the fewest CTAs per head (the cheapest per-step barrier), then the largest
+batch tile, then the most threads. The numbers mirror ``cuda_ffi/kernels/tiling.h`` and the
+``*Layout`` structs of ``forward.cuh``/``backward.cuh``, whose static checks reject a tiling the
+kernels cannot run.
+
+Used three ways: CMake asks it (``python -m flashrnn_jax.constrint.hardware``) which tiling to
+compile for each (cell, dtype, head size); at run time :mod:`flashrnn_jax.fused` checks a
+compiled tiling against the actual device; and for a head size that is not compiled it tells
+whether it could be, or which limit forbids it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from collections.abc import Iterable, Mapping
+
+from .solver import solve
+
+# Bytes per element of the kernels' storage dtypes, by the names CMake and XLA use.
+DTYPE_BYTES = {"bf16": 2, "f16": 2, "f32": 4, "BF16": 2, "F16": 2, "F32": 4}
+# Gate counts of R per cell (flashrnn_jax.cells, kept here so the model imports no jax).
+RECURRENT_GATES = {"lstm": 4, "gru": 3, "slstm": 4, "elman": 1}
+
+# Shared-memory slack for the 128-byte alignment of the kernels' buffers.
+_ALIGNMENT_SLACK = 256
+# Registers a kernel thread may need; ptxas reports 36-40 for the current kernels.
+_REGISTERS_PER_THREAD = 64
+# The kernels keep at most this many elements' states per thread in registers (tiling.h).
+_MAX_ELEMENTS_PER_THREAD = 8
+# Threads per CTA the kernels are tuned for (more only adds barrier cost at one CTA per SM).
+_MAX_THREADS = 512
+
+
+@dataclasses.dataclass(frozen=True)
+class DeviceLimits:
+    """The limits of a CUDA device that the kernels' tiling depends on."""
+
+    name: str
+    shared_memory_per_block_optin: int
+    registers_per_sm: int
+    max_threads_per_block: int
+    max_cluster_size: int
+
+    @classmethod
+    def sm90(cls) -> DeviceLimits:
+        """Hopper (H100, H200): the target the build compiles for."""
+        return cls("sm_90", 232448, 65536, 1024, 16)
+
+    @classmethod
+    def from_properties(cls, props: Mapping) -> DeviceLimits:
+        """From ``flashrnn_jax._cuda.device_properties()``."""
+        major = props["compute_capability"][0]
+        return cls(
+            str(props["name"]),
+            int(props["shared_memory_per_block_optin"]),
+            int(props["registers_per_sm"]),
+            int(props["max_threads_per_block"]),
+            16 if major >= 9 else 1,
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class Tiling:
+    cluster: int
+    batch_tile: int
+    threads: int
+
+    def as_dict(self) -> dict[str, int]:
+        return {"C": self.cluster, "BT": self.batch_tile, "NT": self.threads}
+
+
+class InfeasibleTilingError(ValueError):
+    """No tiling of the fused kernels fits the device; the message names the binding limit."""
+
+
+def _constraints(function: str, dtype: str, head_size: int, device: DeviceLimits):
+    """(constraint text, comment, is a device limit) triples of the model."""
+    G, E, D = RECURRENT_GATES[function], DTYPE_BYTES[dtype], head_size
+    return [
+        (f"D == {D}; G == {G}; E == {E};", "the problem: head size, R gates, bytes per element",
+         False),
+        ("C == [1, 2, 4, 8, 16];", "CTAs per head: a power of two (tiling.h)", False),
+        ("U * C == D;", "a head's units split evenly over its CTAs (tiling.h)", False),
+        ("BT == [8, 16];", "batch rows per CTA (tiling.h); more only idles rows at small batch",
+         False),
+        ("NT * P == U * BT;", "(unit, batch row) elements split evenly over threads (tiling.h)",
+         False),
+        ("NT == 32 * W;", "whole warps (tiling.h)", False),
+        (f"P <= {_MAX_ELEMENTS_PER_THREAD};", "per-thread cell states stay in registers", False),
+        (f"NT <= {_MAX_THREADS};", "threads per CTA the kernels are written for", False),
+        (f"C <= {device.max_cluster_size};", "maximum thread-block cluster size of the device",
+         True),
+        (f"NT <= {device.max_threads_per_block};", "maximum threads per block", True),
+        (f"NT * {_REGISTERS_PER_THREAD} <= {device.registers_per_sm};",
+         "registers per SM (one CTA per SM)", True),
+        (f"G * D * U * E + 2 * BT * D * 4 + {_ALIGNMENT_SLACK} "
+         f"<= {device.shared_memory_per_block_optin};",
+         "shared memory per block, forward: R slice + double-buffered h (forward.cuh)", True),
+        (f"G * U * D * E + 2 * BT * D * 4 + G * BT * U * 4 + {_ALIGNMENT_SLACK} "
+         f"<= {device.shared_memory_per_block_optin};",
+         "shared memory per block, backward: R slice + partial cotangents + gate cotangents "
+         "(backward.cuh)", True),
+    ]
+
+
+_ORDER = (("C", "smallest"), ("BT", "largest"), ("NT", "largest"))
+
+
+def model_text(function: str, dtype: str, head_size: int, device: DeviceLimits) -> str:
+    """The model in the ConstrINT language, one commented constraint per line."""
+    return "\n".join(f"{text}  # {comment}"
+                     for text, comment, _ in _constraints(function, dtype, head_size, device))
+
+
+def _binding_limits(function, dtype, head_size, device, fixed: str) -> list[str]:
+    """The device limits that alone, with the kernel invariants (and ``fixed``), leave no
+    tiling; if none does alone, all device limits (they bind together)."""
+    constraints = _constraints(function, dtype, head_size, device)
+    invariants = "\n".join(text for text, _, is_limit in constraints if not is_limit) + fixed
+    limits = [(text, comment) for text, comment, is_limit in constraints if is_limit]
+    alone = [comment for text, comment in limits
+             if not solve(f"{invariants}\n{text}", order=_ORDER, cache=False)]
+    return alone or [f"{comment} (together)" for _, comment in limits]
+
+
+def _infeasible(function, dtype, head_size, device, fixed: str, what: str):
+    limits = _binding_limits(function, dtype, head_size, device, fixed)
+    return InfeasibleTilingError(
+        f"{what} for function={function!r}, dtype {dtype}, head size {head_size} on "
+        f"{device.name}; binding: {' and '.join(limits)}"
+    )
+
+
+def choose_tiling(function: str, dtype: str, head_size: int,
+                  device: DeviceLimits | None = None) -> Tiling:
+    """The preferred tiling, or :class:`InfeasibleTilingError` naming the binding limit."""
+    device = device or DeviceLimits.sm90()
+    solutions = solve(model_text(function, dtype, head_size, device), order=_ORDER)
+    if not solutions:
+        raise _infeasible(function, dtype, head_size, device, "", "no fused-kernel tiling fits")
+    best = solutions[0]
+    return Tiling(best["C"], best["BT"], best["NT"])
+
+
+def check_tiling(function: str, dtype: str, head_size: int, tiling: Tiling,
+                 device: DeviceLimits) -> None:
+    """Raise :class:`InfeasibleTilingError` when a (compiled) tiling does not fit ``device``."""
+    fixed = "".join(f"\n{k} == {v};" for k, v in tiling.as_dict().items())
+    if not solve(model_text(function, dtype, head_size, device) + fixed, cache=False):
+        raise _infeasible(function, dtype, head_size, device, fixed,
+                          f"the compiled tiling {tiling} does not fit")
+
+
+def pick_compiled(function: str, dtype: str, head_size: int, compiled: Iterable[Tiling],
+                  device: DeviceLimits) -> Tiling:
+    """Among compiled tilings of one (cell, dtype, head size), the first in the model's
+    preference order that fits ``device``; :class:`InfeasibleTilingError` when none does."""
+    candidates = sorted(compiled, key=lambda t: (t.cluster, -t.batch_tile, -t.threads))
+    error = None
+    for tiling in candidates:
+        try:
+            check_tiling(function, dtype, head_size, tiling, device)
+            return tiling
+        except InfeasibleTilingError as err:
+            error = err
+    if error is None:
+        raise ValueError(f"no compiled tiling given for {function} {dtype} D={head_size}")
+    raise error
+
+
+def main(argv=None) -> None:
+    """Print ``function dtype head_size cluster batch_tile threads`` for CMake, one per line."""
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--functions", required=True, help="';'-separated, e.g. 'lstm;gru'")
+    parser.add_argument("--dtypes", required=True, help="';'-separated, e.g. 'bf16;f32'")
+    parser.add_argument("--head-sizes", required=True, help="';'-separated, e.g. '16;64'")
+    args = parser.parse_args(argv)
+    for function in args.functions.split(";"):
+        for dtype in args.dtypes.split(";"):
+            for head_size in args.head_sizes.split(";"):
+                try:
+                    t = choose_tiling(function, dtype, int(head_size))
+                except InfeasibleTilingError as err:
+                    print(f"# skipped: {err}")
+                    continue
+                print(function, dtype, head_size, t.cluster, t.batch_tile, t.threads)
+
+
+if __name__ == "__main__":
+    main()
