@@ -110,7 +110,8 @@ def _constraints(function: str, dtype: str, head_size: int, device: DeviceLimits
     ]
 
 
-_ORDER = (("C", "smallest"), ("BT", "largest"), ("NT", "largest"))
+# Fewest CTAs per head (cheapest per-step barrier), then the largest batch tile, most threads.
+PREFERENCE_ORDER = (("C", "smallest"), ("BT", "largest"), ("NT", "largest"))
 
 
 def model_text(function: str, dtype: str, head_size: int, device: DeviceLimits) -> str:
@@ -126,7 +127,7 @@ def _binding_limits(function, dtype, head_size, device, fixed: str) -> list[str]
     invariants = "\n".join(text for text, _, is_limit in constraints if not is_limit) + fixed
     limits = [(text, comment) for text, comment, is_limit in constraints if is_limit]
     alone = [comment for text, comment in limits
-             if not solve(f"{invariants}\n{text}", order=_ORDER, cache=False)]
+             if not solve(f"{invariants}\n{text}", order=PREFERENCE_ORDER, cache=False)]
     return alone or [f"{comment} (together)" for _, comment in limits]
 
 
@@ -142,7 +143,7 @@ def choose_tiling(function: str, dtype: str, head_size: int,
                   device: DeviceLimits | None = None) -> Tiling:
     """The preferred tiling, or :class:`InfeasibleTilingError` naming the binding limit."""
     device = device or DeviceLimits.sm90()
-    solutions = solve(model_text(function, dtype, head_size, device), order=_ORDER)
+    solutions = solve(model_text(function, dtype, head_size, device), order=PREFERENCE_ORDER)
     if not solutions:
         raise _infeasible(function, dtype, head_size, device, "", "no fused-kernel tiling fits")
     best = solutions[0]
