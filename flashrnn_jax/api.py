@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flashrnn_jax import fused
+from flashrnn_jax import fused, sharding
 from flashrnn_jax.cells import get_cell
 from flashrnn_jax.scan import flashrnn_scan
 
@@ -21,6 +21,9 @@ def flashrnn(
     *,
     function: str = "lstm",
     backend: str = "auto",
+    mesh: jax.sharding.Mesh | jax.sharding.AbstractMesh | None = None,
+    batch_axis: sharding.AxisName = None,
+    head_axis: sharding.AxisName = None,
 ) -> tuple[jax.Array, jax.Array]:
     """Run a head-wise recurrent network over a whole sequence.
 
@@ -40,6 +43,15 @@ def flashrnn(
       backend: ``"scan"`` (``lax.scan``, every platform), ``"fused"`` (the CUDA kernels; raises
         :class:`~flashrnn_jax.FusedBackendUnavailableError` saying why when they cannot run
         the call) or ``"auto"`` (the kernels when they support the call, else the scan).
+      mesh: the device mesh for ``batch_axis``/``head_axis``; default: the mesh of ``Wx``'s
+        sharding type, else the one set by ``jax.set_mesh``.
+      batch_axis: mesh axis name (or tuple of names) that splits the batch ``B``.
+      head_axis: mesh axis name (or tuple of names) that splits the heads ``N``. With either
+        set, every device runs the backend on its block of rows and heads, with no
+        communication in the forward pass (:mod:`flashrnn_jax.sharding`). When neither is set,
+        both are read from the sharding type of ``Wx`` on meshes with ``Explicit`` axes (the
+        default of ``jax.make_mesh``); on ``Auto`` meshes they must be passed. ``B`` and ``N``
+        must be divisible by the number of devices along their axes (else ValueError).
 
     Returns:
       ``(states_all, last_states)``: ``states_all`` ``[S, B, T, N, D]`` holds every state
@@ -101,20 +113,26 @@ def flashrnn(
     def run_fused(Wx, R, b, states):
         return fused.flashrnn_fused(Wx, R, b, states, function=function)
 
+    def run_auto(Wx, R, b, states):
+        # The kernels exist for this call; the platform the computation is lowered for decides.
+        return jax.lax.platform_dependent(Wx, R, b, states, cuda=run_fused, default=run_scan)
+
     if backend == "scan":
-        return run_scan(Wx, R, b, states)
-    reason = fused.unsupported_reason(Wx.dtype, D, function)
-    if backend == "fused":
-        if reason is not None:
+        per_device = run_scan
+    else:
+        reason = fused.unsupported_reason(Wx.dtype, D, function)
+        if backend == "fused" and reason is not None:
             raise fused.FusedBackendUnavailableError(
                 f"backend='fused' cannot run this call: {reason}. "
                 "Use backend='auto' to fall back to the scan backend."
             )
-        return run_fused(Wx, R, b, states)
-    if reason is not None:
-        return run_scan(Wx, R, b, states)
-    # The kernels exist for this call; the platform the computation is lowered for decides.
-    return jax.lax.platform_dependent(Wx, R, b, states, cuda=run_fused, default=run_scan)
+        per_device = run_fused if backend == "fused" else run_auto if reason is None else run_scan
+
+    # Many devices: the same per-device function runs on every block of batch rows and heads.
+    split = sharding.plan(Wx, mesh=mesh, batch_axis=batch_axis, head_axis=head_axis)
+    if split is None:
+        return per_device(Wx, R, b, states)
+    return sharding.run(per_device, split, Wx, R, b, states)
 
 
 def _as_float_array(x, name: str) -> jax.Array:

@@ -9,12 +9,17 @@ Parameters (``F`` input features, ``H = N * D`` hidden size, ``N`` heads of size
 ============================  ==================  ==========================================
 name                          shape               meaning
 ============================  ==================  ==========================================
-``kernel``                    ``[F, Gw * H]``     input projection; column ``g*H + n*D + d``
+``kernel``                    ``[F, Gw, N, D]``   input projection; ``kernel[:, g, n, d]``
                                                   feeds gate ``g``, head ``n``, unit ``d``
 ``recurrent_kernel``          ``[Gr, N, D, D]``   ``R[g, n, d_out, d_in]``, one matrix per
                                                   gate and head (block-diagonal recurrence)
 ``bias``                      ``[Gt, N, D]``      gate biases
 ============================  ==================  ==========================================
+
+``kernel.reshape(F, Gw * H)`` is the flat matrix whose column ``g*H + n*D + d`` feeds gate ``g``,
+head ``n``, unit ``d``. The head axis ``N`` is an axis of its own in every parameter so that a
+device mesh can split all three by heads (``head_axis``): a split of the flat ``Gw * H`` columns
+would cut across gates, not heads.
 
 The carry is one array ``[S, *batch, H]``: the cell's ``S`` states in the cell's order (state 0
 is ``h``; see :mod:`flashrnn_jax.cells`), heads concatenated along the last axis as in the
@@ -34,6 +39,7 @@ from flax.typing import Dtype, Initializer, PrecisionLike
 
 from flashrnn_jax.api import flashrnn
 from flashrnn_jax.cells import Cell, get_cell
+from flashrnn_jax.sharding import AxisName
 
 default_kernel_init: Initializer = jax.nn.initializers.lecun_normal()
 default_recurrent_kernel_init: Initializer = jax.nn.initializers.orthogonal()
@@ -52,8 +58,8 @@ class HeadLayout:
     def head_size(self) -> int:
         return self.hidden_size // self.num_heads
 
-    def kernel_shape(self, in_features: int) -> tuple[int, int]:
-        return (in_features, self.cell.gates_wx * self.hidden_size)
+    def kernel_shape(self, in_features: int) -> tuple[int, int, int, int]:
+        return (in_features, self.cell.gates_wx, self.num_heads, self.head_size)
 
     @property
     def recurrent_kernel_shape(self) -> tuple[int, int, int, int]:
@@ -101,6 +107,34 @@ def blockwise(init: Initializer) -> Initializer:
     return init_blocks
 
 
+def flat_kernel_init(init: Initializer) -> Initializer:
+    """Draw the ``[F, Gw, N, D]`` kernel as the flat ``[F, Gw * N * D]`` matrix, then reshape.
+
+    As :class:`flax.linen.DenseGeneral`: fan-in based initializers see ``fan_in = F`` (on the
+    4-d shape they would take ``F * Gw * N`` for it), and the values equal those of the flat
+    layout for the same key.
+    """
+
+    def init_flat(key: jax.Array, shape: tuple[int, ...], dtype: Dtype = jnp.float32):
+        return init(key, (shape[0], math.prod(shape[1:])), dtype).reshape(shape)
+
+    return init_flat
+
+
+def partition_names(head_axis: AxisName) -> dict[str, tuple[AxisName, ...]] | None:
+    """Per parameter, the mesh axis of each of its axes: the heads axis ``N`` on ``head_axis``.
+
+    None when ``head_axis`` is None, so that single-device layers carry no metadata.
+    """
+    if head_axis is None:
+        return None
+    return {
+        "kernel": (None, None, head_axis, None),
+        "recurrent_kernel": (None, head_axis, None, None),
+        "bias": (None, head_axis, None),
+    }
+
+
 def split_time(inputs: jax.Array, time_major: bool) -> tuple[jax.Array, tuple[int, ...]]:
     """Return the inputs as ``[*batch, T, F]`` and the batch shape."""
     if inputs.ndim < 2:
@@ -128,8 +162,13 @@ def apply(
     dtype: Dtype | None,
     precision: PrecisionLike,
     backend: str,
+    batch_axis: AxisName = None,
+    head_axis: AxisName = None,
 ) -> tuple[jax.Array, jax.Array]:
-    """Run the layer; return ``(carry [S, *batch, H], h [*batch, T, H] or [T, *batch, H])``."""
+    """Run the layer; return ``(carry [S, *batch, H], h [*batch, T, H] or [T, *batch, H])``.
+
+    ``batch_axis`` and ``head_axis`` are passed on to :func:`flashrnn_jax.flashrnn`.
+    """
     x, batch_shape = split_time(jnp.asarray(inputs), time_major)
     *_, T, F = x.shape
     if F != kernel.shape[0]:
@@ -144,8 +183,7 @@ def apply(
     )
     B = math.prod(batch_shape)
     N, D = layout.num_heads, layout.head_size
-    Wx = jnp.einsum("btf,fk->btk", x.reshape(B, T, F), kernel, precision=precision)
-    Wx = Wx.reshape(B, T, layout.cell.gates_wx, N, D)
+    Wx = jnp.einsum("btf,fgnd->btgnd", x.reshape(B, T, F), kernel, precision=precision)
 
     states = None
     if initial_carry is not None:
@@ -159,7 +197,8 @@ def apply(
         states = jnp.asarray(initial_carry, Wx.dtype).reshape(layout.cell.num_states, B, N, D)
 
     states_all, last = flashrnn(
-        Wx, recurrent_kernel, bias, states, function=layout.cell.name, backend=backend
+        Wx, recurrent_kernel, bias, states, function=layout.cell.name, backend=backend,
+        batch_axis=batch_axis, head_axis=head_axis,
     )
     h = states_all[0].reshape(*batch_shape, T, layout.hidden_size)
     if time_major:

@@ -11,6 +11,7 @@ from flax.typing import Dtype, Initializer, PrecisionLike
 
 from flashrnn_jax import layer_common
 from flashrnn_jax.layer_common import HeadLayout
+from flashrnn_jax.sharding import AxisName
 
 
 class FlashRNN(nn.Module):
@@ -32,15 +33,25 @@ class FlashRNN(nn.Module):
       ``c = f'·c_prev + i'·tanh(z̃)``; ``n = max(f'·n_prev + i', 1)``; ``h = σ(õ)·c / n``.
     - ``"elman"``: ``h = tanh(Wx + Rh + b)``.
 
-    Parameters: ``kernel`` ``[in_features, Gw * hidden_size]`` (column ``g*hidden_size + n*D
-    + d`` feeds gate ``g`` of head ``n``), ``recurrent_kernel`` ``[Gr, N, D, D]`` (``R[g, n,
-    d_out, d_in]``) and ``bias`` ``[Gt, N, D]``, with the gate orders of
-    :mod:`flashrnn_jax.cells` (FlashRNN's, so PyTorch FlashRNN weights port across).
+    Parameters: ``kernel`` ``[in_features, Gw, N, D]`` (``kernel[:, g, n]`` feeds gate ``g`` of
+    head ``n``; reshaped to ``[in_features, Gw * hidden_size]`` it is the flat input matrix),
+    ``recurrent_kernel`` ``[Gr, N, D, D]`` (``R[g, n, d_out, d_in]``) and ``bias``
+    ``[Gt, N, D]``, with the gate orders of :mod:`flashrnn_jax.cells` (FlashRNN's, so PyTorch
+    FlashRNN weights port across).
 
     The carry is one array ``[S, *batch, hidden_size]``: the cell's states in its order
     (``h, c`` for lstm; ``h, c, n, m`` for slstm; ``h`` for gru and elman), heads concatenated
     as in the output. Pass the carry a call returns as ``initial_carry`` to the next call to
     continue the sequence; zeros (see :meth:`initialize_carry`) start one.
+
+    Many devices: ``head_axis`` names the mesh axis that splits the heads. The parameters then
+    carry :func:`flax.linen.with_partitioning` metadata with the heads axis ``N`` of each on
+    it (:func:`flax.linen.get_partition_spec` / :func:`flax.linen.get_sharding` turn it into
+    shardings), and :func:`flashrnn_jax.flashrnn` runs each device's block of heads there; with
+    ``batch_axis`` also its block of batch rows. The mesh is the one of the inputs' sharding
+    type (on ``Explicit`` axes, the default of ``jax.make_mesh``) or of ``jax.set_mesh``. Inside
+    ``jax.set_mesh`` Linen applies the metadata as sharding constraints, which ``Explicit``
+    axes reject: there, make the mesh with ``Auto`` axes (``examples/data_parallel.py``).
 
     Attributes:
       hidden_size: number of hidden units ``N * D``, the size of the output's last axis.
@@ -52,12 +63,17 @@ class FlashRNN(nn.Module):
         recurrence itself accumulates in float32 (float64 for float64).
       param_dtype: the dtype of the parameters (default: float32).
       precision: precision of the input projection matmul, as for :class:`flax.linen.Dense`.
-      kernel_init: initializer of ``kernel`` (default: lecun_normal, fan-in ``in_features``).
+      kernel_init: initializer of ``kernel``, called with the flat shape ``[in_features,
+        Gw * hidden_size]`` as by :class:`flax.linen.DenseGeneral` (default: lecun_normal,
+        fan-in ``in_features``).
       recurrent_kernel_init: initializer of ONE ``[D, D]`` recurrent matrix; it is called with
         its own key for every gate and head (default: orthogonal, so every ``R[g, n]`` is an
         orthogonal matrix). It draws in at least float32 and is rounded to ``param_dtype``.
       bias_init: initializer of ``bias``, called with the whole shape ``[Gt, N, D]``
         (default: zeros; e.g. a positive forget-gate bias ``bias[1]`` helps LSTMs remember).
+      batch_axis: mesh axis name (or tuple of names) that splits the batch, or None.
+      head_axis: mesh axis name (or tuple of names) that splits the heads, or None (the
+        default: no partitioning metadata).
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -66,7 +82,7 @@ class FlashRNN(nn.Module):
       >>> x = jax.random.normal(jax.random.key(1), (8, 100, 16))  # [batch, time, features]
       >>> variables = layer.init(jax.random.key(0), x)
       >>> jax.tree_util.tree_map(jnp.shape, variables["params"])
-      {'bias': (4, 4, 16), 'kernel': (16, 256), 'recurrent_kernel': (4, 4, 16, 16)}
+      {'bias': (4, 4, 16), 'kernel': (16, 4, 4, 16), 'recurrent_kernel': (4, 4, 16, 16)}
       >>> y = layer.apply(variables, x)
       >>> y.shape
       (8, 100, 64)
@@ -91,6 +107,8 @@ class FlashRNN(nn.Module):
     kernel_init: Initializer = layer_common.default_kernel_init
     recurrent_kernel_init: Initializer = layer_common.default_recurrent_kernel_init
     bias_init: Initializer = layer_common.default_bias_init
+    batch_axis: AxisName = None
+    head_axis: AxisName = None
 
     def __post_init__(self) -> None:
         # Fail at construction, not at the first init/apply deep inside a model.
@@ -125,19 +143,27 @@ class FlashRNN(nn.Module):
           ``time_major``), or ``(carry, h)`` when ``return_carry``.
         """
         layout = self._layout
+        names = layer_common.partition_names(self.head_axis)
+
+        def init(name: str, initializer: Initializer) -> Initializer:
+            return initializer if names is None else nn.with_partitioning(initializer, names[name])
+
         kernel = self.param(
-            "kernel", self.kernel_init, layout.kernel_shape(jnp.shape(inputs)[-1]),
-            self.param_dtype,
+            "kernel", init("kernel", layer_common.flat_kernel_init(self.kernel_init)),
+            layout.kernel_shape(jnp.shape(inputs)[-1]), self.param_dtype,
         )
         recurrent_kernel = self.param(
-            "recurrent_kernel", layer_common.blockwise(self.recurrent_kernel_init),
+            "recurrent_kernel",
+            init("recurrent_kernel", layer_common.blockwise(self.recurrent_kernel_init)),
             layout.recurrent_kernel_shape, self.param_dtype,
         )
-        bias = self.param("bias", self.bias_init, layout.bias_shape, self.param_dtype)
+        bias = self.param("bias", init("bias", self.bias_init), layout.bias_shape,
+                          self.param_dtype)
         carry, h = layer_common.apply(
             layout, inputs, kernel, recurrent_kernel, bias,
             initial_carry=initial_carry, time_major=time_major, dtype=self.dtype,
-            precision=self.precision, backend=self.backend,
+            precision=self.precision, backend=self.backend, batch_axis=self.batch_axis,
+            head_axis=self.head_axis,
         )
         return (carry, h) if return_carry else h
 

@@ -10,6 +10,7 @@ from flax import nnx
 from flax.typing import Dtype, Initializer, PrecisionLike
 
 from flashrnn_jax import layer_common
+from flashrnn_jax.sharding import AxisName
 
 
 class FlashRNN(nnx.Module):
@@ -35,13 +36,19 @@ class FlashRNN(nnx.Module):
       ``c = f'·c_prev + i'·tanh(z̃)``; ``n = max(f'·n_prev + i', 1)``; ``h = σ(õ)·c / n``.
     - ``"elman"``: ``h = tanh(Wx + Rh + b)``.
 
-    Parameters: ``kernel`` ``[in_features, Gw * hidden_size]`` (column ``g*hidden_size + n*D
-    + d`` feeds gate ``g`` of head ``n``), ``recurrent_kernel`` ``[Gr, N, D, D]`` (``R[g, n,
-    d_out, d_in]``) and ``bias`` ``[Gt, N, D]``, with the gate orders of
-    :mod:`flashrnn_jax.cells`. The carry is one array ``[S, *batch, hidden_size]``: the cell's
-    states in its order (``h, c`` for lstm; ``h, c, n, m`` for slstm; ``h`` for gru and
-    elman), heads concatenated as in the output; pass a returned carry as ``initial_carry`` to
-    continue the sequence.
+    Parameters: ``kernel`` ``[in_features, Gw, N, D]`` (``kernel[:, g, n]`` feeds gate ``g`` of
+    head ``n``; reshaped to ``[in_features, Gw * hidden_size]`` it is the flat input matrix),
+    ``recurrent_kernel`` ``[Gr, N, D, D]`` (``R[g, n, d_out, d_in]``) and ``bias``
+    ``[Gt, N, D]``, with the gate orders of :mod:`flashrnn_jax.cells`. The carry is one array
+    ``[S, *batch, hidden_size]``: the cell's states in its order (``h, c`` for lstm; ``h, c, n,
+    m`` for slstm; ``h`` for gru and elman), heads concatenated as in the output; pass a
+    returned carry as ``initial_carry`` to continue the sequence.
+
+    Many devices: ``head_axis`` names the mesh axis that splits the heads. The parameters then
+    carry :func:`flax.nnx.with_partitioning` metadata with the heads axis ``N`` of each on it
+    (:func:`flax.nnx.get_partition_spec` reads it; Flax shards them at construction inside
+    ``jax.set_mesh(mesh)``, which it then requires), and :func:`flashrnn_jax.flashrnn` runs
+    each device's block of heads there; with ``batch_axis`` also its block of batch rows.
 
     Args:
       in_features: size of the inputs' last axis.
@@ -54,12 +61,17 @@ class FlashRNN(nnx.Module):
         recurrence itself accumulates in float32 (float64 for float64).
       param_dtype: the dtype of the parameters (default: float32).
       precision: precision of the input projection matmul, as for :class:`flax.nnx.Linear`.
-      kernel_init: initializer of ``kernel`` (default: lecun_normal, fan-in ``in_features``).
+      kernel_init: initializer of ``kernel``, called with the flat shape ``[in_features,
+        Gw * hidden_size]`` as by :class:`flax.linen.DenseGeneral` (default: lecun_normal,
+        fan-in ``in_features``).
       recurrent_kernel_init: initializer of ONE ``[D, D]`` recurrent matrix; it is called with
         its own key for every gate and head (default: orthogonal, so every ``R[g, n]`` is an
         orthogonal matrix). It draws in at least float32 and is rounded to ``param_dtype``.
       bias_init: initializer of ``bias``, called with the whole shape ``[Gt, N, D]``
         (default: zeros; e.g. a positive forget-gate bias ``bias[1]`` helps LSTMs remember).
+      batch_axis: mesh axis name (or tuple of names) that splits the batch, or None.
+      head_axis: mesh axis name (or tuple of names) that splits the heads, or None (the
+        default: no partitioning metadata).
       rngs: the ``params`` stream draws the initial parameters.
 
     Example:
@@ -68,7 +80,7 @@ class FlashRNN(nnx.Module):
       >>> from flashrnn_jax.nnx import FlashRNN
       >>> layer = FlashRNN(16, 64, function="slstm", num_heads=4, rngs=nnx.Rngs(0))
       >>> layer.recurrent_kernel.shape, layer.kernel.shape, layer.bias.shape
-      ((4, 4, 16, 16), (16, 256), (4, 4, 16))
+      ((4, 4, 16, 16), (16, 4, 4, 16), (4, 4, 16))
       >>> x = jax.random.normal(jax.random.key(1), (8, 100, 16))  # [batch, time, features]
       >>> y = layer(x)
       >>> y.shape
@@ -98,6 +110,8 @@ class FlashRNN(nnx.Module):
         kernel_init: Initializer = layer_common.default_kernel_init,
         recurrent_kernel_init: Initializer = layer_common.default_recurrent_kernel_init,
         bias_init: Initializer = layer_common.default_bias_init,
+        batch_axis: AxisName = None,
+        head_axis: AxisName = None,
         rngs: nnx.Rngs,
     ):
         self._layout = layer_common.head_layout(function, hidden_size, num_heads)
@@ -111,15 +125,27 @@ class FlashRNN(nnx.Module):
         self.dtype = dtype
         self.param_dtype = param_dtype
         self.precision = precision
+        self.batch_axis = batch_axis
+        self.head_axis = head_axis
+        names = layer_common.partition_names(head_axis)
+
+        def init(name: str, initializer: Initializer) -> Initializer:
+            return initializer if names is None else nnx.with_partitioning(
+                initializer, names[name])
+
         self.kernel = nnx.Param(
-            kernel_init(rngs.params(), self._layout.kernel_shape(in_features), param_dtype)
+            init("kernel", layer_common.flat_kernel_init(kernel_init))(
+                rngs.params(), self._layout.kernel_shape(in_features), param_dtype
+            )
         )
         self.recurrent_kernel = nnx.Param(
-            layer_common.blockwise(recurrent_kernel_init)(
+            init("recurrent_kernel", layer_common.blockwise(recurrent_kernel_init))(
                 rngs.params(), self._layout.recurrent_kernel_shape, param_dtype
             )
         )
-        self.bias = nnx.Param(bias_init(rngs.params(), self._layout.bias_shape, param_dtype))
+        self.bias = nnx.Param(
+            init("bias", bias_init)(rngs.params(), self._layout.bias_shape, param_dtype)
+        )
 
     def __call__(
         self,
@@ -146,7 +172,8 @@ class FlashRNN(nnx.Module):
         carry, h = layer_common.apply(
             self._layout, inputs, self.kernel[...], self.recurrent_kernel[...], self.bias[...],
             initial_carry=initial_carry, time_major=time_major, dtype=self.dtype,
-            precision=self.precision, backend=self.backend,
+            precision=self.precision, backend=self.backend, batch_axis=self.batch_axis,
+            head_axis=self.head_axis,
         )
         return (carry, h) if return_carry else h
 

@@ -1,12 +1,21 @@
-"""Shared test setup: float64 on, a per-test seeded generator, and the ``gpu`` marker's skip."""
+"""Shared test setup: 8 CPU devices, float64 on, a per-test seeded generator, the ``gpu`` skip."""
 
 import functools
 import importlib
+import os
 import zlib
 
-import jax
 import numpy as np
 import pytest
+
+# Before jax is imported: 8 CPU devices, so that tests can build device meshes
+# (tests/test_sharding.py). Appended, so that flags set by the caller stay in force.
+if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = " ".join(
+        filter(None, (os.environ.get("XLA_FLAGS"), "--xla_force_host_platform_device_count=8"))
+    )
+
+import jax  # noqa: E402
 
 # Before any test builds an array: the references and the fp64 checks need real float64.
 jax.config.update("jax_enable_x64", True)

@@ -37,7 +37,7 @@ def random_params(function: str, in_features: int = F, hidden: int = H, heads: i
     Gw, Gr, Gt, _ = GATES[function]
     D = hidden // heads
     return {"params": {
-        "kernel": normal(seed, (in_features, Gw * hidden), in_features ** -0.5),
+        "kernel": normal(seed, (in_features, Gw, heads, D), in_features ** -0.5),
         "recurrent_kernel": normal(seed + 1, (Gr, heads, D, D), D ** -0.5),
         "bias": normal(seed + 2, (Gt, heads, D), 0.5),
     }}
@@ -66,6 +66,7 @@ flashrnn_jit = jax.jit(flashrnn, static_argnames=("function", "backend"))
 def numpy_loop(function, x, kernel, R, b, h0, c0):
     """float64 reference of an LSTM or Elman layer: [B, T, F] -> h [B, T, H], h_T, c_T."""
     x, kernel, R, b, h, c = (np.asarray(a, np.float64) for a in (x, kernel, R, b, h0, c0))
+    kernel = kernel.reshape(kernel.shape[0], -1)  # [F, Gw, N, D] -> column g*H + n*D + d
     G, N, D, _ = R.shape
     H = N * D
     R_full = np.zeros((G, H, H))  # block-diagonal: head n only sees its own units
@@ -93,7 +94,7 @@ def test_init_shapes_and_dtypes(function):
     layer = FlashRNN(12, function=function, num_heads=3)
     variables = jax.eval_shape(layer.init, jax.random.key(0), jnp.ones((2, 5, 7), jnp.float32))
     assert {k: (v.shape, v.dtype) for k, v in variables["params"].items()} == {
-        "kernel": ((7, Gw * 12), jnp.float32),
+        "kernel": ((7, Gw, 3, 4), jnp.float32),
         "recurrent_kernel": ((Gr, 3, 4, 4), jnp.float32),
         "bias": ((Gt, 3, 4), jnp.float32),
     }
@@ -148,7 +149,7 @@ def test_output_equals_flashrnn_on_the_layer_parameters(function):
     assert y.dtype == carry.dtype == jnp.float32
 
     p = variables["params"]
-    Wx = (x @ p["kernel"]).reshape(B, T, Gw, N, H // N)
+    Wx = (x @ p["kernel"].reshape(F, Gw * H)).reshape(B, T, Gw, N, H // N)
     states_all, last = flashrnn_jit(Wx, p["recurrent_kernel"], p["bias"],
                                     carry0.reshape(S, B, N, H // N), function=function)
     np.testing.assert_allclose(y, states_all[0].reshape(B, T, H), rtol=1e-6, atol=1e-6)

@@ -55,7 +55,7 @@ def test_init_shapes_and_dtypes(function):
     Gw, Gr, Gt, S = GATES[function]
     layer = abstract_layer(function)
     assert (layer.kernel.shape, layer.recurrent_kernel.shape, layer.bias.shape) == (
-        (F, Gw * H), (Gr, N, H // N, H // N), (Gt, N, H // N))
+        (F, Gw, N, H // N), (Gr, N, H // N, H // N), (Gt, N, H // N))
     params = (layer.kernel, layer.recurrent_kernel, layer.bias)
     assert {v.dtype for v in params} == {np.dtype(np.float32)}
     carry = layer.initialize_carry((2, B, F))
