@@ -2,7 +2,8 @@
 writes the GPU summary JSON (``{"gpu", "passed", "failed", "cases": [...]}``).
 
 Loaded with ``-p gpu_summary``; the path comes from ``$FLASHRNN_GPU_SUMMARY``. Tests add a case
-through the ``gpu_case`` fixture.
+through the ``gpu_case`` fixture. Cases travel in the test reports' ``user_properties``, so the
+summary is complete under pytest-xdist too (reports reach the controller, which writes it).
 """
 
 from __future__ import annotations
@@ -17,16 +18,18 @@ _outcomes = {"passed": 0, "failed": 0}
 
 
 @pytest.fixture
-def gpu_case():
+def gpu_case(request):
     """Record one case: ``gpu_case(function=..., dtype=..., D=..., ..., fwd_rel_err=...)``."""
 
     def record(**fields):
-        _cases.append(fields)
+        request.node.user_properties.append(("gpu_case", fields))
 
     return record
 
 
 def pytest_runtest_logreport(report):
+    if report.when == "call":
+        _cases.extend(value for key, value in report.user_properties if key == "gpu_case")
     if report.when == "call" or (report.when == "setup" and report.failed):
         if report.passed:
             _outcomes["passed"] += 1
@@ -36,10 +39,10 @@ def pytest_runtest_logreport(report):
 
 def pytest_sessionfinish(session):
     path = os.environ.get("FLASHRNN_GPU_SUMMARY")
-    if not path:
+    if not path or hasattr(session.config, "workerinput"):  # xdist workers: controller writes
         return
     import jax
 
-    gpu = jax.devices("cuda")[0].device_kind if _cases else "none"
     with open(path, "w") as f:
-        json.dump({"gpu": gpu, **_outcomes, "cases": _cases}, f, indent=1)
+        json.dump({"gpu": jax.devices()[0].device_kind, **_outcomes, "cases": _cases}, f,
+                  indent=1)
