@@ -45,7 +45,7 @@ echo "== compute-sanitizer"
 for job in $(jobs -p); do wait "$job"; done
 for tool in memcheck racecheck; do
   log="$out/sanitizer_$tool.log"
-  echo "$tool: $(grep -c -E 'hazard|Invalid|Error:' "$log") reports; $(grep 'ERROR SUMMARY\|RACECHECK SUMMARY' "$log")"
+  echo "$tool: $(grep -v SUMMARY "$log" | grep -c -E 'hazard|Invalid|Error:') reports; $(grep 'ERROR SUMMARY\|RACECHECK SUMMARY' "$log")"
 done
 
 if [ "${SKIP_BENCH:-0}" = 1 ]; then
