@@ -24,6 +24,11 @@ def flashrnn(
     mesh: jax.sharding.Mesh | jax.sharding.AbstractMesh | None = None,
     batch_axis: sharding.AxisName = None,
     head_axis: sharding.AxisName = None,
+    seq_lengths: jax.Array | None = None,
+    resets: jax.Array | None = None,
+    reverse: bool = False,
+    gradient_recurrent_cut: bool = False,
+    gradient_recurrent_clipval: float | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """Run a head-wise recurrent network over a whole sequence.
 
@@ -52,6 +57,25 @@ def flashrnn(
         both are read from the sharding type of ``Wx`` on meshes with ``Explicit`` axes (the
         default of ``jax.make_mesh``); on ``Auto`` meshes they must be passed. ``B`` and ``N``
         must be divisible by the number of devices along their axes (else ValueError).
+        ``seq_lengths`` and ``resets`` are split along the batch axis like ``Wx``.
+      seq_lengths: int ``[B]`` valid lengths (right padding), each in ``0..T``: at steps
+        ``t >= seq_lengths[b]`` the states of row ``b`` stay unchanged and ``states_all``
+        holds zeros; ``last_states[:, b]`` is the state after step ``seq_lengths[b] - 1``
+        (the initial state for length 0). None: every row has length ``T``.
+      resets: bool ``[B, T]``: where ``resets[b, t]``, the states of row ``b`` are set back to
+        the initial states (``states``, zeros if None) just before input ``t`` is read. In
+        input time order also when ``reverse``; ignored at padded positions.
+      reverse: read every row from its last valid input back to input 0. ``states_all`` stays
+        in input time order: position ``t`` holds the state after reading input ``t``;
+        ``last_states`` is the state after reading input 0.
+      gradient_recurrent_cut: no gradient through the recurrent path: ``h_prev`` entering
+        ``R @ h_prev`` is treated as a constant (forward values unchanged).
+      gradient_recurrent_clipval: ``v > 0``: the cotangent reaching ``h_prev`` through
+        ``R @ h_prev`` is clipped to ``[-v, v]`` at every step (forward values unchanged).
+
+    The sequence and gradient options run on the scan backend for now: ``backend="auto"``
+    takes the scan when any is used, ``backend="fused"`` raises
+    :class:`~flashrnn_jax.FusedBackendUnavailableError`.
 
     Returns:
       ``(states_all, last_states)``: ``states_all`` ``[S, B, T, N, D]`` holds every state
@@ -106,18 +130,40 @@ def flashrnn(
             _check_shape("states", states, "[S, B, N, D]",
                          {0: (f"S {per_fn}", S), 1: ("B", B), 2: ("N", N), 3: ("D", D)})
     compute_dtype = _compute_dtype(Wx, R, b, states)
+    seq_lengths = _check_seq_lengths(seq_lengths, B, T)
+    resets = _check_resets(resets, B, T)
+    for name, flag in (("reverse", reverse), ("gradient_recurrent_cut", gradient_recurrent_cut)):
+        if not isinstance(flag, (bool, np.bool_)):
+            raise TypeError(f"{name} must be a bool, got {flag!r}")
+    reverse, gradient_recurrent_cut = bool(reverse), bool(gradient_recurrent_cut)
+    clipval = _check_clipval(gradient_recurrent_clipval)
+    options = [name for name, used in (
+        ("seq_lengths", seq_lengths is not None), ("resets", resets is not None),
+        ("reverse", reverse), ("gradient_recurrent_cut", gradient_recurrent_cut),
+        ("gradient_recurrent_clipval", clipval is not None)) if used]
 
-    def run_scan(Wx, R, b, states):
-        return flashrnn_scan(Wx, R, b, states, function=function, compute_dtype=compute_dtype)
+    def run_scan(Wx, R, b, states, seq_lengths=None, resets=None):
+        return flashrnn_scan(
+            Wx, R, b, states, seq_lengths, resets, function=function,
+            compute_dtype=compute_dtype, reverse=reverse,
+            gradient_recurrent_cut=gradient_recurrent_cut, gradient_recurrent_clipval=clipval,
+        )
 
-    def run_fused(Wx, R, b, states):
+    # run_fused and run_auto only run calls without sequence options (seq_lengths, resets None).
+    def run_fused(Wx, R, b, states, seq_lengths=None, resets=None):
         return fused.flashrnn_fused(Wx, R, b, states, function=function)
 
-    def run_auto(Wx, R, b, states):
+    def run_auto(Wx, R, b, states, seq_lengths=None, resets=None):
         # The kernels exist for this call; the platform the computation is lowered for decides.
         return jax.lax.platform_dependent(Wx, R, b, states, cuda=run_fused, default=run_scan)
 
-    if backend == "scan":
+    if backend == "fused" and options:
+        raise fused.FusedBackendUnavailableError(
+            f"backend='fused' cannot run this call: {', '.join(options)} "
+            f"{'is' if len(options) == 1 else 'are'} not yet supported by the fused kernels. "
+            "Use backend='auto' or backend='scan' to run it on the scan backend."
+        )
+    if backend == "scan" or options:
         per_device = run_scan
     else:
         reason = fused.unsupported_reason(Wx.dtype, D, function)
@@ -131,8 +177,59 @@ def flashrnn(
     # Many devices: the same per-device function runs on every block of batch rows and heads.
     split = sharding.plan(Wx, mesh=mesh, batch_axis=batch_axis, head_axis=head_axis)
     if split is None:
-        return per_device(Wx, R, b, states)
-    return sharding.run(per_device, split, Wx, R, b, states)
+        return per_device(Wx, R, b, states, seq_lengths, resets)
+    return sharding.run(per_device, split, Wx, R, b, states, seq_lengths, resets)
+
+
+def _is_concrete(x) -> bool:
+    return not isinstance(x, jax.core.Tracer)
+
+
+def _check_seq_lengths(seq_lengths, B: int, T: int) -> jax.Array | None:
+    if seq_lengths is None:
+        return None
+    if not isinstance(seq_lengths, jax.Array):
+        seq_lengths = jnp.asarray(seq_lengths)
+    if not jnp.issubdtype(seq_lengths.dtype, jnp.integer):
+        raise TypeError(f"seq_lengths must have an integer dtype, got {seq_lengths.dtype}")
+    if seq_lengths.shape != (B,):
+        raise ValueError(
+            f"seq_lengths must have shape [B] = {(B,)}, got shape {seq_lengths.shape}"
+        )
+    if _is_concrete(seq_lengths):
+        values = np.asarray(seq_lengths)
+        if values.min() < 0 or values.max() > T:
+            raise ValueError(
+                f"seq_lengths must lie in 0..T = 0..{T}, got values from {values.min()} to "
+                f"{values.max()}"
+            )
+    return seq_lengths
+
+
+def _check_resets(resets, B: int, T: int) -> jax.Array | None:
+    if resets is None:
+        return None
+    if not isinstance(resets, jax.Array):
+        resets = jnp.asarray(resets)
+    if resets.dtype != jnp.bool_:
+        raise TypeError(f"resets must have dtype bool, got {resets.dtype}")
+    if resets.shape != (B, T):
+        raise ValueError(f"resets must have shape [B, T] = {(B, T)}, got shape {resets.shape}")
+    return resets
+
+
+def _check_clipval(clipval) -> float | None:
+    if clipval is None:
+        return None
+    if isinstance(clipval, (bool, np.bool_)) or not isinstance(clipval, (int, float, np.number)):
+        raise TypeError(
+            f"gradient_recurrent_clipval must be None or a positive Python number, got "
+            f"{clipval!r}"
+        )
+    clipval = float(clipval)
+    if not clipval > 0:
+        raise ValueError(f"gradient_recurrent_clipval must be > 0, got {clipval}")
+    return clipval
 
 
 def _as_float_array(x, name: str) -> jax.Array:

@@ -39,6 +39,7 @@ from flax.typing import Dtype, Initializer, PrecisionLike
 
 from flashrnn_jax.api import flashrnn
 from flashrnn_jax.cells import Cell, get_cell
+from flashrnn_jax.scan import reversal_indices
 from flashrnn_jax.sharding import AxisName
 
 default_kernel_init: Initializer = jax.nn.initializers.lecun_normal()
@@ -164,10 +165,20 @@ def apply(
     backend: str,
     batch_axis: AxisName = None,
     head_axis: AxisName = None,
+    seq_lengths: jax.Array | None = None,
+    resets: jax.Array | None = None,
+    reverse: bool = False,
+    keep_order: bool = False,
+    gradient_recurrent_cut: bool = False,
+    gradient_recurrent_clipval: float | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """Run the layer; return ``(carry [S, *batch, H], h [*batch, T, H] or [T, *batch, H])``.
 
-    ``batch_axis`` and ``head_axis`` are passed on to :func:`flashrnn_jax.flashrnn`.
+    ``batch_axis``, ``head_axis``, ``reverse`` and the gradient options are passed on to
+    :func:`flashrnn_jax.flashrnn`; ``seq_lengths`` ``[*batch]`` and ``resets`` ``[*batch, T]``
+    (``[T, *batch]`` when ``time_major``) are flattened to its ``[B]`` and ``[B, T]``. As
+    :class:`flax.linen.RNN`: with ``reverse`` and not ``keep_order`` the output is in reading
+    order (position ``j`` of row ``b`` holds the step that read input ``L_b - 1 - j``).
     """
     x, batch_shape = split_time(jnp.asarray(inputs), time_major)
     *_, T, F = x.shape
@@ -196,12 +207,89 @@ def apply(
             )
         states = jnp.asarray(initial_carry, Wx.dtype).reshape(layout.cell.num_states, B, N, D)
 
+    if seq_lengths is not None:
+        seq_lengths = jnp.asarray(seq_lengths)
+        if seq_lengths.shape != batch_shape:
+            raise ValueError(
+                f"seq_lengths must have the batch shape {batch_shape} of the inputs, got "
+                f"shape {seq_lengths.shape}"
+            )
+        seq_lengths = seq_lengths.reshape(B)
+    if resets is not None:
+        resets = jnp.asarray(resets)
+        layout_name = "[T, *batch]" if time_major else "[*batch, T]"
+        expected = (T, *batch_shape) if time_major else (*batch_shape, T)
+        if resets.shape != expected:
+            raise ValueError(
+                f"resets must have shape {layout_name} = {expected}, got shape {resets.shape}"
+            )
+        if time_major:
+            resets = jnp.moveaxis(resets, 0, -1)
+        resets = resets.reshape(B, T)
+
     states_all, last = flashrnn(
         Wx, recurrent_kernel, bias, states, function=layout.cell.name, backend=backend,
-        batch_axis=batch_axis, head_axis=head_axis,
+        batch_axis=batch_axis, head_axis=head_axis, seq_lengths=seq_lengths, resets=resets,
+        reverse=reverse, gradient_recurrent_cut=gradient_recurrent_cut,
+        gradient_recurrent_clipval=gradient_recurrent_clipval,
     )
-    h = states_all[0].reshape(*batch_shape, T, layout.hidden_size)
+    h = states_all[0]
+    if reverse and not keep_order:
+        index = reversal_indices(seq_lengths, B, T)
+        h = jnp.take_along_axis(h, index.reshape(B, T, 1, 1), axis=1)
+    h = h.reshape(*batch_shape, T, layout.hidden_size)
     if time_major:
         h = jnp.moveaxis(h, -2, 0)
     carry = last.reshape(layout.carry_shape(batch_shape))
     return carry, h
+
+
+def residual_flags(residual, num_layers: int) -> tuple[bool, ...]:
+    """``residual`` (a bool, or one bool per layer) as one bool per layer."""
+    if isinstance(residual, bool):
+        return (residual,) * num_layers
+    flags = tuple(residual)
+    if len(flags) != num_layers or not all(isinstance(f, bool) for f in flags):
+        raise ValueError(
+            f"residual must be a bool or a sequence of {num_layers} bools (one per layer), got "
+            f"{residual!r}"
+        )
+    return flags
+
+
+def run_stack(layers, flags, inputs, *, initial_carry, seq_lengths, resets, time_major,
+              extra=None):
+    """Run ``layers`` one after the other; return ``(tuple of carries, output)``.
+
+    Every layer is called with the :class:`flax.linen.RNN` protocol (``return_carry=True``,
+    ``time_major``, ``seq_lengths`` and ``resets`` when given, and ``extra``). Where
+    ``flags[i]``, layer ``i``'s input is added to its output (the shapes must match).
+    """
+    if initial_carry is None:
+        initial_carry = (None,) * len(layers)
+    if len(initial_carry) != len(layers):
+        raise ValueError(
+            f"initial_carry must hold one carry (or None) per layer, {len(layers)} in all, got "
+            f"{len(initial_carry)}"
+        )
+    options = dict(extra or {})
+    if seq_lengths is not None:
+        options["seq_lengths"] = seq_lengths
+    if resets is not None:
+        options["resets"] = resets
+    carries = []
+    x = inputs
+    for i, (layer, carry0, residual) in enumerate(zip(layers, initial_carry, flags)):
+        carry, y = layer(x, initial_carry=carry0, return_carry=True, time_major=time_major,
+                         **options)
+        if residual:
+            if jnp.shape(y) != jnp.shape(x):
+                raise ValueError(
+                    f"residual connection around layer {i}: its output shape {jnp.shape(y)} "
+                    f"differs from its input shape {jnp.shape(x)}; set residual=False for "
+                    "layers that change the feature size"
+                )
+            y = y + x
+        carries.append(carry)
+        x = y
+    return tuple(carries), x

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -71,6 +73,10 @@ class FlashRNN(nn.Module):
         orthogonal matrix). It draws in at least float32 and is rounded to ``param_dtype``.
       bias_init: initializer of ``bias``, called with the whole shape ``[Gt, N, D]``
         (default: zeros; e.g. a positive forget-gate bias ``bias[1]`` helps LSTMs remember).
+      gradient_recurrent_cut: no gradient through ``R @ h_prev`` (see
+        :func:`flashrnn_jax.flashrnn`).
+      gradient_recurrent_clipval: clip the cotangent of ``h_prev`` through ``R @ h_prev`` to
+        ``[-v, v]`` at every step, or None.
       batch_axis: mesh axis name (or tuple of names) that splits the batch, or None.
       head_axis: mesh axis name (or tuple of names) that splits the heads, or None (the
         default: no partitioning metadata).
@@ -107,6 +113,8 @@ class FlashRNN(nn.Module):
     kernel_init: Initializer = layer_common.default_kernel_init
     recurrent_kernel_init: Initializer = layer_common.default_recurrent_kernel_init
     bias_init: Initializer = layer_common.default_bias_init
+    gradient_recurrent_cut: bool = False
+    gradient_recurrent_clipval: float | None = None
     batch_axis: AxisName = None
     head_axis: AxisName = None
 
@@ -125,8 +133,13 @@ class FlashRNN(nn.Module):
         inputs: jax.Array,
         *,
         initial_carry: jax.Array | None = None,
-        return_carry: bool = False,
-        time_major: bool = False,
+        init_key: Any = None,
+        seq_lengths: jax.Array | None = None,
+        resets: jax.Array | None = None,
+        return_carry: bool | None = False,
+        time_major: bool | None = False,
+        reverse: bool | None = False,
+        keep_order: bool | None = False,
     ) -> jax.Array | tuple[jax.Array, jax.Array]:
         """Run the layer over a sequence.
 
@@ -137,11 +150,23 @@ class FlashRNN(nn.Module):
             a previous call, cast to the computation dtype; None starts from zeros.
           return_carry: also return the carry after the last step.
           time_major: inputs and output have time on axis 0.
+          seq_lengths: int ``[*batch]`` valid lengths (right padding): the states stop
+            changing after them (the returned carry is the state after the last valid
+            step) and the output is zero there.
+          resets: bool ``[*batch, T]`` (``[T, *batch]`` when ``time_major``): where set, the
+            states go back to the initial carry before that input is read.
+          reverse: read each sequence from its last valid input back to the first.
+          keep_order: with ``reverse``, return the output in input time order (else in
+            reading order, as :class:`flax.linen.RNN`).
+
+        The call protocol is :class:`flax.linen.RNN`'s, so the layer works inside
+        ``Bidirectional``. Padded positions of the output hold zeros.
 
         Returns:
           ``h`` ``[*batch, T, hidden_size]`` (``[T, *batch, hidden_size]`` when
           ``time_major``), or ``(carry, h)`` when ``return_carry``.
         """
+        del init_key  # the carry starts at zeros; kept for the nn.RNN protocol
         layout = self._layout
         names = layer_common.partition_names(self.head_axis)
 
@@ -161,9 +186,12 @@ class FlashRNN(nn.Module):
                           self.param_dtype)
         carry, h = layer_common.apply(
             layout, inputs, kernel, recurrent_kernel, bias,
-            initial_carry=initial_carry, time_major=time_major, dtype=self.dtype,
+            initial_carry=initial_carry, time_major=bool(time_major), dtype=self.dtype,
             precision=self.precision, backend=self.backend, batch_axis=self.batch_axis,
-            head_axis=self.head_axis,
+            head_axis=self.head_axis, seq_lengths=seq_lengths, resets=resets,
+            reverse=bool(reverse), keep_order=bool(keep_order),
+            gradient_recurrent_cut=self.gradient_recurrent_cut,
+            gradient_recurrent_clipval=self.gradient_recurrent_clipval,
         )
         return (carry, h) if return_carry else h
 
@@ -206,3 +234,52 @@ class Elman(FlashRNN):
     """:class:`FlashRNN` with ``function="elman"``: ``Elman(hidden_size, num_heads=...)``."""
 
     function: str = _fixed("elman")
+
+
+class StackedRNN(nn.Module):
+    """Layers run one after the other, each optionally with a residual connection.
+
+    Each layer must follow the :class:`flax.linen.RNN` call protocol (:class:`FlashRNN`,
+    :class:`flax.linen.Bidirectional` of two of them, ``nn.RNN``...); ``seq_lengths`` and
+    ``resets`` are passed to every layer (``resets`` only when given).
+
+    Attributes:
+      layers: the layers, first to last.
+      residual: a bool for every layer, or one per layer: where True the layer's input is
+        added to its output (``y = layer(x) + x``; the sizes must match, so typically False
+        for a first layer that changes the feature size).
+
+    Example:
+      >>> import jax
+      >>> from flashrnn_jax.linen import FlashRNN, StackedRNN
+      >>> stack = StackedRNN([FlashRNN(32, "lstm", num_heads=4) for _ in range(3)],
+      ...                    residual=(False, True, True))
+      >>> x = jax.random.normal(jax.random.key(0), (2, 10, 8))
+      >>> variables = stack.init(jax.random.key(1), x)
+      >>> carries, y = stack.apply(variables, x, return_carry=True)
+      >>> y.shape, len(carries)
+      ((2, 10, 32), 3)
+    """
+
+    layers: Sequence[nn.Module]
+    residual: bool | Sequence[bool] = False
+
+    def __call__(
+        self,
+        inputs: jax.Array,
+        *,
+        initial_carry: Sequence[Any] | None = None,
+        seq_lengths: jax.Array | None = None,
+        resets: jax.Array | None = None,
+        return_carry: bool = False,
+        time_major: bool = False,
+    ) -> jax.Array | tuple[tuple[Any, ...], jax.Array]:
+        """Run the stack; return the last layer's output, or ``(carries, output)`` with one
+        carry per layer when ``return_carry``. ``initial_carry``: one carry (or None) per
+        layer."""
+        flags = layer_common.residual_flags(self.residual, len(self.layers))
+        carries, y = layer_common.run_stack(
+            self.layers, flags, inputs, initial_carry=initial_carry, seq_lengths=seq_lengths,
+            resets=resets, time_major=time_major,
+        )
+        return (carries, y) if return_carry else y

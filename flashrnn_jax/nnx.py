@@ -69,6 +69,10 @@ class FlashRNN(nnx.Module):
         orthogonal matrix). It draws in at least float32 and is rounded to ``param_dtype``.
       bias_init: initializer of ``bias``, called with the whole shape ``[Gt, N, D]``
         (default: zeros; e.g. a positive forget-gate bias ``bias[1]`` helps LSTMs remember).
+      gradient_recurrent_cut: no gradient through ``R @ h_prev`` (see
+        :func:`flashrnn_jax.flashrnn`).
+      gradient_recurrent_clipval: clip the cotangent of ``h_prev`` through ``R @ h_prev`` to
+        ``[-v, v]`` at every step, or None.
       batch_axis: mesh axis name (or tuple of names) that splits the batch, or None.
       head_axis: mesh axis name (or tuple of names) that splits the heads, or None (the
         default: no partitioning metadata).
@@ -110,6 +114,8 @@ class FlashRNN(nnx.Module):
         kernel_init: Initializer = layer_common.default_kernel_init,
         recurrent_kernel_init: Initializer = layer_common.default_recurrent_kernel_init,
         bias_init: Initializer = layer_common.default_bias_init,
+        gradient_recurrent_cut: bool = False,
+        gradient_recurrent_clipval: float | None = None,
         batch_axis: AxisName = None,
         head_axis: AxisName = None,
         rngs: nnx.Rngs,
@@ -127,6 +133,8 @@ class FlashRNN(nnx.Module):
         self.precision = precision
         self.batch_axis = batch_axis
         self.head_axis = head_axis
+        self.gradient_recurrent_cut = gradient_recurrent_cut
+        self.gradient_recurrent_clipval = gradient_recurrent_clipval
         names = layer_common.partition_names(head_axis)
 
         def init(name: str, initializer: Initializer) -> Initializer:
@@ -152,8 +160,13 @@ class FlashRNN(nnx.Module):
         inputs: jax.Array,
         *,
         initial_carry: jax.Array | None = None,
-        return_carry: bool = False,
-        time_major: bool = False,
+        rngs: Any = None,
+        seq_lengths: jax.Array | None = None,
+        resets: jax.Array | None = None,
+        return_carry: bool | None = False,
+        time_major: bool | None = False,
+        reverse: bool | None = False,
+        keep_order: bool | None = False,
     ) -> jax.Array | tuple[jax.Array, jax.Array]:
         """Run the layer over a sequence.
 
@@ -164,16 +177,31 @@ class FlashRNN(nnx.Module):
             a previous call, cast to the computation dtype; None starts from zeros.
           return_carry: also return the carry after the last step.
           time_major: inputs and output have time on axis 0.
+          seq_lengths: int ``[*batch]`` valid lengths (right padding): the states stop
+            changing after them (the returned carry is the state after the last valid
+            step) and the output is zero there.
+          resets: bool ``[*batch, T]`` (``[T, *batch]`` when ``time_major``): where set, the
+            states go back to the initial carry before that input is read.
+          reverse: read each sequence from its last valid input back to the first.
+          keep_order: with ``reverse``, return the output in input time order (else in
+            reading order, as :class:`flax.nnx.RNN`).
+
+        The call protocol is :class:`flax.nnx.RNN`'s, so the layer works inside
+        ``Bidirectional``. Padded positions of the output hold zeros.
 
         Returns:
           ``h`` ``[*batch, T, hidden_size]`` (``[T, *batch, hidden_size]`` when
           ``time_major``), or ``(carry, h)`` when ``return_carry``.
         """
+        del rngs  # the carry starts at zeros; kept for the nnx.RNN protocol
         carry, h = layer_common.apply(
             self._layout, inputs, self.kernel[...], self.recurrent_kernel[...], self.bias[...],
-            initial_carry=initial_carry, time_major=time_major, dtype=self.dtype,
+            initial_carry=initial_carry, time_major=bool(time_major), dtype=self.dtype,
             precision=self.precision, backend=self.backend, batch_axis=self.batch_axis,
-            head_axis=self.head_axis,
+            head_axis=self.head_axis, seq_lengths=seq_lengths, resets=resets,
+            reverse=bool(reverse), keep_order=bool(keep_order),
+            gradient_recurrent_cut=self.gradient_recurrent_cut,
+            gradient_recurrent_clipval=self.gradient_recurrent_clipval,
         )
         return (carry, h) if return_carry else h
 
@@ -219,3 +247,50 @@ class Elman(_FixedFunction):
     """:class:`FlashRNN` with ``function="elman"``: ``Elman(in_features, hidden_size, ...)``."""
 
     FUNCTION = "elman"
+
+
+class StackedRNN(nnx.Module):
+    """Layers run one after the other, each optionally with a residual connection.
+
+    Each layer must follow the :class:`flax.nnx.RNN` call protocol (:class:`FlashRNN`,
+    :class:`flax.nnx.Bidirectional` of two of them, ``nnx.RNN``...); ``seq_lengths`` and
+    ``resets`` are passed to every layer (``resets`` only when given).
+
+    Args:
+      layers: the layers, first to last.
+      residual: a bool for every layer, or one per layer: where True the layer's input is
+        added to its output (``y = layer(x) + x``; the sizes must match).
+
+    Example:
+      >>> import jax
+      >>> from flax import nnx
+      >>> from flashrnn_jax.nnx import FlashRNN, StackedRNN
+      >>> rngs = nnx.Rngs(0)
+      >>> stack = StackedRNN([FlashRNN(8, 32, num_heads=4, rngs=rngs),
+      ...                     FlashRNN(32, 32, num_heads=4, rngs=rngs)], residual=(False, True))
+      >>> stack(jax.random.normal(jax.random.key(1), (2, 10, 8))).shape
+      (2, 10, 32)
+    """
+
+    def __init__(self, layers, *, residual=False):
+        self.layers = nnx.List(layers)
+        self.residual = layer_common.residual_flags(residual, len(self.layers))
+
+    def __call__(
+        self,
+        inputs: jax.Array,
+        *,
+        initial_carry=None,
+        seq_lengths: jax.Array | None = None,
+        resets: jax.Array | None = None,
+        return_carry: bool = False,
+        time_major: bool = False,
+    ):
+        """Run the stack; return the last layer's output, or ``(carries, output)`` with one
+        carry per layer when ``return_carry``. ``initial_carry``: one carry (or None) per
+        layer."""
+        carries, y = layer_common.run_stack(
+            list(self.layers), self.residual, inputs, initial_carry=initial_carry,
+            seq_lengths=seq_lengths, resets=resets, time_major=time_major,
+        )
+        return (carries, y) if return_carry else y

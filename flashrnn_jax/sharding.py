@@ -16,6 +16,7 @@ Block layouts (``batch``/``heads`` the mesh axes, ``·`` not split)::
     R       [Gr, N@heads, D, D]               last_states [S, B@batch, N@heads, D]
     b       [Gt, N@heads, D]
     states  [S, B@batch, N@heads, D]
+    seq_lengths [B@batch]                     resets [B@batch, T]   (when given)
 
 Inputs laid out otherwise are first moved into these layouts, which does communicate: ``Wx``
 split along time, gates or ``D`` is gathered there (a head's recurrence needs all of them).
@@ -113,14 +114,34 @@ def plan(
     return MeshPlan(mesh, batch_axis, head_axis)
 
 
-def run(fn: Callable, plan: MeshPlan, Wx, R, b, states) -> tuple[jax.Array, jax.Array]:
-    """Run ``fn(Wx, R, b, states) -> (states_all, last_states)`` on every block of ``plan``.
+def run(
+    fn: Callable, plan: MeshPlan, Wx, R, b, states, seq_lengths=None, resets=None
+) -> tuple[jax.Array, jax.Array]:
+    """Run ``fn(Wx, R, b, states, seq_lengths, resets) -> (states_all, last_states)`` on every
+    block of ``plan``.
 
     ``fn`` sees one device's block (batch ``B / |batch_axis|``, heads ``N / |head_axis|``)
     and must be the single-device computation: it runs unchanged on every block.
+    ``seq_lengths`` ``[B]`` and ``resets`` ``[B, T]`` (None when unused) are split along the
+    batch axis like ``Wx``.
     """
-    in_specs = plan.in_specs()
-    args = tuple(_conform(x, plan.mesh, spec) for x, spec in zip((Wx, R, b, states), in_specs))
+    batch = plan.batch_axis
+    inputs = [Wx, R, b, states]
+    in_specs = list(plan.in_specs())
+    extra = {}
+    for name, x, spec in (("seq_lengths", seq_lengths, P(batch)),
+                          ("resets", resets, P(batch, None))):
+        if x is not None:
+            extra[name] = len(inputs)
+            inputs.append(x)
+            in_specs.append(spec)
+    in_specs = tuple(in_specs)
+    args = tuple(_conform(x, plan.mesh, spec) for x, spec in zip(inputs, in_specs))
+
+    def block_fn(*block):
+        options = {name: block[i] for name, i in extra.items()}
+        return fn(*block[:4], **options)
+
     # check_vma=False: the fused backend's FFI calls carry no device-variance types (JAX
     # treats their results as identical on every device, which a custom_vjp rejects), and
     # without the checks JAX also inserts no per-step variance casts into the scan, whose
@@ -129,7 +150,7 @@ def run(fn: Callable, plan: MeshPlan, Wx, R, b, states) -> tuple[jax.Array, jax.
     # batch axis), once, after the backward pass; out_specs name every split axis, so the
     # results are exactly those of one device.
     return jax.shard_map(
-        fn, mesh=plan.mesh, in_specs=in_specs, out_specs=plan.out_specs(), check_vma=False
+        block_fn, mesh=plan.mesh, in_specs=in_specs, out_specs=plan.out_specs(), check_vma=False
     )(*args)
 
 

@@ -162,3 +162,57 @@ def assert_gradients_match_reference(grads, args, function, weights, rtol=1e-6):
         assert np.abs(expected).max() > 1e-3, "the loss does not depend on this argument"
         np.testing.assert_allclose(grad, expected, rtol=rtol, atol=rtol * np.abs(expected).max(),
                                    err_msg=f"gradient for argument {argnum} ({function})")
+
+
+def reading_order(seq_lengths, B: int, T: int, reverse: bool) -> np.ndarray:
+    """``[B, T]``: the input index row ``b`` reads at step ``s``. Forward: ``s``. Reverse: the
+    first ``L = seq_lengths[b]`` inputs backwards (``L-1 .. 0``), then the padding in place."""
+    order = np.tile(np.arange(T), (B, 1))
+    if reverse:
+        lengths = np.full(B, T) if seq_lengths is None else np.asarray(seq_lengths)
+        for row, length in enumerate(lengths):
+            order[row, :length] = order[row, :length][::-1]
+    return order
+
+
+def reference_flashrnn_options(Wx, R, b, states, function, *, seq_lengths=None, resets=None,
+                               reverse=False, recurrent_h=None):
+    """Float64 reference of ``flashrnn`` with the sequence options; written step by step.
+
+    Row ``b`` reads the inputs of :func:`reading_order`, only its first ``seq_lengths[b]``
+    steps; before reading input ``t`` with ``resets[b, t]`` its states are set back to the
+    initial ones. ``states_all[:, b, t]`` is the state after reading input ``t`` (zero where
+    ``t >= seq_lengths[b]``); ``last_states[:, b]`` the state after the last step read.
+
+    ``recurrent_h`` ``[B, T, N, D]`` (reading order), when given, replaces the ``h_prev`` that
+    enters ``R @ h_prev`` at every step: held fixed, it models a cut recurrent gradient.
+
+    Returns ``(states_all, last_states, h_in)`` where ``h_in`` ``[B, T, N, D]`` holds the
+    ``h_prev`` that entered ``R @ h_prev`` at every step in reading order (zeros for steps
+    not read).
+    """
+    Wx, R, b = (np.asarray(x, np.float64) for x in (Wx, R, b))
+    B, T, _, N, D = Wx.shape
+    S = CELL_SHAPES[function].num_states
+    init = (np.zeros((S, B, N, D)) if states is None
+            else np.asarray(states, np.float64).reshape(S, B, N, D))
+    lengths = np.full(B, T) if seq_lengths is None else np.asarray(seq_lengths)
+    resets = np.zeros((B, T), bool) if resets is None else np.asarray(resets, bool)
+    order = reading_order(lengths, B, T, reverse)
+    step_fn = _STEPS[function]
+    states_all = np.zeros((S, B, T, N, D))
+    last = np.zeros((S, B, N, D))
+    h_in = np.zeros((B, T, N, D))
+    for row in range(B):
+        state = tuple(init[:, row : row + 1])  # S arrays [1, N, D]
+        for step in range(lengths[row]):
+            t = order[row, step]
+            if resets[row, t]:
+                state = tuple(init[:, row : row + 1])
+            h_prev = state[0] if recurrent_h is None else recurrent_h[row : row + 1, step]
+            h_in[row, step] = state[0][0]
+            rh = (R[None] @ h_prev[:, None, :, :, None])[..., 0]
+            state = step_fn(Wx[row : row + 1, t], rh, b, state)
+            states_all[:, row, t] = np.stack(state)[:, 0]
+        last[:, row] = np.stack(state)[:, 0]
+    return states_all, last, h_in
