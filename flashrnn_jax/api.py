@@ -181,8 +181,12 @@ def flashrnn(
     return sharding.run(per_device, split, Wx, R, b, states, seq_lengths, resets)
 
 
-def _is_concrete(x) -> bool:
-    return not isinstance(x, jax.core.Tracer)
+def _concrete_values(x) -> np.ndarray | None:
+    """The values of ``x``, or None while it is traced (under jit their range is unchecked)."""
+    try:
+        return np.asarray(x)
+    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+        return None
 
 
 def _check_seq_lengths(seq_lengths, B: int, T: int) -> jax.Array | None:
@@ -196,8 +200,8 @@ def _check_seq_lengths(seq_lengths, B: int, T: int) -> jax.Array | None:
         raise ValueError(
             f"seq_lengths must have shape [B] = {(B,)}, got shape {seq_lengths.shape}"
         )
-    if _is_concrete(seq_lengths):
-        values = np.asarray(seq_lengths)
+    values = _concrete_values(seq_lengths)
+    if values is not None:
         if values.min() < 0 or values.max() > T:
             raise ValueError(
                 f"seq_lengths must lie in 0..T = 0..{T}, got values from {values.min()} to "
