@@ -1,0 +1,108 @@
+"""Smoke test of benchmarks/suite.py at --tiny sizes on CPU: schema, sanity, skips, plots.
+
+The suite runs in subprocesses, as it is run for real (its own jax process, its own flags). The
+runs go in parallel, and XLA's CPU optimisations are turned down, because compile time, not
+run time, is what a tiny smoke run spends.
+"""
+
+import json
+import math
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+SUITE = ROOT / "benchmarks" / "suite.py"
+RECORD_KEYS = {"impl", "function", "dtype", "B", "T", "N", "D", "fwd_ms", "fwdbwd_ms",
+               "peak_mem_mb", "sweep", "skipped"}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("suite")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu",
+           "XLA_FLAGS": "--xla_backend_optimization_level=0 "
+                        "--xla_llvm_disable_expensive_passes=true"}
+    common = ["--tiny", "--runs", "3", "--warmup", "1"]
+    argv = {
+        "lstm": ["--sweep", "all", "--functions", "lstm", "--out", str(tmp / "lstm.json")],
+        # One more cell, with the kernels and the scan only.
+        "slstm": ["--sweep", "batch", "--functions", "slstm", "--impls", "fused", "scan",
+                  "--out", str(tmp / "slstm.json")],
+        # A spent budget stops before the first case and still writes the JSON.
+        "budget": ["--max-minutes", "0", "--functions", "gru", "--out",
+                   str(tmp / "budget.json")],
+    }
+    procs = {name: subprocess.Popen([sys.executable, str(SUITE), *common, *a], env=env,
+                                    cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                    text=True)
+             for name, a in argv.items()}
+    out = {}
+    for name, proc in procs.items():
+        log, _ = proc.communicate(timeout=300)
+        assert proc.returncode == 0, log[-3000:]
+        out[name] = json.loads((tmp / f"{name}.json").read_text())
+    return tmp, out
+
+
+def check_schema(results):
+    assert isinstance(results["gpu"], str) and results["gpu"]
+    assert isinstance(results["jax"], str)
+    assert results["records"]
+    for r in results["records"]:
+        assert set(r) >= RECORD_KEYS, r
+        if r["skipped"] is None:
+            for key in ("fwd_ms", "fwdbwd_ms"):
+                assert math.isfinite(r[key]) and r[key] > 0, r
+            assert r["fwd_ms"] <= 10 * r["fwdbwd_ms"], r
+        else:
+            assert isinstance(r["skipped"], str) and r["skipped"], r
+            assert r["fwd_ms"] is None and r["fwdbwd_ms"] is None, r
+        # tiny sizes, keeping the structure
+        assert r["B"] <= 2 and r["T"] <= 8 and r["N"] * r["D"] <= 32, r
+
+
+def test_lstm_all_sweeps(runs):
+    tmp, out = runs
+    results = out["lstm"]
+    check_schema(results)
+    assert results["complete"] is True
+    recs = results["records"]
+    assert {r["sweep"] for r in recs} == {"heads", "batch", "length"}
+    assert {r["function"] for r in recs} == {"lstm"}
+    # the head grid keeps its six points at tiny size
+    assert len({(r["N"], r["D"]) for r in recs if r["sweep"] == "heads"}) == 6
+    for impl in ("scan", "flax_lstm"):
+        done = [r for r in recs if r["impl"] == impl and r["skipped"] is None]
+        assert {r["sweep"] for r in done} == {"heads", "batch", "length"}, impl
+    for impl in ("fused", "cudnn_lstm"):  # CPU: no kernels, no cuDNN
+        mine = [r for r in recs if r["impl"] == impl]
+        assert mine and all(r["skipped"] for r in mine), impl
+    assert all(r["dtype"] == "float32" for r in recs if r["impl"] == "cudnn_lstm")
+    assert all(r["peak_mem_mb"] is None for r in recs)  # CPU reports no memory_stats
+    for sweep in ("heads", "batch", "length"):
+        png = tmp / f"lstm_{sweep}.png"
+        assert png.stat().st_size > 1000, png
+
+
+def test_second_cell(runs):
+    tmp, out = runs
+    results = out["slstm"]
+    check_schema(results)
+    recs = results["records"]
+    assert {(r["function"], r["sweep"]) for r in recs} == {("slstm", "batch")}
+    assert {r["impl"] for r in recs} == {"fused", "scan"}
+    assert all(r["skipped"] is None for r in recs if r["impl"] == "scan")
+    assert (tmp / "slstm_batch.png").exists()
+    assert not (tmp / "slstm_heads.png").exists()
+
+
+def test_max_minutes_still_writes_json(runs):
+    _, out = runs
+    results = out["budget"]
+    assert results["complete"] is False
+    assert "max-minutes" in results["stopped"]
+    assert results["records"] == []
