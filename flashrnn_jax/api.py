@@ -73,9 +73,8 @@ def flashrnn(
       gradient_recurrent_clipval: ``v > 0``: the cotangent reaching ``h_prev`` through
         ``R @ h_prev`` is clipped to ``[-v, v]`` at every step (forward values unchanged).
 
-    The sequence and gradient options run on the scan backend for now: ``backend="auto"``
-    takes the scan when any is used, ``backend="fused"`` raises
-    :class:`~flashrnn_jax.FusedBackendUnavailableError`.
+    Every backend runs the sequence and gradient options: the fused kernels apply them as
+    masks in their pointwise stage and in their backward pass, with no fallback.
 
     Returns:
       ``(states_all, last_states)``: ``states_all`` ``[S, B, T, N, D]`` holds every state
@@ -137,10 +136,6 @@ def flashrnn(
             raise TypeError(f"{name} must be a bool, got {flag!r}")
     reverse, gradient_recurrent_cut = bool(reverse), bool(gradient_recurrent_cut)
     clipval = _check_clipval(gradient_recurrent_clipval)
-    options = [name for name, used in (
-        ("seq_lengths", seq_lengths is not None), ("resets", resets is not None),
-        ("reverse", reverse), ("gradient_recurrent_cut", gradient_recurrent_cut),
-        ("gradient_recurrent_clipval", clipval is not None)) if used]
 
     def run_scan(Wx, R, b, states, seq_lengths=None, resets=None):
         return flashrnn_scan(
@@ -149,21 +144,18 @@ def flashrnn(
             gradient_recurrent_cut=gradient_recurrent_cut, gradient_recurrent_clipval=clipval,
         )
 
-    # run_fused and run_auto only run calls without sequence options (seq_lengths, resets None).
     def run_fused(Wx, R, b, states, seq_lengths=None, resets=None):
-        return fused.flashrnn_fused(Wx, R, b, states, function=function)
+        return fused.flashrnn_fused(
+            Wx, R, b, states, seq_lengths, resets, function=function, reverse=reverse,
+            gradient_recurrent_cut=gradient_recurrent_cut, gradient_recurrent_clipval=clipval,
+        )
 
     def run_auto(Wx, R, b, states, seq_lengths=None, resets=None):
         # The kernels exist for this call; the platform the computation is lowered for decides.
-        return jax.lax.platform_dependent(Wx, R, b, states, cuda=run_fused, default=run_scan)
+        return jax.lax.platform_dependent(Wx, R, b, states, seq_lengths, resets,
+                                          cuda=run_fused, default=run_scan)
 
-    if backend == "fused" and options:
-        raise fused.FusedBackendUnavailableError(
-            f"backend='fused' cannot run this call: {', '.join(options)} "
-            f"{'is' if len(options) == 1 else 'are'} not yet supported by the fused kernels. "
-            "Use backend='auto' or backend='scan' to run it on the scan backend."
-        )
-    if backend == "scan" or options:
+    if backend == "scan":
         per_device = run_scan
     else:
         reason = fused.unsupported_reason(Wx.dtype, D, function)

@@ -13,6 +13,11 @@ needs (every gate pre-activation and every state, in float32); the backward kern
 time steps in reverse with ``R`` on chip and returns the cotangent of every gate
 pre-activation and of the initial states; ``dR`` and ``db`` are contractions of those over batch
 and time, left to XLA.
+
+Sequence options run inside the kernels as masks of the pointwise stage (``seq_lengths``,
+``resets``) and as the input index a step reads (``reverse``); the gradient controls
+(``gradient_recurrent_cut``, ``gradient_recurrent_clipval``) act on the recurrent cotangent
+inside the backward kernel. Every per-time array, residuals included, stays in input time order.
 """
 
 from __future__ import annotations
@@ -146,7 +151,24 @@ def _tiling_attributes(function: str, dtype, head_size: int) -> dict[str, np.int
     return {k: np.int32(v) for k, v in dataclasses.asdict(tiling).items()}
 
 
-def _forward_call(Wx, R, b, states, function: str, *, train: bool):
+@dataclasses.dataclass(frozen=True)
+class _Options:
+    """The static part of a fused call: the cell and the sequence and gradient options."""
+
+    function: str
+    reverse: bool = False
+    has_resets: bool = False
+    # What reaches h_prev through R @ h_prev in the backward (RecurrentGradient in params.h).
+    recurrent_gradient: int = 0  # 0 full, 1 cut, 2 clipped to [-clipval, clipval]
+    clipval: float = 0.0
+
+    def attributes(self, dtype, head_size: int) -> dict:
+        return dict(function=self.function, poison_outputs=_poison_outputs,
+                    has_resets=self.has_resets, reverse=self.reverse,
+                    **_tiling_attributes(self.function, dtype, head_size))
+
+
+def _forward_call(Wx, R, b, states, seq_lengths, resets, options: _Options, *, train: bool):
     S, B, N, D = states.shape
     T = Wx.shape[1]
     out = [
@@ -160,28 +182,14 @@ def _forward_call(Wx, R, b, states, function: str, *, train: bool):
         ]
     target = "flashrnn_jax_forward_train" if train else "flashrnn_jax_forward"
     return jax.ffi.ffi_call(target, out, vmap_method="sequential")(
-        Wx, R, b, states, function=function, poison_outputs=_poison_outputs,
-        **_tiling_attributes(function, Wx.dtype, D),
+        Wx, R, b, states, seq_lengths, resets, **options.attributes(Wx.dtype, D)
     )
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
-def _fused(Wx, R, b, states, function):
-    return tuple(_forward_call(Wx, R, b, states, function, train=False))
-
-
-def _fused_fwd(Wx, R, b, states, function):
-    states_all, last, gate_cache, states_f32 = _forward_call(
-        Wx, R, b, states, function, train=True
-    )
-    return (states_all, last), (R, states, gate_cache, states_f32)
-
-
-def _fused_bwd(function, residuals, cotangents):
-    R, states, gate_cache, states_f32 = residuals
-    d_states_all, d_last = cotangents
-    wx_dtype = d_states_all.dtype  # the outputs, and so their cotangents, have Wx's dtype
-    d_gates, d_states0 = jax.ffi.ffi_call(
+def _backward_call(R, states, gate_cache, states_f32, d_states_all, d_last, seq_lengths,
+                   resets, options: _Options):
+    """The cotangents of every bias gate's pre-activation and of the initial states."""
+    return jax.ffi.ffi_call(
         "flashrnn_jax_backward",
         (
             jax.ShapeDtypeStruct(gate_cache.shape, jnp.float32),
@@ -189,21 +197,58 @@ def _fused_bwd(function, residuals, cotangents):
         ),
         vmap_method="sequential",
     )(
-        R,
-        states,
-        gate_cache,
-        states_f32,
-        d_states_all,
-        d_last.astype(wx_dtype),
-        function=function,
-        poison_outputs=_poison_outputs,
-        **_tiling_attributes(function, R.dtype, R.shape[-1]),
+        R, states, gate_cache, states_f32, d_states_all, d_last, seq_lengths, resets,
+        recurrent_gradient=np.int32(options.recurrent_gradient),
+        clipval=np.float32(options.clipval),
+        **options.attributes(R.dtype, R.shape[-1]),
     )
-    cell = get_cell(function)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
+def _fused(Wx, R, b, states, seq_lengths, resets, options):
+    return tuple(_forward_call(Wx, R, b, states, seq_lengths, resets, options, train=False))
+
+
+def _fused_fwd(Wx, R, b, states, seq_lengths, resets, options):
+    states_all, last, gate_cache, states_f32 = _forward_call(
+        Wx, R, b, states, seq_lengths, resets, options, train=True
+    )
+    return (states_all, last), (R, states, seq_lengths, resets, gate_cache, states_f32)
+
+
+def recurrent_inputs(states, states_f32, seq_lengths, resets, options: _Options):
+    """``[B, T, N, D]``: the ``h_prev`` that entered ``R @ h_prev`` at the step that read
+    input ``t`` (arbitrary where ``t`` is padding, whose gate cotangents are zero).
+
+    That is the h after reading the previous input (``t - 1``, or ``t + 1`` in reverse), or the
+    initial h at the first step of a row and where the row resets.
+    """
+    h0, h_all = states[0], states_f32[0]
+    T = h_all.shape[1]
+    t = jnp.arange(T)[None, :]
+    if options.reverse:
+        shifted = jnp.concatenate([h_all[:, 1:], h0[:, None]], axis=1)
+        first = t == seq_lengths[:, None] - 1
+    else:
+        shifted = jnp.concatenate([h0[:, None], h_all[:, :-1]], axis=1)
+        first = jnp.broadcast_to(t == 0, seq_lengths.shape + (T,))
+    if options.has_resets:
+        first = first | resets
+    return jnp.where(first[:, :, None, None], h0[:, None], shifted)
+
+
+def _fused_bwd(options, residuals, cotangents):
+    R, states, seq_lengths, resets, gate_cache, states_f32 = residuals
+    d_states_all, d_last = cotangents
+    wx_dtype = d_states_all.dtype  # the outputs, and so their cotangents, have Wx's dtype
+    d_gates, d_states0 = _backward_call(
+        R, states, gate_cache, states_f32, d_states_all, d_last.astype(wx_dtype), seq_lengths,
+        resets, options,
+    )
+    cell = get_cell(options.function)
     offset = cell.wx_bias_offset
     d_wx = d_gates[:, :, offset : offset + cell.gates_wx].astype(wx_dtype)
-    # h_prev of every step: the initial h, then h after steps 0 .. T-2.
-    h_prev = jnp.concatenate([states[0][:, None], states_f32[0][:, :-1]], axis=1)
+    h_prev = recurrent_inputs(states, states_f32, seq_lengths, resets, options)
     d_r = jnp.einsum(
         "btgno,btni->gnoi",
         d_gates[:, :, : cell.gates_r],
@@ -211,19 +256,37 @@ def _fused_bwd(function, residuals, cotangents):
         precision=jax.lax.Precision.HIGHEST,
     ).astype(R.dtype)
     d_b = d_gates.sum(axis=(0, 1))
-    return d_wx, d_r, d_b, d_states0
+    # seq_lengths and resets are integer and boolean: no cotangent.
+    return d_wx, d_r, d_b, d_states0, None, None
 
 
 _fused.defvjp(_fused_fwd, _fused_bwd)
 
 
-def flashrnn_fused(Wx, R, b, states, *, function: str):
-    """Run the fused kernels on validated arguments (shapes as :func:`flashrnn_jax.flashrnn`).
+def flashrnn_fused(Wx, R, b, states, seq_lengths=None, resets=None, *, function: str,
+                   reverse: bool = False, gradient_recurrent_cut: bool = False,
+                   gradient_recurrent_clipval: float | None = None):
+    """Run the fused kernels on validated arguments (as :func:`flashrnn_jax.flashrnn`).
 
     ``R`` is cast to the dtype of ``Wx``, ``b`` and ``states`` to float32; their gradients come
-    back in their own dtypes through those casts.
+    back in their own dtypes through those casts. ``seq_lengths`` None means full length,
+    ``resets`` None no resets.
     """
+    B, T = Wx.shape[:2]
+    if gradient_recurrent_cut:
+        recurrent_gradient, clipval = 1, 0.0
+    elif gradient_recurrent_clipval is not None:
+        recurrent_gradient, clipval = 2, float(gradient_recurrent_clipval)
+    else:
+        recurrent_gradient, clipval = 0, 0.0
+    options = _Options(function, reverse=reverse, has_resets=resets is not None,
+                       recurrent_gradient=recurrent_gradient, clipval=clipval)
+    lengths = (jnp.full((B,), T, jnp.int32) if seq_lengths is None
+               else jnp.asarray(seq_lengths).astype(jnp.int32))
+    # Without resets the kernels read no flags; a one-element placeholder fills the slot.
+    flags = jnp.zeros((1, 1), jnp.bool_) if resets is None else jnp.asarray(resets, jnp.bool_)
     states_all, last = _fused(
-        Wx, R.astype(Wx.dtype), b.astype(jnp.float32), states.astype(jnp.float32), function
+        Wx, R.astype(Wx.dtype), b.astype(jnp.float32), states.astype(jnp.float32), lengths,
+        flags, options,
     )
     return states_all, last

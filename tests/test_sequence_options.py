@@ -6,6 +6,9 @@ Shapes are shared between tests so that every option combination compiles once.
 
 from __future__ import annotations
 
+import functools
+
+import fused_emulator
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,7 +19,7 @@ from reference import (
     reference_flashrnn, reference_flashrnn_options,
 )
 
-from flashrnn_jax import FusedBackendUnavailableError, flashrnn
+from flashrnn_jax import FusedBackendUnavailableError, flashrnn, fused
 
 FUNCTIONS = tuple(CELL_SHAPES)
 B, T, N, D = 4, 5, 2, 2
@@ -233,17 +236,65 @@ def test_batch_sharded_options(rng):
         np.testing.assert_allclose(g, w, atol=1e-12)
 
 
-def test_fused_backend_rejects_new_options(rng):
+def test_fused_backend_takes_the_options(rng):
+    """Without a GPU, backend="fused" names why it cannot run, options or not; "auto" then
+    equals the scan. With one, the fused call equals the scan to float32 rounding."""
     Wx, R, b, states, resets = draw(rng, "elman")
     for opts in (dict(seq_lengths=LENGTHS), dict(resets=resets), dict(reverse=True),
                  dict(gradient_recurrent_cut=True), dict(gradient_recurrent_clipval=1.0)):
-        name = next(iter(opts))
-        with pytest.raises(FusedBackendUnavailableError,
-                           match=f"{name} is not yet supported by the fused kernels"):
-            flashrnn(Wx, R, b, function="elman", backend="fused", **opts)
-        auto = flashrnn(Wx, R, b, function="elman", backend="auto", **opts)
         scan = flashrnn(Wx, R, b, function="elman", backend="scan", **opts)
-        np.testing.assert_array_equal(auto[0], scan[0])
+        auto = flashrnn(Wx, R, b, function="elman", backend="auto", **opts)
+        reason = fused.unsupported_reason(np.float64, D, "elman")
+        if reason is None:
+            got = flashrnn(Wx, R, b, function="elman", backend="fused", **opts)
+            np.testing.assert_allclose(got[0], scan[0], rtol=1e-5, atol=1e-6)
+        else:
+            with pytest.raises(FusedBackendUnavailableError, match=reason.split(" (")[0]):
+                flashrnn(Wx, R, b, function="elman", backend="fused", **opts)
+            np.testing.assert_array_equal(auto[0], scan[0])
+
+
+FUSED_COMBOS = {
+    **COMBOS,
+    "cut": dict(seq_lengths=LENGTHS, resets=True, gradient_recurrent_cut=True),
+    "clip": dict(seq_lengths=LENGTHS, resets=True, reverse=True, gradient_recurrent_clipval=0.3),
+}
+
+
+@pytest.mark.parametrize("combo", FUSED_COMBOS)
+@pytest.mark.parametrize("function", FUNCTIONS)
+def test_fused_custom_vjp_with_emulated_kernels(rng, monkeypatch, function, combo):
+    """The fused backend's custom_vjp (h_prev, dR, db, d_states0 assembly, options passed to
+    the kernels) with the kernels replaced by tests/fused_emulator.py: forward against the
+    float64 reference, gradients against the scan backend (itself checked against finite
+    differences above)."""
+    Wx, R, b, states, resets = draw(rng, function)
+    R = 2.0 * R  # recurrent cotangents large enough for the clip to act
+    opts = dict(FUSED_COMBOS[combo])
+    if "resets" in opts:
+        opts["resets"] = resets
+    # The fused backend carries b and the states in float32: so does the oracle's input.
+    b, states = (np.asarray(x, np.float32).astype(np.float64) for x in (b, states))
+    weights = loss_weights(rng, function, B, T, N, D)
+    args = tuple(jnp.asarray(a) for a in (Wx, R, b, states))
+
+    def loss(backend, Wx, R, b, states):
+        return project(*flashrnn(Wx, R, b, states, function=function, backend=backend, **opts),
+                       weights)
+
+    want = jax.value_and_grad(functools.partial(loss, "scan"), argnums=(0, 1, 2, 3))(*args)
+    fused_emulator.install(monkeypatch)
+    got_all, got_last = flashrnn(*args, function=function, backend="fused", **opts)
+    ref_opts = {k: v for k, v in opts.items() if not k.startswith("gradient")}
+    want_all, want_last, _ = reference_flashrnn_options(*args, function, **ref_opts)
+    np.testing.assert_allclose(got_all, want_all, atol=1e-12)
+    np.testing.assert_allclose(got_last, want_last, atol=1e-12)
+    got = jax.jit(jax.value_and_grad(functools.partial(loss, "fused"), argnums=(0, 1, 2, 3)))(
+        *args)
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-6)
+    for name, g, w in zip(("Wx", "R", "b", "states"), got[1], want[1]):
+        scale = np.abs(np.asarray(w)).max()
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5 * scale, err_msg=name)
 
 
 @pytest.mark.parametrize("kwargs, error, match", [

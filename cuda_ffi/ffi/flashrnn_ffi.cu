@@ -149,9 +149,31 @@ ffi::Error ResolveProblem(const Variant& variant, ffi::AnyBuffer r, ffi::AnyBuff
   return ffi::Error::Success();
 }
 
+// The sequence options as the kernels take them: seq_lengths int32 [B] (always passed; full
+// lengths when the caller gave none) and resets bool [B, T], read only when has_resets.
+ffi::Error ResolveSequence(const Problem& p, int64_t steps, ffi::AnyBuffer seq_lengths,
+                           ffi::AnyBuffer resets, bool has_resets, bool reverse,
+                           SequenceArgs* seq) {
+  FLASHRNN_RETURN_IF_ERROR(CheckShape("seq_lengths", seq_lengths.dimensions(), {p.batch}));
+  if (seq_lengths.element_type() != ffi::DataType::S32) {
+    return ffi::Error::InvalidArgument("flashrnn_jax: seq_lengths must be int32");
+  }
+  if (has_resets) {
+    FLASHRNN_RETURN_IF_ERROR(CheckShape("resets", resets.dimensions(), {p.batch, steps}));
+    if (resets.element_type() != ffi::DataType::PRED) {
+      return ffi::Error::InvalidArgument("flashrnn_jax: resets must be bool");
+    }
+  }
+  seq->seq_lengths = static_cast<const int32_t*>(seq_lengths.untyped_data());
+  seq->resets = has_resets ? static_cast<const bool*>(resets.untyped_data()) : nullptr;
+  seq->reverse = reverse;
+  return ffi::Error::Success();
+}
+
 ffi::Error Forward(cudaStream_t stream, const Variant& variant, ffi::AnyBuffer wx,
                    ffi::AnyBuffer r, ffi::AnyBuffer bias, ffi::AnyBuffer states0,
-                   ffi::AnyBuffer states_all, ffi::AnyBuffer last_states,
+                   ffi::AnyBuffer seq_lengths, ffi::AnyBuffer resets, bool has_resets,
+                   bool reverse, ffi::AnyBuffer states_all, ffi::AnyBuffer last_states,
                    ffi::AnyBuffer* gate_cache, ffi::AnyBuffer* states_f32, bool poison) {
   Problem p;
   FLASHRNN_RETURN_IF_ERROR(ResolveProblem(variant, r, states0, &p));
@@ -182,6 +204,8 @@ ffi::Error Forward(cudaStream_t stream, const Variant& variant, ffi::AnyBuffer w
                                         {k.states, p.batch, steps, p.heads, p.head_size}));
   }
   ForwardArgs args;
+  FLASHRNN_RETURN_IF_ERROR(
+      ResolveSequence(p, steps, seq_lengths, resets, has_resets, reverse, &args.seq));
   args.wx = wx.untyped_data();
   args.r = r.untyped_data();
   args.bias = static_cast<const float*>(bias.untyped_data());
@@ -206,32 +230,40 @@ ffi::Error Forward(cudaStream_t stream, const Variant& variant, ffi::AnyBuffer w
 }
 
 ffi::Error ForwardImpl(cudaStream_t stream, ffi::AnyBuffer wx, ffi::AnyBuffer r,
-                       ffi::AnyBuffer bias, ffi::AnyBuffer states0,
-                       ffi::Result<ffi::AnyBuffer> states_all,
+                       ffi::AnyBuffer bias, ffi::AnyBuffer states0, ffi::AnyBuffer seq_lengths,
+                       ffi::AnyBuffer resets, ffi::Result<ffi::AnyBuffer> states_all,
                        ffi::Result<ffi::AnyBuffer> last_states, std::string_view function,
-                       bool poison, int32_t cluster, int32_t batch_tile, int32_t threads) {
+                       bool poison, int32_t cluster, int32_t batch_tile, int32_t threads,
+                       bool has_resets, bool reverse) {
   return Forward(stream, {function, cluster, batch_tile, threads}, wx, r, bias, states0,
-                 *states_all, *last_states, nullptr, nullptr, poison);
+                 seq_lengths, resets, has_resets, reverse, *states_all, *last_states, nullptr,
+                 nullptr, poison);
 }
 
 ffi::Error ForwardTrainImpl(cudaStream_t stream, ffi::AnyBuffer wx, ffi::AnyBuffer r,
                             ffi::AnyBuffer bias, ffi::AnyBuffer states0,
+                            ffi::AnyBuffer seq_lengths, ffi::AnyBuffer resets,
                             ffi::Result<ffi::AnyBuffer> states_all,
                             ffi::Result<ffi::AnyBuffer> last_states,
                             ffi::Result<ffi::AnyBuffer> gate_cache,
                             ffi::Result<ffi::AnyBuffer> states_f32, std::string_view function,
-                            bool poison, int32_t cluster, int32_t batch_tile, int32_t threads) {
+                            bool poison, int32_t cluster, int32_t batch_tile, int32_t threads,
+                            bool has_resets, bool reverse) {
   ffi::AnyBuffer cache = *gate_cache, states = *states_f32;
   return Forward(stream, {function, cluster, batch_tile, threads}, wx, r, bias, states0,
-                 *states_all, *last_states, &cache, &states, poison);
+                 seq_lengths, resets, has_resets, reverse, *states_all, *last_states, &cache,
+                 &states, poison);
 }
 
 ffi::Error BackwardImpl(cudaStream_t stream, ffi::AnyBuffer r, ffi::AnyBuffer states0,
                         ffi::AnyBuffer gate_cache, ffi::AnyBuffer states_f32,
                         ffi::AnyBuffer d_states_all, ffi::AnyBuffer d_last_states,
+                        ffi::AnyBuffer seq_lengths, ffi::AnyBuffer resets,
                         ffi::Result<ffi::AnyBuffer> d_gates,
                         ffi::Result<ffi::AnyBuffer> d_states0, std::string_view function,
-                        bool poison, int32_t cluster, int32_t batch_tile, int32_t threads) {
+                        bool poison, int32_t cluster, int32_t batch_tile, int32_t threads,
+                        bool has_resets, bool reverse, int32_t recurrent_gradient,
+                        float clipval) {
   const Variant variant{function, cluster, batch_tile, threads};
   Problem p;
   FLASHRNN_RETURN_IF_ERROR(ResolveProblem(variant, r, states0, &p));
@@ -256,7 +288,20 @@ ffi::Error BackwardImpl(cudaStream_t stream, ffi::AnyBuffer r, ffi::AnyBuffer st
     return ffi::Error::InvalidArgument(
         "flashrnn_jax: the state cotangents must have the dtype of R");
   }
+  if (recurrent_gradient < 0 || recurrent_gradient > 2) {
+    return ffi::Error::InvalidArgument(
+        "flashrnn_jax: recurrent_gradient must be 0 (full), 1 (cut) or 2 (clip), got " +
+        std::to_string(recurrent_gradient));
+  }
+  if (recurrent_gradient == 2 && !(clipval > 0.0f)) {
+    return ffi::Error::InvalidArgument("flashrnn_jax: clipval must be > 0, got " +
+                                       std::to_string(clipval));
+  }
   BackwardArgs args;
+  FLASHRNN_RETURN_IF_ERROR(
+      ResolveSequence(p, steps, seq_lengths, resets, has_resets, reverse, &args.seq));
+  args.recurrent_gradient = static_cast<RecurrentGradient>(recurrent_gradient);
+  args.clipval = clipval;
   args.r = r.untyped_data();
   args.states0 = static_cast<const float*>(states0.untyped_data());
   args.gate_cache = static_cast<const float*>(gate_cache.untyped_data());
@@ -295,13 +340,17 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(FlashrnnForward, flashrnn::ForwardImpl,
                                   .Arg<ffi::AnyBuffer>()  // R
                                   .Arg<ffi::AnyBuffer>()  // b
                                   .Arg<ffi::AnyBuffer>()  // states0
+                                  .Arg<ffi::AnyBuffer>()  // seq_lengths
+                                  .Arg<ffi::AnyBuffer>()  // resets
                                   .Ret<ffi::AnyBuffer>()  // states_all
                                   .Ret<ffi::AnyBuffer>()  // last_states
                                   .Attr<std::string_view>("function")
                                   .Attr<bool>("poison_outputs")
                                   .Attr<int32_t>("cluster")
                                   .Attr<int32_t>("batch_tile")
-                                  .Attr<int32_t>("threads"));
+                                  .Attr<int32_t>("threads")
+                                  .Attr<bool>("has_resets")
+                                  .Attr<bool>("reverse"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(FlashrnnForwardTrain, flashrnn::ForwardTrainImpl,
                               ffi::Ffi::Bind()
@@ -310,6 +359,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(FlashrnnForwardTrain, flashrnn::ForwardTrainImpl,
                                   .Arg<ffi::AnyBuffer>()  // R
                                   .Arg<ffi::AnyBuffer>()  // b
                                   .Arg<ffi::AnyBuffer>()  // states0
+                                  .Arg<ffi::AnyBuffer>()  // seq_lengths
+                                  .Arg<ffi::AnyBuffer>()  // resets
                                   .Ret<ffi::AnyBuffer>()  // states_all
                                   .Ret<ffi::AnyBuffer>()  // last_states
                                   .Ret<ffi::AnyBuffer>()  // gate_cache
@@ -318,7 +369,9 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(FlashrnnForwardTrain, flashrnn::ForwardTrainImpl,
                                   .Attr<bool>("poison_outputs")
                                   .Attr<int32_t>("cluster")
                                   .Attr<int32_t>("batch_tile")
-                                  .Attr<int32_t>("threads"));
+                                  .Attr<int32_t>("threads")
+                                  .Attr<bool>("has_resets")
+                                  .Attr<bool>("reverse"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(FlashrnnBackward, flashrnn::BackwardImpl,
                               ffi::Ffi::Bind()
@@ -329,10 +382,16 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(FlashrnnBackward, flashrnn::BackwardImpl,
                                   .Arg<ffi::AnyBuffer>()  // states_f32
                                   .Arg<ffi::AnyBuffer>()  // d_states_all
                                   .Arg<ffi::AnyBuffer>()  // d_last_states
+                                  .Arg<ffi::AnyBuffer>()  // seq_lengths
+                                  .Arg<ffi::AnyBuffer>()  // resets
                                   .Ret<ffi::AnyBuffer>()  // d_gates
                                   .Ret<ffi::AnyBuffer>()  // d_states0
                                   .Attr<std::string_view>("function")
                                   .Attr<bool>("poison_outputs")
                                   .Attr<int32_t>("cluster")
                                   .Attr<int32_t>("batch_tile")
-                                  .Attr<int32_t>("threads"));
+                                  .Attr<int32_t>("threads")
+                                  .Attr<bool>("has_resets")
+                                  .Attr<bool>("reverse")
+                                  .Attr<int32_t>("recurrent_gradient")
+                                  .Attr<float>("clipval"));

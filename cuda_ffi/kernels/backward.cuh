@@ -5,6 +5,11 @@
 // cotangent for every unit of the head; the partials are sent to the CTAs owning those units
 // (distributed shared memory, double-buffered) and summed there in the next step.
 // dR and db are contractions over batch and time left to XLA.
+// Sequence options mirror the forward: steps past a row's length pass the state cotangent
+// through unchanged and write zero gate cotangents; at a reset the cotangent of the states the
+// step started from (the recurrent part included, which arrives one iteration later) goes to
+// the initial states instead of the previous step. The recurrent cotangent is summed over the
+// CTAs of the group before it is clipped, or is not formed at all when cut.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -14,6 +19,7 @@
 #include "launch.cuh"
 #include "layouts.h"
 #include "params.h"
+#include "sequence.cuh"
 #include "tiling.h"
 
 namespace flashrnn {
@@ -50,40 +56,83 @@ __global__ void __launch_bounds__(Tile::kThreads) BackwardKernel(const BackwardA
   float* part_first = part_s + (steps & 1) * kPartStride;
   for (int idx = threadIdx.x; idx < kPartStride; idx += blockDim.x) part_first[idx] = 0.0f;
 
-  float ds[P][S];  // cotangent of the states after the current step, carried backwards
+  // Per element: the cotangent of the states after the current step, carried backwards; the
+  // row's length; whether the step after the current one (the previous iteration) reset, so
+  // that the recurrent cotangent arriving now belongs to the initial states.
+  float ds[P][S];
+  int64_t length[P];
+  bool after_reset[P];
 #pragma unroll
   for (int p = 0; p < P; ++p) {
     const int e = threadIdx.x + p * Tile::kThreads, u = e % U, row = e / U;
     const int64_t b = b0 + row;
+    length[p] = b < B ? args.seq.seq_lengths[b] : 0;
+    after_reset[p] = false;
 #pragma unroll
     for (int i = 0; i < S; ++i) {
       ds[p][i] = b < B ? ToFloat(d_last[((i * B + b) * N + head) * D + u0 + u]) : 0.0f;
+      // Accumulated by this thread alone: resets add to it, the end adds the rest.
+      if (b < B) args.d_states0[((i * B + b) * N + head) * D + u0 + u] = 0.0f;
     }
   }
+  const bool recurrent = args.recurrent_gradient != RecurrentGradient::kCut;
+  // The cotangent reaching this element's h_prev through R @ h_prev, from the partials.
+  auto recurrent_cotangent = [&](const float* part_in, int row, int u) {
+    float acc = 0.0f;
+    if (recurrent) {
+      for (int src = 0; src < C; ++src) acc += part_in[(src * BT + row) * U + u];
+      if (args.recurrent_gradient == RecurrentGradient::kClip) {
+        acc = fminf(fmaxf(acc, -args.clipval), args.clipval);
+      }
+    }
+    return acc;
+  };
   // Every CTA of the group must be running (and part_first zeroed) before remote writes.
   Group::Sync();
 
-  for (int64_t t = steps - 1; t >= 0; --t) {
-    const float* part_in = part_s + ((t + 1) & 1) * kPartStride;
+  for (int64_t step = steps - 1; step >= 0; --step) {
+    const float* part_in = part_s + ((step + 1) & 1) * kPartStride;
 #pragma unroll
     for (int p = 0; p < P; ++p) {
       const int e = threadIdx.x + p * Tile::kThreads, u = e % U, row = e / U;
       const int64_t b = b0 + row;
       float dg[Gt] = {};
       if (b < B) {
-        for (int src = 0; src < C; ++src) ds[p][0] += part_in[(src * BT + row) * U + u];
-        float pre[Gt], prev[S];
-#pragma unroll
-        for (int i = 0; i < S; ++i) {
-          ds[p][i] += ToFloat(d_states_all[(((i * B + b) * steps + t) * N + head) * D + u0 + u]);
-          prev[i] = t > 0 ? args.states_f32[(((i * B + b) * steps + t - 1) * N + head) * D + u0 + u]
-                          : args.states0[((i * B + b) * N + head) * D + u0 + u];
+        const float dh_rec = recurrent_cotangent(part_in, row, u);
+        if (after_reset[p]) {
+          args.d_states0[(b * N + head) * D + u0 + u] += dh_rec;
+        } else {
+          ds[p][0] += dh_rec;
         }
+        const bool active = step < length[p];
+        const int64_t t = InputIndex(args.seq, step, length[p]);
+        after_reset[p] = active && ResetsBefore(args.seq, b, steps, t);
+        if (active) {
+          // The input read by the step before this one: t - 1, or t + 1 in reverse.
+          const int64_t t_prev = args.seq.reverse ? t + 1 : t - 1;
+          const bool from_initial = step == 0 || after_reset[p];
+          float pre[Gt], prev[S];
 #pragma unroll
-        for (int g = 0; g < Gt; ++g) {
-          pre[g] = args.gate_cache[(((b * steps + t) * Gt + g) * N + head) * D + u0 + u];
+          for (int i = 0; i < S; ++i) {
+            ds[p][i] +=
+                ToFloat(d_states_all[(((i * B + b) * steps + t) * N + head) * D + u0 + u]);
+            prev[i] = from_initial
+                          ? args.states0[((i * B + b) * N + head) * D + u0 + u]
+                          : args.states_f32[(((i * B + b) * steps + t_prev) * N + head) * D + u0 + u];
+          }
+#pragma unroll
+          for (int g = 0; g < Gt; ++g) {
+            pre[g] = args.gate_cache[(((b * steps + t) * Gt + g) * N + head) * D + u0 + u];
+          }
+          Cell::Backward(pre, prev, ds[p], dg);
+          if (after_reset[p]) {
+#pragma unroll
+            for (int i = 0; i < S; ++i) {
+              args.d_states0[((i * B + b) * N + head) * D + u0 + u] += ds[p][i];
+              ds[p][i] = 0.0f;
+            }
+          }
         }
-        Cell::Backward(pre, prev, ds[p], dg);
 #pragma unroll
         for (int g = 0; g < Gt; ++g) {
           args.d_gates[(((b * steps + t) * Gt + g) * N + head) * D + u0 + u] = dg[g];
@@ -96,31 +145,34 @@ __global__ void __launch_bounds__(Tile::kThreads) BackwardKernel(const BackwardA
 
     // Partial recurrent cotangent of every unit i of the head from this CTA's output rows:
     // sum over gates g and owned units o of R[g, o, i] * dg[g, o]; sent to i's owner.
-    float* part_out = part_s + (t & 1) * kPartStride;
-    for (int e = threadIdx.x; e < D * BT; e += blockDim.x) {
-      const int i = e % D, row = e / D;
-      float acc = 0.0f;
+    float* part_out = part_s + (step & 1) * kPartStride;
+    if (recurrent) {
+      for (int e = threadIdx.x; e < D * BT; e += blockDim.x) {
+        const int i = e % D, row = e / D;
+        float acc = 0.0f;
 #pragma unroll
-      for (int g = 0; g < Gr; ++g) {
+        for (int g = 0; g < Gr; ++g) {
 #pragma unroll 8
-        for (int o = 0; o < U; ++o) {
-          acc += ToFloat(r_s[(g * U + o) * D + i]) * dg_s[(g * BT + row) * U + o];
+          for (int o = 0; o < U; ++o) {
+            acc += ToFloat(r_s[(g * U + o) * D + i]) * dg_s[(g * BT + row) * U + o];
+          }
         }
+        Group::Map(part_out, i / U)[(rank * BT + row) * U + i % U] = acc;
       }
-      Group::Map(part_out, i / U)[(rank * BT + row) * U + i % U] = acc;
     }
     Group::Sync();
   }
 
-  const float* part_in = part_s;  // written by step 0
+  // What step 0 sent back reaches its h_prev: the initial h.
+  const float* part_in = part_s;
 #pragma unroll
   for (int p = 0; p < P; ++p) {
     const int e = threadIdx.x + p * Tile::kThreads, u = e % U, row = e / U;
     const int64_t b = b0 + row;
     if (b >= B) continue;
-    for (int src = 0; src < C; ++src) ds[p][0] += part_in[(src * BT + row) * U + u];
+    ds[p][0] += recurrent_cotangent(part_in, row, u);
 #pragma unroll
-    for (int i = 0; i < S; ++i) args.d_states0[((i * B + b) * N + head) * D + u0 + u] = ds[p][i];
+    for (int i = 0; i < S; ++i) args.d_states0[((i * B + b) * N + head) * D + u0 + u] += ds[p][i];
   }
 }
 

@@ -4,6 +4,9 @@
 // its units' cell states and biases in registers, in float32. h_prev lives in shared memory
 // (double-buffered; cluster members write their slice of h into each other's buffers), so a
 // step costs one barrier and never round-trips h through global memory.
+// Sequence options are masks in the pointwise stage: a row past its length keeps its states
+// and writes zeros; a reset loads the initial states into the registers and h_prev before the
+// step that reads the flagged input; reverse changes only the input index a step reads.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -13,6 +16,7 @@
 #include "launch.cuh"
 #include "layouts.h"
 #include "params.h"
+#include "sequence.cuh"
 #include "tiling.h"
 
 namespace flashrnn {
@@ -46,13 +50,15 @@ __global__ void __launch_bounds__(Tile::kThreads) ForwardKernel(const ForwardArg
   // Every CTA of the group must be running before its shared memory is written remotely.
   Group::Sync();
 
-  // Element p of this thread: unit u, batch row b0 + row.
+  // Element p of this thread: unit u, batch row b0 + row; rows past B have length 0.
   float s[P][S];
   float bias[P][Gt];
+  int64_t length[P];
 #pragma unroll
   for (int p = 0; p < P; ++p) {
     const int e = threadIdx.x + p * Tile::kThreads, u = e % U, row = e / U;
     const int64_t b = b0 + row;
+    length[p] = b < B ? args.seq.seq_lengths[b] : 0;
 #pragma unroll
     for (int g = 0; g < Gt; ++g) bias[p][g] = args.bias[(g * N + head) * D + u0 + u];
 #pragma unroll
@@ -63,18 +69,23 @@ __global__ void __launch_bounds__(Tile::kThreads) ForwardKernel(const ForwardArg
   }
   Group::Sync();
 
-  for (int64_t t = 0; t < steps; ++t) {
-    const float* h_cur = h_s + (t & 1) * BT * D;
-    float* h_next = h_s + ((t + 1) & 1) * BT * D;
+  for (int64_t step = 0; step < steps; ++step) {
+    const float* h_cur = h_s + (step & 1) * BT * D;
+    float* h_next = h_s + ((step + 1) & 1) * BT * D;
 #pragma unroll
     for (int p = 0; p < P; ++p) {
       const int e = threadIdx.x + p * Tile::kThreads, u = e % U, row = e / U;
       const int64_t b = b0 + row;
-      const bool valid = b < B;
+      const bool active = step < length[p];
+      const int64_t t = InputIndex(args.seq, step, length[p]);
+      // Read early, so that the load overlaps the matmul: does the next step start afresh?
+      const bool reset_next =
+          step + 1 < length[p] &&
+          ResetsBefore(args.seq, b, steps, InputIndex(args.seq, step + 1, length[p]));
       float pre[Gt];
 #pragma unroll
       for (int g = 0; g < Gt; ++g) pre[g] = bias[p][g];
-      if (valid) {
+      if (active) {
 #pragma unroll
         for (int g = 0; g < Gw; ++g) {
           pre[g + Cell::kWxGateOffset] +=
@@ -88,22 +99,27 @@ __global__ void __launch_bounds__(Tile::kThreads) ForwardKernel(const ForwardArg
 #pragma unroll
         for (int g = 0; g < Gr; ++g) rh[g] += ToFloat(r_s[(g * D + k) * U + u]) * hk;
       }
-      Cell::Forward(pre, rh, s[p]);
-      for (int r = 0; r < Tile::kCluster; ++r) Group::Map(h_next, r)[row * D + u0 + u] = s[p][0];
-      if (valid) {
+      if (active) Cell::Forward(pre, rh, s[p]);
+      if (b < B) {
 #pragma unroll
         for (int i = 0; i < S; ++i) {
           const int64_t at = (((i * B + b) * steps + t) * N + head) * D + u0 + u;
-          states_all[at] = FromFloat<T>(s[p][i]);
-          if (args.states_f32 != nullptr) args.states_f32[at] = s[p][i];
+          const float out = active ? s[p][i] : 0.0f;
+          states_all[at] = FromFloat<T>(out);
+          if (args.states_f32 != nullptr) args.states_f32[at] = out;
         }
-        if (args.gate_cache != nullptr) {
+        if (active && args.gate_cache != nullptr) {
 #pragma unroll
           for (int g = 0; g < Gt; ++g) {
             args.gate_cache[(((b * steps + t) * Gt + g) * N + head) * D + u0 + u] = pre[g];
           }
         }
       }
+      if (reset_next) {
+#pragma unroll
+        for (int i = 0; i < S; ++i) s[p][i] = args.states0[((i * B + b) * N + head) * D + u0 + u];
+      }
+      for (int r = 0; r < Tile::kCluster; ++r) Group::Map(h_next, r)[row * D + u0 + u] = s[p][0];
     }
     Group::Sync();
   }

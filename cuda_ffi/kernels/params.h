@@ -15,8 +15,22 @@ struct ElmanCell;
 
 // Layouts (row-major): wx [B, T, Gw, N, D]; r [Gr, N, D, D]; bias [Gt, N, D];
 // states0 [S, B, N, D]; states_all [S, B, T, N, D]; last_states [S, B, N, D];
-// gate_cache [B, T, Gt, N, D]; states_f32 [S, B, T, N, D].
+// gate_cache [B, T, Gt, N, D]; states_f32 [S, B, T, N, D]; seq_lengths [B]; resets [B, T].
 // wx, r, states_all and last_states hold the call's dtype; everything else is float32.
+// Every per-time array is in input time order, also when the rows are read in reverse.
+
+// The sequence options shared by forward and backward (flashrnn_jax.flashrnn's semantics):
+// row b runs seq_lengths[b] steps (step s reads input s, or seq_lengths[b] - 1 - s when
+// reverse); before reading input t with resets[b, t] its states go back to states0.
+struct SequenceArgs {
+  const int32_t* seq_lengths;  // every row's length, each in 0..steps
+  const bool* resets;          // null: no resets
+  bool reverse;
+};
+
+// What reaches h_prev through R @ h_prev in the backward pass.
+enum class RecurrentGradient : int32_t { kFull = 0, kCut = 1, kClip = 2 };
+
 struct ForwardArgs {
   const void* wx;
   const void* r;
@@ -26,6 +40,7 @@ struct ForwardArgs {
   void* last_states;
   float* gate_cache;  // null: forward only, no residuals written
   float* states_f32;  // null with gate_cache
+  SequenceArgs seq;
   int64_t batch, steps, heads;
 };
 
@@ -41,6 +56,9 @@ struct BackwardArgs {
   const void* d_last_states;
   float* d_gates;
   float* d_states0;
+  SequenceArgs seq;
+  RecurrentGradient recurrent_gradient;
+  float clipval;  // with RecurrentGradient::kClip: the cotangent is clipped to [-clipval, clipval]
   int64_t batch, steps, heads;
 };
 

@@ -1,0 +1,23 @@
+// The sequence options in the kernels: which input a step reads, and the reset flags.
+#pragma once
+
+#include <cstdint>
+
+#include "params.h"
+
+namespace flashrnn {
+
+// The input that step `step` of a row of length `length` reads: `step` itself in the forward
+// direction and in the padding (step >= length), `length - 1 - step` when reading in reverse.
+__device__ __forceinline__ int64_t InputIndex(const SequenceArgs& seq, int64_t step,
+                                              int64_t length) {
+  return seq.reverse && step < length ? length - 1 - step : step;
+}
+
+// Whether row `b` goes back to its initial states before reading input `t`.
+__device__ __forceinline__ bool ResetsBefore(const SequenceArgs& seq, int64_t b, int64_t steps,
+                                             int64_t t) {
+  return seq.resets != nullptr && seq.resets[b * steps + t];
+}
+
+}  // namespace flashrnn
