@@ -1,4 +1,6 @@
-"""Quick benchmark for scripts/gpu_check.sh: fused vs scan backend, forward and forward+backward.
+"""Quick benchmark for scripts/gpu_check.sh: fused vs scan backend, forward and forward+backward,
+and the per-step cost of the sequence masks in the fused kernels (``impl="fused+masks"``: full
+``seq_lengths`` and 1% random ``resets``, so that every step does the same work as without).
 
 Median milliseconds of device-synchronised runs after warm-up, on random data, baseline (scan)
 measured in the same run. Writes JSON records and prints a table.
@@ -29,21 +31,29 @@ def median_ms(fn, *args, warmup: int = 3, runs: int = 20) -> float:
     return 1e3 * float(np.median(times))
 
 
-def bench_case(function, backend, dtype, B, T, N, D, key):
+def bench_case(function, backend, dtype, B, T, N, D, key, masks=False):
     cell = get_cell(function)
-    k1, k2, k3 = jax.random.split(key, 3)
+    k1, k2, k3, k4 = jax.random.split(key, 4)
     Wx = jax.random.normal(k1, (B, T, cell.gates_wx, N, D), dtype)
     R = (jax.random.normal(k2, (cell.gates_r, N, D, D)) / D**0.5).astype(dtype)
     b = jax.random.normal(k3, (cell.gates_b, N, D)).astype(dtype)
+    options = {}
+    if masks:
+        options = dict(seq_lengths=jnp.full((B,), T, jnp.int32),
+                       resets=jax.random.uniform(k4, (B, T)) < 0.01)
 
-    fwd = jax.jit(lambda Wx, R, b: flashrnn(Wx, R, b, function=function, backend=backend)[0])
+    def run(Wx, R, b):
+        return flashrnn(Wx, R, b, function=function, backend=backend, **options)[0]
+
+    fwd = jax.jit(run)
 
     def loss(Wx, R, b):
-        return flashrnn(Wx, R, b, function=function, backend=backend)[0].astype(jnp.float32).sum()
+        return run(Wx, R, b).astype(jnp.float32).sum()
 
     fwdbwd = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
     return {
-        "impl": backend, "function": function, "dtype": jnp.dtype(dtype).name,
+        "impl": backend + ("+masks" if masks else ""), "function": function,
+        "dtype": jnp.dtype(dtype).name,
         "B": B, "T": T, "N": N, "D": D,
         "fwd_ms": median_ms(fwd, Wx, R, b),
         "fwdbwd_ms": median_ms(fwdbwd, Wx, R, b),
@@ -63,10 +73,17 @@ def main():
             for backend in ("fused", "scan"):
                 records.append(bench_case(function, backend, jnp.bfloat16, args.batch,
                                           args.steps, N, D, key))
+    mask_records = [bench_case("lstm", "fused", jnp.bfloat16, args.batch, args.steps, N, D, key,
+                               masks=True) for N, D in ((12, 64), (3, 256))]
+    for masked in mask_records:
+        plain = next(r for r in records if r["impl"] == "fused" and r["function"] == "lstm"
+                     and (r["N"], r["D"]) == (masked["N"], masked["D"]))
+        for field in ("fwd_ms", "fwdbwd_ms"):
+            masked[f"{field[:-3]}_cost_vs_plain"] = masked[field] / plain[field] - 1.0
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"gpu": jax.devices()[0].device_kind, "jax": jax.__version__,
-                       "records": records}, f, indent=1)
+                       "records": records + mask_records}, f, indent=1)
     print(f"{'function':8} {'N x D':>8} {'impl':>6} {'fwd ms':>9} {'fwd+bwd ms':>11} {'speed-up':>9}")
     for fused_rec, scan_rec in zip(records[::2], records[1::2]):
         for r in (fused_rec, scan_rec):
@@ -74,6 +91,12 @@ def main():
             print(f"{r['function']:8} {r['N']:>3}x{r['D']:<4} {r['impl']:>6} "
                   f"{r['fwd_ms']:9.3f} {r['fwdbwd_ms']:11.3f} {speedup:8.1f}x")
 
+    print(f"{'masks':8} {'N x D':>8} {'fwd ms':>15} {'fwd+bwd ms':>11} {'cost':>7}")
+    for masked in mask_records:
+        print(f"{'lstm':8} {masked['N']:>3}x{masked['D']:<4} {masked['fwd_ms']:15.3f} "
+              f"{masked['fwdbwd_ms']:11.3f} {100 * masked['fwdbwd_cost_vs_plain']:6.1f}%")
+
 
 if __name__ == "__main__":
     main()
+

@@ -1,6 +1,7 @@
 """A small run of every fused kernel (forward, forward with residuals, backward) for every cell,
 for compute-sanitizer: one single-CTA head size (bf16, D=16) and one thread-block-cluster head
-size (f32, D=128: two CTAs per head)."""
+size (f32, D=128: two CTAs per head); each plain, and with every sequence option and the
+recurrent gradient clip (lengths 0, 3 and 2 of 3; a reset; reverse)."""
 
 import jax
 import jax.numpy as jnp
@@ -11,15 +12,22 @@ from flashrnn_jax.cells import CELLS
 for function, cell in CELLS.items():
     for dtype, D in ((jnp.bfloat16, 16), (jnp.float32, 128)):
         keys = jax.random.split(jax.random.key(0), 3)
-        B, T, N = 2, 3, 1
-        Wx = jax.random.normal(keys[0], (B, T, cell.gates_wx, N, D), dtype)
+        B, T, N = 3, 3, 1
         R = (jax.random.normal(keys[1], (cell.gates_r, N, D, D)) / D**0.5).astype(dtype)
         b = jax.random.normal(keys[2], (cell.gates_b, N, D))
+        Wx = jax.random.normal(keys[0], (B, T, cell.gates_wx, N, D), dtype)
+        options = {
+            "plain": {},
+            "options": dict(seq_lengths=jnp.array([0, 3, 2], jnp.int32),
+                            resets=jnp.array([[0, 1, 0]] * B, bool), reverse=True,
+                            gradient_recurrent_clipval=0.5),
+        }
+        for name, opts in options.items():
+            def loss(Wx, R, b):
+                states_all, last = flashrnn(Wx, R, b, function=function, backend="fused",
+                                            **opts)
+                return states_all.astype(jnp.float32).sum() + last.astype(jnp.float32).sum()
 
-        def loss(Wx, R, b):
-            states_all, last = flashrnn(Wx, R, b, function=function, backend="fused")
-            return states_all.astype(jnp.float32).sum() + last.astype(jnp.float32).sum()
-
-        value, grads = jax.value_and_grad(loss, argnums=(0, 1, 2))(Wx, R, b)
-        jax.block_until_ready(grads)
-        print(f"{function} {jnp.dtype(dtype).name} D={D}: loss {float(value):.4f}")
+            value, grads = jax.value_and_grad(loss, argnums=(0, 1, 2))(Wx, R, b)
+            jax.block_until_ready(grads)
+            print(f"{function} {jnp.dtype(dtype).name} D={D} {name}: loss {float(value):.4f}")
