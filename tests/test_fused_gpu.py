@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from accuracy import floor, rel_err
 from reference import CELL_SHAPES, random_inputs, random_states, reference_flashrnn
 
 from flashrnn_jax import flashrnn
@@ -30,16 +31,6 @@ HEAD_SIZES = (16, 32, 64, 128, 256)
 # dtype as the head sizes rotate through these.
 SHAPES = ((1, 7, 3), (3, 1000, 1), (17, 7, 12), (3, 1, 3), (17, 1000, 1))
 
-
-def _floor(dtype) -> float:
-    return max(0.1 * float(jnp.finfo(dtype).eps), 1e-5)
-
-
-def _rel_err(x, ref) -> float:
-    x = np.asarray(x, np.float64)
-    if not np.all(np.isfinite(x)):
-        return float("inf")
-    return float(np.linalg.norm(x - ref) / max(np.linalg.norm(ref), 1e-30))
 
 
 def _cases():
@@ -86,8 +77,8 @@ def test_fused_matches_reference(function, dtype, head_size, B, T, N, rng, gpu_c
         fused_all, fused_last = _forward_fn(function, "fused")(*low)
     scan_all, scan_last = _forward_fn(function, "scan")(*low)
     assert fused_all.dtype == dtype and fused_last.dtype == dtype
-    fwd_err = max(_rel_err(fused_all, expected_all), _rel_err(fused_last, expected_last))
-    fwd_scan_err = max(_rel_err(scan_all, expected_all), _rel_err(scan_last, expected_last))
+    fwd_err = max(rel_err(fused_all, expected_all), rel_err(fused_last, expected_last))
+    fwd_scan_err = max(rel_err(scan_all, expected_all), rel_err(scan_last, expected_last))
 
     S = CELL_SHAPES[function].num_states
     w_all = rng.normal(size=(S, B, T, N, head_size))
@@ -96,15 +87,15 @@ def test_fused_matches_reference(function, dtype, head_size, B, T, N, rng, gpu_c
     with fused.poison_outputs():
         fused_grads = _grad_fn(function, "fused")(*low, w_all, w_last)
     scan_grads = _grad_fn(function, "scan")(*low, w_all, w_last)
-    grad_errs = [_rel_err(g, np.asarray(e)) for g, e in zip(fused_grads, expected_grads)]
-    grad_scan_errs = [_rel_err(g, np.asarray(e)) for g, e in zip(scan_grads, expected_grads)]
+    grad_errs = [rel_err(g, np.asarray(e)) for g, e in zip(fused_grads, expected_grads)]
+    grad_scan_errs = [rel_err(g, np.asarray(e)) for g, e in zip(scan_grads, expected_grads)]
 
     gpu_case(function=function, dtype=jnp.dtype(dtype).name, D=head_size, N=N, B=B, T=T,
              fwd_rel_err=fwd_err, grad_rel_err=max(grad_errs))
-    floor = _floor(dtype)
-    assert fwd_err <= 2 * fwd_scan_err + floor, (fwd_err, fwd_scan_err)
+    allowance = floor(dtype)
+    assert fwd_err <= 2 * fwd_scan_err + allowance, (fwd_err, fwd_scan_err)
     for name, err, scan_err in zip(("Wx", "R", "b", "states"), grad_errs, grad_scan_errs):
-        assert err <= 2 * scan_err + floor, (name, err, scan_err)
+        assert err <= 2 * scan_err + allowance, (name, err, scan_err)
 
 
 def test_long_sequence_drift(rng, gpu_case):
@@ -117,11 +108,11 @@ def test_long_sequence_drift(rng, gpu_case):
         fused_all, _ = _forward_fn(function, "fused")(*low)
     scan_all, _ = _forward_fn(function, "scan")(*low)
     # Error over the last 256 steps, where drift would have accumulated.
-    err = _rel_err(fused_all[:, :, -256:], expected_all[:, :, -256:])
-    scan_err = _rel_err(scan_all[:, :, -256:], expected_all[:, :, -256:])
+    err = rel_err(fused_all[:, :, -256:], expected_all[:, :, -256:])
+    scan_err = rel_err(scan_all[:, :, -256:], expected_all[:, :, -256:])
     gpu_case(function=function, dtype="bfloat16", D=D, N=N, B=B, T=T,
              fwd_rel_err=err, grad_rel_err=None)
-    assert err <= 2 * scan_err + _floor(dtype), (err, scan_err)
+    assert err <= 2 * scan_err + floor(dtype), (err, scan_err)
 
 
 @pytest.mark.parametrize("function", FUNCTIONS)
@@ -172,7 +163,7 @@ def test_flax_layer_grad_fused(rng):
         grads[backend] = jax.jit(jax.grad(loss))(params)
     for f, s in zip(jax.tree.leaves(grads["fused"]), jax.tree.leaves(grads["scan"])):
         # Both run float32 arithmetic; only the summation order differs.
-        assert _rel_err(f, np.asarray(s, np.float64)) < 1e-4
+        assert rel_err(f, np.asarray(s, np.float64)) < 1e-4
 
 
 def test_slstm_closed_input_gate_from_zero_states(rng):
@@ -185,7 +176,7 @@ def test_slstm_closed_input_gate_from_zero_states(rng):
         states_all, _ = _forward_fn("slstm", "fused")(*low)
         grads = jax.grad(lambda w: flashrnn(w, *low[1:], function="slstm",
                                              backend="fused")[0][0].sum())(low[0])
-    assert _rel_err(states_all, expected_all) < 1e-5
+    assert rel_err(states_all, expected_all) < 1e-5
     assert np.all(np.isfinite(np.asarray(grads)))
 
 

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from accuracy import floor, rel_err
 from reference import CELL_SHAPES, random_inputs, random_states, reference_flashrnn_options
 
 from flashrnn_jax import flashrnn
@@ -30,16 +31,6 @@ COMBOS = {
     "reverse+clip": dict(reverse=True, gradient_recurrent_clipval=0.05),
 }
 
-
-def _floor(dtype) -> float:
-    return max(0.1 * float(jnp.finfo(dtype).eps), 1e-5)
-
-
-def _rel_err(x, ref) -> float:
-    x = np.asarray(x, np.float64)
-    if not np.all(np.isfinite(x)):
-        return float("inf")
-    return float(np.linalg.norm(x - ref) / max(np.linalg.norm(ref), 1e-30))
 
 
 def _options(rng, combo):
@@ -92,8 +83,8 @@ def test_fused_options_match_reference(function, dtype, head_size, combo, rng, g
     with fused.poison_outputs():
         got_all, got_last = run_fused(*low, seq_lengths, resets)
     scan_all, scan_last = run_scan(*low, seq_lengths, resets)
-    fwd_err = max(_rel_err(got_all, want_all), _rel_err(got_last, want_last))
-    fwd_scan_err = max(_rel_err(scan_all, want_all), _rel_err(scan_last, want_last))
+    fwd_err = max(rel_err(got_all, want_all), rel_err(got_last, want_last))
+    fwd_scan_err = max(rel_err(scan_all, want_all), rel_err(scan_last, want_last))
 
     S = CELL_SHAPES[function].num_states
     w_all = rng.normal(size=(S, B, T, N, head_size))
@@ -102,15 +93,15 @@ def test_fused_options_match_reference(function, dtype, head_size, combo, rng, g
     with fused.poison_outputs():
         got_grads = grad_fused(*low, seq_lengths, resets, w_all, w_last)
     scan_grads = grad_scan(*low, seq_lengths, resets, w_all, w_last)
-    grad_errs = [_rel_err(g, np.asarray(e)) for g, e in zip(got_grads, expected)]
-    grad_scan_errs = [_rel_err(g, np.asarray(e)) for g, e in zip(scan_grads, expected)]
+    grad_errs = [rel_err(g, np.asarray(e)) for g, e in zip(got_grads, expected)]
+    grad_scan_errs = [rel_err(g, np.asarray(e)) for g, e in zip(scan_grads, expected)]
 
     gpu_case(function=function, dtype=jnp.dtype(dtype).name, D=head_size, N=N, B=B, T=T,
              options=combo, fwd_rel_err=fwd_err, grad_rel_err=max(grad_errs))
-    floor = _floor(dtype)
-    assert fwd_err <= 2 * fwd_scan_err + floor, (fwd_err, fwd_scan_err)
+    allowance = floor(dtype)
+    assert fwd_err <= 2 * fwd_scan_err + allowance, (fwd_err, fwd_scan_err)
     for name, err, scan_err in zip(("Wx", "R", "b", "states"), grad_errs, grad_scan_errs):
-        assert err <= 2 * scan_err + floor, (name, err, scan_err)
+        assert err <= 2 * scan_err + allowance, (name, err, scan_err)
     if seq_lengths is not None:
         # Padding is written, as zeros: poisoned NaN would have failed the comparison above.
         assert not np.any(np.asarray(got_all)[:, 0])
@@ -134,4 +125,4 @@ def test_bidirectional_linen_with_lengths_fused(rng):
         loss = lambda p: jnp.sum(model.apply(p, x, seq_lengths=lengths) ** 2)  # noqa: E731
         outs[backend] = jax.jit(jax.value_and_grad(loss))(params)
     for f, s in zip(jax.tree.leaves(outs["fused"]), jax.tree.leaves(outs["scan"])):
-        assert _rel_err(f, np.asarray(s, np.float64)) < 1e-4
+        assert rel_err(f, np.asarray(s, np.float64)) < 1e-4

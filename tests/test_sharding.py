@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from flax import nnx
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
-from reference import CELL_SHAPES, loss_weights, project, random_inputs, random_states, \
+from reference import loss_weights, project, random_inputs, random_states, \
     reference_flashrnn
 
 import flashrnn_jax.linen
