@@ -61,7 +61,8 @@ def flashrnn(
       seq_lengths: int ``[B]`` valid lengths (right padding), each in ``0..T``: at steps
         ``t >= seq_lengths[b]`` the states of row ``b`` stay unchanged and ``states_all``
         holds zeros; ``last_states[:, b]`` is the state after step ``seq_lengths[b] - 1``
-        (the initial state for length 0). None: every row has length ``T``.
+        (the initial state for length 0). None: every row has length ``T``. Concrete
+        values outside ``0..T`` raise ValueError; traced ones (under ``jit``) are clamped.
       resets: bool ``[B, T]``: where ``resets[b, t]``, the states of row ``b`` are set back to
         the initial states (``states``, zeros if None) just before input ``t`` is read. In
         input time order also when ``reverse``; ignored at padded positions.
@@ -193,12 +194,15 @@ def _check_seq_lengths(seq_lengths, B: int, T: int) -> jax.Array | None:
             f"seq_lengths must have shape [B] = {(B,)}, got shape {seq_lengths.shape}"
         )
     values = _concrete_values(seq_lengths)
-    if values is not None:
-        if values.min() < 0 or values.max() > T:
-            raise ValueError(
-                f"seq_lengths must lie in 0..T = 0..{T}, got values from {values.min()} to "
-                f"{values.max()}"
-            )
+    if values is None:
+        # Traced values cannot be checked: clamp them, so that every backend reads the same
+        # rows and none indexes outside them.
+        return jnp.clip(seq_lengths, 0, T)
+    if values.min() < 0 or values.max() > T:
+        raise ValueError(
+            f"seq_lengths must lie in 0..T = 0..{T}, got values from {values.min()} to "
+            f"{values.max()}"
+        )
     return seq_lengths
 
 

@@ -2,8 +2,9 @@
 
 It follows the kernels' contract (the outputs, the residuals states_f32 and the gate
 cotangents in input time order) and transcribes their control flow step by step: the input
-index a step reads, the masked steps past a row's length, the reset that loads the initial
-states before a step, and in the backward the reset that sends the cotangent of the step's
+index a step reads, the lengths clamped to ``0..T``, the masked steps past a row's length, the
+reset that loads the initial states at the end of the step before the flagged one, and in the
+backward the reset that sends the cotangent of the step's
 start states to the initial states, the recurrent cotangent one iteration later included.
 With it installed, ``backend="fused"`` runs on CPU through the real ``custom_vjp`` of
 ``flashrnn_jax.fused`` (its ``dR``, ``db`` and ``h_prev`` assembly), so those can be checked
@@ -72,15 +73,17 @@ def emulate_forward(Wx, R, b, states0, seq_lengths, resets, options, train):
     cache = np.zeros((B, T, cell.gates_b, N, D))
     for row in range(B):
         state = states0[:, row].copy()
-        length = int(seq_lengths[row])
+        length = min(max(int(seq_lengths[row]), 0), T)
         for step in range(length):
             t = _input_index(step, length, options.reverse)
-            if options.has_resets and resets[row, t]:
-                state = states0[:, row].copy()
             rh = np.einsum("gnoi,ni->gno", R, state[0])
             cache[row, t] = _gate_preactivations(cell, Wx[row, t], rh, b)
             state = np.stack(replay(cache[row, t], tuple(state)))
             states_all[:, row, t] = state
+            # As the kernel: the reset of the next step is applied at the end of this one.
+            if (options.has_resets and step + 1 < length
+                    and resets[row, _input_index(step + 1, length, options.reverse)]):
+                state = states0[:, row].copy()
         last[:, row] = state
     outs = [states_all, last] + ([cache, states_all.copy()] if train else [])
     return outs
@@ -99,7 +102,7 @@ def emulate_backward(R, states0, cache, states_f32, d_all, d_last, seq_lengths, 
     d_states0 = np.zeros(states0.shape)
     for row in range(B):
         ds = d_last[:, row].copy()
-        length = int(seq_lengths[row])
+        length = min(max(int(seq_lengths[row]), 0), T)
         dh_rec = np.zeros((N, D))  # sent back by the step after the current one
         after_reset = False
         for step in reversed(range(T)):
@@ -122,7 +125,7 @@ def emulate_backward(R, states0, cache, states_f32, d_all, d_last, seq_lengths, 
             if options.recurrent_gradient != 1:
                 dh_rec = np.einsum("gnoi,gno->ni", R, d_gates[row, t, : cell.gates_r])
                 if options.recurrent_gradient == 2:
-                    dh_rec = np.clip(dh_rec, -options.clipval, options.clipval)
+                    dh_rec = np.clip(dh_rec, -options.clipval, options.clipval)  # NaN stays
             if after_reset:
                 d_states0[:, row] += ds
                 ds = np.zeros_like(ds)

@@ -126,3 +126,19 @@ def test_bidirectional_linen_with_lengths_fused(rng):
         outs[backend] = jax.jit(jax.value_and_grad(loss))(params)
     for f, s in zip(jax.tree.leaves(outs["fused"]), jax.tree.leaves(outs["scan"])):
         assert rel_err(f, np.asarray(s, np.float64)) < 1e-4
+
+
+def test_traced_lengths_outside_the_range_are_clamped(rng):
+    """Under jit, lengths above T or below 0 are clamped to 0..T: the kernels read and write
+    only inside the rows (a reversed row of length T + 3 would otherwise start past its end)."""
+    Wx, R, b = (jnp.asarray(x, jnp.float32) for x in random_inputs(rng, "gru", B, T, N, 16))
+    resets = jnp.asarray(rng.uniform(size=(B, T)) < 0.2)
+    lengths = np.full(B, T + 3)
+    lengths[1::3] = -2
+    opts = dict(function="gru", resets=resets, reverse=True)
+    with fused.poison_outputs():
+        got = jax.jit(lambda L: flashrnn(Wx, R, b, seq_lengths=L, backend="fused", **opts))(
+            jnp.asarray(lengths, jnp.int32))
+    want = flashrnn(Wx, R, b, seq_lengths=np.clip(lengths, 0, T), backend="scan", **opts)
+    for g, w in zip(got, want):
+        assert rel_err(g, np.asarray(w, np.float64)) < 1e-5

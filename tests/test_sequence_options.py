@@ -297,6 +297,22 @@ def test_fused_custom_vjp_with_emulated_kernels(rng, monkeypatch, function, comb
         np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5 * scale, err_msg=name)
 
 
+@pytest.mark.parametrize("backend", ("scan", "fused"))
+def test_traced_lengths_outside_the_range_are_clamped(rng, monkeypatch, backend):
+    """Under jit the lengths cannot be checked: every backend clamps them to 0..T (the fused
+    backend through the emulated kernels here, on the GPU in test_fused_options_gpu.py)."""
+    Wx, R, b, states, resets = draw(rng, "lstm")
+    if backend == "fused":
+        fused_emulator.install(monkeypatch)
+    lengths = np.array([T + 3, -2, 3, T])
+    opts = dict(function="lstm", backend=backend, resets=resets, reverse=True)
+    got = jax.jit(lambda L: flashrnn(Wx, R, b, states, seq_lengths=L, **opts))(lengths)
+    want = flashrnn(Wx, R, b, states, seq_lengths=np.clip(lengths, 0, T), **opts)
+    for g, w in zip(got, want):
+        assert np.all(np.isfinite(np.asarray(g)))
+        np.testing.assert_allclose(g, w, atol=1e-12)
+
+
 @pytest.mark.parametrize("kwargs, error, match", [
     (dict(seq_lengths=np.full(B, 2.0)), TypeError, "seq_lengths must have an integer dtype"),
     (dict(seq_lengths=np.full(B + 1, 2)), ValueError, r"seq_lengths must have shape \[B\]"),

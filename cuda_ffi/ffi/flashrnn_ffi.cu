@@ -10,6 +10,7 @@
 #include <string>
 #include <string_view>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include "kernels/elman_pointwise.cuh"
@@ -284,6 +285,15 @@ ffi::Error BackwardImpl(cudaStream_t stream, ffi::AnyBuffer r, ffi::AnyBuffer st
   FLASHRNN_RETURN_IF_ERROR(CheckShape("d_last_states", d_last_states.dimensions(), last));
   FLASHRNN_RETURN_IF_ERROR(CheckShape("d_gates", d_gates->dimensions(), gates));
   FLASHRNN_RETURN_IF_ERROR(CheckShape("d_states0", d_states0->dimensions(), last));
+  const std::pair<const char*, ffi::AnyBuffer> float32_buffers[] = {
+      {"gate_cache", gate_cache}, {"states_f32", states_f32}, {"d_gates", *d_gates},
+      {"d_states0", *d_states0}};
+  for (const auto& [name, buffer] : float32_buffers) {
+    if (buffer.element_type() != ffi::DataType::F32) {
+      return ffi::Error::InvalidArgument("flashrnn_jax: " + std::string(name) +
+                                         " must be float32");
+    }
+  }
   if (d_states_all.element_type() != k.dtype || d_last_states.element_type() != k.dtype) {
     return ffi::Error::InvalidArgument(
         "flashrnn_jax: the state cotangents must have the dtype of R");

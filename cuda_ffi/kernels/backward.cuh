@@ -66,7 +66,7 @@ __global__ void __launch_bounds__(Tile::kThreads) BackwardKernel(const BackwardA
   for (int p = 0; p < P; ++p) {
     const int e = threadIdx.x + p * Tile::kThreads, u = e % U, row = e / U;
     const int64_t b = b0 + row;
-    length[p] = b < B ? args.seq.seq_lengths[b] : 0;
+    length[p] = b < B ? RowLength(args.seq, b, steps) : 0;
     after_reset[p] = false;
 #pragma unroll
     for (int i = 0; i < S; ++i) {
@@ -82,7 +82,8 @@ __global__ void __launch_bounds__(Tile::kThreads) BackwardKernel(const BackwardA
     if (recurrent) {
       for (int src = 0; src < C; ++src) acc += part_in[(src * BT + row) * U + u];
       if (args.recurrent_gradient == RecurrentGradient::kClip) {
-        acc = fminf(fmaxf(acc, -args.clipval), args.clipval);
+        // Not fminf/fmaxf: those would turn a NaN cotangent into a bound and hide it.
+        acc = acc < -args.clipval ? -args.clipval : acc > args.clipval ? args.clipval : acc;
       }
     }
     return acc;

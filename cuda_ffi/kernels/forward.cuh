@@ -58,7 +58,7 @@ __global__ void __launch_bounds__(Tile::kThreads) ForwardKernel(const ForwardArg
   for (int p = 0; p < P; ++p) {
     const int e = threadIdx.x + p * Tile::kThreads, u = e % U, row = e / U;
     const int64_t b = b0 + row;
-    length[p] = b < B ? args.seq.seq_lengths[b] : 0;
+    length[p] = b < B ? RowLength(args.seq, b, steps) : 0;
 #pragma unroll
     for (int g = 0; g < Gt; ++g) bias[p][g] = args.bias[(g * N + head) * D + u0 + u];
 #pragma unroll

@@ -7,6 +7,13 @@
 
 namespace flashrnn {
 
+// Row b's length, clamped to 0..steps so that no value can index outside the row (Python
+// checks concrete lengths and clamps traced ones the same way).
+__device__ __forceinline__ int64_t RowLength(const SequenceArgs& seq, int64_t b, int64_t steps) {
+  const int64_t length = seq.seq_lengths[b];
+  return length < 0 ? 0 : length > steps ? steps : length;
+}
+
 // The input that step `step` of a row of length `length` reads: `step` itself in the forward
 // direction and in the padding (step >= length), `length - 1 - step` when reading in reverse.
 __device__ __forceinline__ int64_t InputIndex(const SequenceArgs& seq, int64_t step,
