@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flashrnn_jax import flashrnn
+from flashrnn_jax import flashrnn, fused
 from flashrnn_jax.cells import get_cell
 
 
@@ -67,6 +67,7 @@ def main():
     parser.add_argument("--steps", type=int, default=1024)
     args = parser.parse_args()
     key = jax.random.key(0)
+    module = fused.extension()
     records = []
     for function in ("lstm", "slstm"):
         for N, D in ((12, 64), (3, 256)):
@@ -83,6 +84,7 @@ def main():
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"gpu": jax.devices()[0].device_kind, "jax": jax.__version__,
+                       "mma_forward": bool(module and module.mma_forward()),
                        "records": records + mask_records}, f, indent=1)
     print(f"{'function':8} {'N x D':>8} {'impl':>6} {'fwd ms':>9} {'fwd+bwd ms':>11} {'speed-up':>9}")
     for fused_rec, scan_rec in zip(records[::2], records[1::2]):

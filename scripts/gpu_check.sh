@@ -3,7 +3,8 @@
 # summary JSON), run compute-sanitizer (memcheck, racecheck) on a small case of every kernel,
 # and run the quick benchmark, printing its table last.
 #   usage: scripts/gpu_check.sh   (logs and JSON go to $OUT, or build/gpu_check_out;
-#          SKIP_BENCH=1 leaves out the benchmark)
+#          SKIP_BENCH=1 leaves out the benchmark; MMA_FORWARD=1 builds the experimental
+#          tensor-core forward kernel; PYTEST_WORKERS sets the test processes, 12 by default)
 set -uo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 out="${OUT:-$repo/build/gpu_check_out}"
@@ -18,12 +19,15 @@ echo "== GPU: $gpu"
 
 echo "== build"
 start=$(date +%s)
+mma=OFF
+[ "${MMA_FORWARD:-0}" = 1 ] && mma=ON
 if ! python3 -m pip install --no-build-isolation --no-deps -v . \
-    -Ccmake.define.FLASHRNN_CUDA=ON >"$out/build.log" 2>&1; then
+    -Ccmake.define.FLASHRNN_CUDA=ON -Ccmake.define.FLASHRNN_MMA_FORWARD=$mma \
+    >"$out/build.log" 2>&1; then
   tail -60 "$out/build.log"
   exit 1
 fi
-echo "built in $(( $(date +%s) - start )) s"
+echo "built in $(( $(date +%s) - start )) s (tensor-core forward: $mma)"
 
 # From outside the checkout, so that the installed package (with _cuda) is the one imported.
 cd /tmp

@@ -36,6 +36,9 @@ NB_MODULE(_cuda, m) {
         "The compiled kernels: (function, dtype as BF16/F16/F32, head size, cluster, batch tile, "
         "threads).");
   m.def(
+      "mma_forward", []() { return FLASHRNN_MMA_FORWARD != 0; },
+      "Whether the experimental tensor-core forward (CMake FLASHRNN_MMA_FORWARD) is built.");
+  m.def(
       "device_properties",
       [](int device) {
         cudaDeviceProp prop;

@@ -13,6 +13,8 @@
 
 #include "cluster_sync.cuh"
 #include "dtype.cuh"
+#include "forward_element.cuh"
+#include "forward_mma.cuh"
 #include "launch.cuh"
 #include "layouts.h"
 #include "params.h"
@@ -27,20 +29,18 @@ __global__ void __launch_bounds__(Tile::kThreads) ForwardKernel(const ForwardArg
   constexpr int D = Tile::kHeadSize;
   using Group = CtaGroup<Tile::kCluster>;
   constexpr int U = Tile::kUnits, BT = Tile::kBatchTile, P = Tile::kPerThread;
-  constexpr int Gr = Cell::kGatesR, Gt = Cell::kGatesB, Gw = Cell::kGatesWx, S = Cell::kStates;
+  constexpr int Gr = Cell::kGatesR, Gt = Cell::kGatesB, S = Cell::kStates;
 
   extern __shared__ __align__(128) unsigned char smem[];
   T* r_s = reinterpret_cast<T*>(smem);
   float* h_s = reinterpret_cast<float*>(smem + Layout::kRBytes);
 
-  const int64_t B = args.batch, steps = args.steps, N = args.heads;
+  const int64_t steps = args.steps, N = args.heads;
   const int rank = Group::Rank();
   const int64_t head = blockIdx.x / Tile::kCluster;
   const int64_t b0 = int64_t{blockIdx.y} * BT;
   const int u0 = rank * U;
   const T* R = static_cast<const T*>(args.r);
-  const T* wx = static_cast<const T*>(args.wx);
-  T* states_all = static_cast<T*>(args.states_all);
 
   for (int idx = threadIdx.x; idx < Gr * U * D; idx += blockDim.x) {
     const int g = idx / (U * D), u = idx / D % U, k = idx % D;
@@ -50,21 +50,20 @@ __global__ void __launch_bounds__(Tile::kThreads) ForwardKernel(const ForwardArg
   // Every CTA of the group must be running before its shared memory is written remotely.
   Group::Sync();
 
-  // Element p of this thread: unit u, batch row b0 + row; rows past B have length 0.
+  // Element p of this thread: unit u0 + u of the head, batch row b0 + row.
+  auto element = [&](int p, const int64_t (&length)[P]) {
+    const int e = threadIdx.x + p * Tile::kThreads;
+    return ForwardElement{b0 + e / U, head * D + u0 + e % U, N * D, length[p]};
+  };
   float s[P][S];
   float bias[P][Gt];
   int64_t length[P];
 #pragma unroll
   for (int p = 0; p < P; ++p) {
     const int e = threadIdx.x + p * Tile::kThreads, u = e % U, row = e / U;
-    const int64_t b = b0 + row;
-    length[p] = b < B ? RowLength(args.seq, b, steps) : 0;
-#pragma unroll
-    for (int g = 0; g < Gt; ++g) bias[p][g] = args.bias[(g * N + head) * D + u0 + u];
-#pragma unroll
-    for (int i = 0; i < S; ++i) {
-      s[p][i] = b < B ? args.states0[((i * B + b) * N + head) * D + u0 + u] : 0.0f;
-    }
+    length[p] = ElementLength(args, b0 + row);
+    LoadBias<Cell>(args, element(p, length), bias[p]);
+    LoadStates<Cell>(args, element(p, length), s[p]);
     for (int r = 0; r < Tile::kCluster; ++r) Group::Map(h_s, r)[row * D + u0 + u] = s[p][0];
   }
   Group::Sync();
@@ -75,23 +74,10 @@ __global__ void __launch_bounds__(Tile::kThreads) ForwardKernel(const ForwardArg
 #pragma unroll
     for (int p = 0; p < P; ++p) {
       const int e = threadIdx.x + p * Tile::kThreads, u = e % U, row = e / U;
-      const int64_t b = b0 + row;
-      const bool active = step < length[p];
-      const int64_t t = InputIndex(args.seq, step, length[p]);
-      // Read early, so that the load overlaps the matmul: does the next step start afresh?
-      const bool reset_next =
-          step + 1 < length[p] &&
-          ResetsBefore(args.seq, b, steps, InputIndex(args.seq, step + 1, length[p]));
+      const ForwardElement el = element(p, length);
+      const bool reset_next = ResetsNext(args, el, step);
       float pre[Gt];
-#pragma unroll
-      for (int g = 0; g < Gt; ++g) pre[g] = bias[p][g];
-      if (active) {
-#pragma unroll
-        for (int g = 0; g < Gw; ++g) {
-          pre[g + Cell::kWxGateOffset] +=
-              ToFloat(wx[(((b * steps + t) * Gw + g) * N + head) * D + u0 + u]);
-        }
-      }
+      LoadPreactivations<Cell, T>(args, el, step, bias[p], pre);
       float rh[Gr] = {};
 #pragma unroll 8
       for (int k = 0; k < D; ++k) {
@@ -99,49 +85,28 @@ __global__ void __launch_bounds__(Tile::kThreads) ForwardKernel(const ForwardArg
 #pragma unroll
         for (int g = 0; g < Gr; ++g) rh[g] += ToFloat(r_s[(g * D + k) * U + u]) * hk;
       }
-      if (active) Cell::Forward(pre, rh, s[p]);
-      if (b < B) {
-#pragma unroll
-        for (int i = 0; i < S; ++i) {
-          const int64_t at = (((i * B + b) * steps + t) * N + head) * D + u0 + u;
-          const float out = active ? s[p][i] : 0.0f;
-          states_all[at] = FromFloat<T>(out);
-          if (args.states_f32 != nullptr) args.states_f32[at] = out;
-        }
-        if (active && args.gate_cache != nullptr) {
-#pragma unroll
-          for (int g = 0; g < Gt; ++g) {
-            args.gate_cache[(((b * steps + t) * Gt + g) * N + head) * D + u0 + u] = pre[g];
-          }
-        }
-      }
-      if (reset_next) {
-#pragma unroll
-        for (int i = 0; i < S; ++i) s[p][i] = args.states0[((i * B + b) * N + head) * D + u0 + u];
-      }
+      FinishStep<Cell, T>(args, el, step, reset_next, pre, rh, s[p]);
       for (int r = 0; r < Tile::kCluster; ++r) Group::Map(h_next, r)[row * D + u0 + u] = s[p][0];
     }
     Group::Sync();
   }
 
-  T* last_states = static_cast<T*>(args.last_states);
 #pragma unroll
-  for (int p = 0; p < P; ++p) {
-    const int e = threadIdx.x + p * Tile::kThreads, u = e % U, row = e / U;
-    const int64_t b = b0 + row;
-    if (b >= B) continue;
-#pragma unroll
-    for (int i = 0; i < S; ++i) {
-      last_states[((i * B + b) * N + head) * D + u0 + u] = FromFloat<T>(s[p][i]);
-    }
-  }
+  for (int p = 0; p < P; ++p) StoreLast<Cell, T>(args, element(p, length), s[p]);
 }
 
 template <typename Cell, typename T, typename Tile>
 cudaError_t LaunchForward(const ForwardArgs& args, cudaStream_t stream) {
-  using Layout = ForwardLayout<Cell::kGatesR, sizeof(T), Tile>;
-  return LaunchOverHeadsAndBatchTiles<Tile>(ForwardKernel<Cell, T, Tile>, args, Layout::kBytes,
-                                            stream);
+#if FLASHRNN_MMA_FORWARD
+  if constexpr (kMmaForwardSupported<T, Tile>) {
+    return LaunchForwardMma<Cell, T, Tile::kHeadSize>(args, stream);
+  } else
+#endif
+  {
+    using Layout = ForwardLayout<Cell::kGatesR, sizeof(T), Tile>;
+    return LaunchOverHeadsAndBatchTiles<Tile>(ForwardKernel<Cell, T, Tile>, args,
+                                              Layout::kBytes, stream);
+  }
 }
 
 }  // namespace flashrnn

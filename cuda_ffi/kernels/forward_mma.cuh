@@ -1,0 +1,212 @@
+// The tensor-core forward kernel for heads that fit one CTA (bfloat16 / float16, head size
+// 16..128): R lives in registers as mma.sync m16n8k16 A fragments for the whole sequence, so a
+// step's matmul reads only h from shared memory. EXPERIMENTAL: built only with the CMake option
+// FLASHRNN_MMA_FORWARD=ON, and not yet run on a GPU (see benchmarks/NOTES.md, issue 5).
+//
+// Warp w of a CTA owns the units [16w, 16w + 16) of one head for every gate, so after the
+// mma each lane holds all gates of its elements and runs their pointwise step in registers:
+// lane l (group g = l / 4, thread t = l % 4) owns units 16w + g and 16w + g + 8 for batch rows
+// 8n + 2t and 8n + 2t + 1 of every n-tile n (the m16n8 accumulator layout of the PTX ISA).
+// h_prev is stored in shared memory as a sum of two values of the input dtype (hi + lo), and
+// both go through the tensor cores, so that the matmul sees h to ~16 mantissa bits instead of
+// the 8 of bfloat16: the result then matches the FMA kernel's float32 h to within the
+// accuracy rule of DESIGN §4.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <type_traits>
+
+#include "dtype.cuh"
+#include "forward_element.cuh"
+#include "launch.cuh"
+#include "params.h"
+#include "tiling.h"
+
+namespace flashrnn {
+
+template <typename T>
+struct MmaOperand;
+
+template <>
+struct MmaOperand<__nv_bfloat16> {
+  // Two values in one 32-bit register, the lower index in the lower half.
+  __device__ static uint32_t Pack(__nv_bfloat16 lo, __nv_bfloat16 hi) {
+    return uint32_t{__bfloat16_as_ushort(lo)} | (uint32_t{__bfloat16_as_ushort(hi)} << 16);
+  }
+  // c += a (16x16, row-major fragments) * b (16x8, column-major fragments), float32 c.
+  __device__ static void Mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
+        "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+};
+
+template <>
+struct MmaOperand<__half> {
+  __device__ static uint32_t Pack(__half lo, __half hi) {
+    return uint32_t{__half_as_ushort(lo)} | (uint32_t{__half_as_ushort(hi)} << 16);
+  }
+  __device__ static void Mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
+        "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+};
+
+// Which calls the tensor-core forward takes: 16-bit inputs, a head in one CTA, and R small
+// enough to stay in registers (Gr x D x D / (2 D threads) values per thread).
+template <typename T, typename Tile>
+constexpr bool kMmaForwardSupported =
+    (std::is_same_v<T, __nv_bfloat16> || std::is_same_v<T, __half>) && Tile::kCluster == 1 &&
+    Tile::kHeadSize % 16 == 0 && Tile::kHeadSize <= 128;
+
+// Batch rows per CTA: two n-tiles while the registers allow, one for head size 128.
+template <int D>
+constexpr int kMmaBatchTile = D <= 64 ? 16 : 8;
+
+// Shared memory: h_prev as hi and lo parts, double-buffered, rows padded by 8 values so that
+// the eight lane groups of a B-fragment load fall in distinct banks.
+template <typename T, int D, int BT>
+struct MmaForwardLayout {
+  static constexpr int kRowStride = D + 8;
+  static constexpr int kBufferValues = BT * kRowStride;
+  static constexpr std::size_t kBytes = 2 * 2 * std::size_t{kBufferValues} * sizeof(T);
+};
+
+template <typename Cell, typename T, int D, int BT>
+__global__ void __launch_bounds__(2 * D) ForwardMmaKernel(const ForwardArgs args) {
+  using Op = MmaOperand<T>;
+  using Layout = MmaForwardLayout<T, D, BT>;
+  constexpr int Gr = Cell::kGatesR, Gt = Cell::kGatesB, S = Cell::kStates;
+  constexpr int KT = D / 16, NT = BT / 8, E = 4 * NT;  // k-tiles, n-tiles, elements per lane
+  constexpr int kStride = Layout::kRowStride;
+
+  extern __shared__ __align__(128) unsigned char smem[];
+  T* h_hi = reinterpret_cast<T*>(smem);              // [2][BT][kStride]
+  T* h_lo = h_hi + 2 * Layout::kBufferValues;         // [2][BT][kStride]
+
+  const int64_t N = args.heads, head = blockIdx.x;
+  const int64_t b0 = int64_t{blockIdx.y} * BT;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int group = lane / 4, tig = lane % 4;
+  const int unit0 = 16 * warp + group;  // this lane's first unit; the second is unit0 + 8
+
+  // R[g, head, 16 warp + row, 16 kt + col] as A fragments: register r holds rows
+  // group (+8 for odd r) and the column pair 2 tig (+8 for r >= 2).
+  const T* R = static_cast<const T*>(args.r);
+  uint32_t a[Gr][KT][4];
+#pragma unroll
+  for (int g = 0; g < Gr; ++g) {
+#pragma unroll
+    for (int kt = 0; kt < KT; ++kt) {
+#pragma unroll
+      for (int r = 0; r < 4; ++r) {
+        const int row = unit0 + 8 * (r % 2), col = 16 * kt + 2 * tig + 8 * (r / 2);
+        const T* at = R + ((g * N + head) * D + row) * D + col;
+        a[g][kt][r] = Op::Pack(at[0], at[1]);
+      }
+    }
+  }
+
+  // Element e = 4 n + r of this lane: unit unit0 + 8 (r / 2), batch row 8 n + 2 tig + r % 2.
+  // Biases are kept per unit and lengths per batch row (2 and 2 NT of them), not per element.
+  auto unit_half = [](int e) { return (e % 4) / 2; };
+  auto row_slot = [](int e) { return 2 * (e / 4) + e % 2; };
+  auto row_of = [&](int e) { return 8 * (e / 4) + 2 * tig + e % 2; };
+  int32_t length[2 * NT];
+#pragma unroll
+  for (int slot = 0; slot < 2 * NT; ++slot) {
+    length[slot] = static_cast<int32_t>(ElementLength(args, b0 + 8 * (slot / 2) + 2 * tig + slot % 2));
+  }
+  auto element = [&](int e) {
+    return ForwardElement{b0 + row_of(e), head * D + unit0 + 8 * unit_half(e), N * D,
+                          length[row_slot(e)]};
+  };
+  float bias[2][Gt];
+  LoadBias<Cell>(args, element(0), bias[0]);
+  LoadBias<Cell>(args, element(2), bias[1]);
+  float s[E][S];
+#pragma unroll
+  for (int e = 0; e < E; ++e) {
+    LoadStates<Cell>(args, element(e), s[e]);
+    const int at = row_of(e) * kStride + unit0 + 8 * unit_half(e);
+    const T hi = FromFloat<T>(s[e][0]);
+    h_hi[at] = hi;
+    h_lo[at] = FromFloat<T>(s[e][0] - ToFloat(hi));
+  }
+  __syncthreads();
+
+  // The inputs and reset flags of a step are loaded at the end of the step before (of step 0,
+  // here), so that their latency hides behind the barrier and the next matmul.
+  float pre[E][Gt];
+  bool reset_next[E];
+#pragma unroll
+  for (int e = 0; e < E; ++e) {
+    reset_next[e] = ResetsNext(args, element(e), 0);
+    LoadPreactivations<Cell, T>(args, element(e), 0, bias[unit_half(e)], pre[e]);
+  }
+
+  for (int64_t step = 0; step < args.steps; ++step) {
+    const int cur = static_cast<int>(step & 1), next = cur ^ 1;
+    const T* hi_cur = h_hi + cur * Layout::kBufferValues;
+    const T* lo_cur = h_lo + cur * Layout::kBufferValues;
+    float acc[Gr][NT][4] = {};
+#pragma unroll
+    for (int kt = 0; kt < KT; ++kt) {
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt) {
+        // B fragment: h[batch 8 nt + group][k = 16 kt + 2 tig (+8)], two values per register.
+        const int at = (8 * nt + group) * kStride + 16 * kt + 2 * tig;
+        const uint32_t hi0 = *reinterpret_cast<const uint32_t*>(hi_cur + at);
+        const uint32_t hi1 = *reinterpret_cast<const uint32_t*>(hi_cur + at + 8);
+        const uint32_t lo0 = *reinterpret_cast<const uint32_t*>(lo_cur + at);
+        const uint32_t lo1 = *reinterpret_cast<const uint32_t*>(lo_cur + at + 8);
+#pragma unroll
+        for (int g = 0; g < Gr; ++g) {
+          Op::Mma(acc[g][nt], a[g][kt], hi0, hi1);
+          Op::Mma(acc[g][nt], a[g][kt], lo0, lo1);
+        }
+      }
+    }
+
+    T* hi_next = h_hi + next * Layout::kBufferValues;
+    T* lo_next = h_lo + next * Layout::kBufferValues;
+#pragma unroll
+    for (int e = 0; e < E; ++e) {
+      float rh[Gr];
+#pragma unroll
+      for (int g = 0; g < Gr; ++g) rh[g] = acc[g][e / 4][e % 4];
+      const ForwardElement el = element(e);
+      FinishStep<Cell, T>(args, el, step, reset_next[e], pre[e], rh, s[e]);
+      const int at = row_of(e) * kStride + unit0 + 8 * unit_half(e);
+      const T hi = FromFloat<T>(s[e][0]);
+      hi_next[at] = hi;
+      lo_next[at] = FromFloat<T>(s[e][0] - ToFloat(hi));
+      if (step + 1 < args.steps) {
+        reset_next[e] = ResetsNext(args, el, step + 1);
+        LoadPreactivations<Cell, T>(args, el, step + 1, bias[unit_half(e)], pre[e]);
+      }
+    }
+    __syncthreads();
+  }
+
+#pragma unroll
+  for (int e = 0; e < E; ++e) StoreLast<Cell, T>(args, element(e), s[e]);
+}
+
+// Launches the tensor-core forward over every head and batch tile of its own size.
+template <typename Cell, typename T, int D>
+cudaError_t LaunchForwardMma(const ForwardArgs& args, cudaStream_t stream) {
+  constexpr int BT = kMmaBatchTile<D>;
+  using Shape = Tiling<D, 1, BT, 2 * D>;
+  return LaunchOverHeadsAndBatchTiles<Shape>(ForwardMmaKernel<Cell, T, D, BT>, args,
+                                             MmaForwardLayout<T, D, BT>::kBytes, stream);
+}
+
+}  // namespace flashrnn
