@@ -4,7 +4,8 @@
 # and run the quick benchmark, printing its table last.
 #   usage: scripts/gpu_check.sh   (logs and JSON go to $OUT, or build/gpu_check_out;
 #          SKIP_BENCH=1 leaves out the benchmark; MMA_FORWARD=1 builds the experimental
-#          tensor-core forward kernel; PYTEST_WORKERS sets the test processes, 12 by default)
+#          tensor-core forward kernel; PYTEST_WORKERS sets the test processes, 12 by default;
+#          GPU_TESTS the test files, all GPU tests by default)
 set -uo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 out="${OUT:-$repo/build/gpu_check_out}"
@@ -40,9 +41,12 @@ done
 echo "== GPU tests"
 # Workers share the GPU: the run is bound by XLA compiles on the host, not by the GPU. The
 # summary JSON is rewritten after every test, so a run cut short still says what passed.
-FLASHRNN_GPU_SUMMARY="$out/gpu_summary.json" python3 -m pytest \
-  "$repo/tests/test_fused_gpu.py" "$repo/tests/test_fused_options_gpu.py" \
-  "$repo/tests/test_sharding.py" \
+# GPU_TESTS narrows the run (test files or node ids under tests/, space-separated).
+tests=()
+for t in ${GPU_TESTS:-test_fused_options_gpu.py test_fused_gpu.py test_sharding.py}; do
+  tests+=("$repo/tests/$t")
+done
+FLASHRNN_GPU_SUMMARY="$out/gpu_summary.json" python3 -m pytest "${tests[@]}" \
   --rootdir "$repo" -c "$repo/pyproject.toml" -p gpu_summary -p no:benchmark -m gpu -q \
   -n "${PYTEST_WORKERS:-12}" --maxfail=20 \
   --durations=5 2>&1 | tee "$out/pytest.log" | tail -25

@@ -33,6 +33,11 @@ struct MmaOperand;
 
 template <>
 struct MmaOperand<__nv_bfloat16> {
+  // h = hi + lo to ~16 mantissa bits (bfloat16 has float32's range: nothing saturates).
+  __device__ static void Split(float h, __nv_bfloat16& hi, __nv_bfloat16& lo) {
+    hi = __float2bfloat16_rn(h);
+    lo = __float2bfloat16_rn(h - __bfloat162float(hi));
+  }
   // Two values in one 32-bit register, the lower index in the lower half.
   __device__ static uint32_t Pack(__nv_bfloat16 lo, __nv_bfloat16 hi) {
     return uint32_t{__bfloat16_as_ushort(lo)} | (uint32_t{__bfloat16_as_ushort(hi)} << 16);
@@ -48,6 +53,13 @@ struct MmaOperand<__nv_bfloat16> {
 
 template <>
 struct MmaOperand<__half> {
+  // h = hi + lo; both parts saturate at float16's largest finite value, so that an h beyond
+  // its range (only a user-given initial state can be one) gives a finite matmul, not inf - inf.
+  __device__ static void Split(float h, __half& hi, __half& lo) {
+    constexpr float kMax = 65504.0f;
+    hi = __float2half_rn(fminf(fmaxf(h, -kMax), kMax));
+    lo = __float2half_rn(fminf(fmaxf(h - __half2float(hi), -kMax), kMax));
+  }
   __device__ static uint32_t Pack(__half lo, __half hi) {
     return uint32_t{__half_as_ushort(lo)} | (uint32_t{__half_as_ushort(hi)} << 16);
   }
@@ -136,9 +148,7 @@ __global__ void __launch_bounds__(2 * D) ForwardMmaKernel(const ForwardArgs args
   for (int e = 0; e < E; ++e) {
     LoadStates<Cell>(args, element(e), s[e]);
     const int at = row_of(e) * kStride + unit0 + 8 * unit_half(e);
-    const T hi = FromFloat<T>(s[e][0]);
-    h_hi[at] = hi;
-    h_lo[at] = FromFloat<T>(s[e][0] - ToFloat(hi));
+    Op::Split(s[e][0], h_hi[at], h_lo[at]);
   }
   __syncthreads();
 
@@ -185,9 +195,7 @@ __global__ void __launch_bounds__(2 * D) ForwardMmaKernel(const ForwardArgs args
       const ForwardElement el = element(e);
       FinishStep<Cell, T>(args, el, step, reset_next[e], pre[e], rh, s[e]);
       const int at = row_of(e) * kStride + unit0 + 8 * unit_half(e);
-      const T hi = FromFloat<T>(s[e][0]);
-      hi_next[at] = hi;
-      lo_next[at] = FromFloat<T>(s[e][0] - ToFloat(hi));
+      Op::Split(s[e][0], hi_next[at], lo_next[at]);
       if (step + 1 < args.steps) {
         reset_next[e] = ResetsNext(args, el, step + 1);
         LoadPreactivations<Cell, T>(args, el, step + 1, bias[unit_half(e)], pre[e]);
