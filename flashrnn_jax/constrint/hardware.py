@@ -30,8 +30,10 @@ RECURRENT_GATES = {"lstm": 4, "gru": 3, "slstm": 4, "elman": 1}
 
 # Shared-memory slack for the 128-byte alignment of the kernels' buffers.
 _ALIGNMENT_SLACK = 256
-# Registers a kernel thread may need; ptxas reports 36-40 for the current kernels.
-_REGISTERS_PER_THREAD = 64
+# Registers a kernel thread may need: ptxas (sm_90a, the default grid with the sequence
+# options) reports 29 to 128, the top ones at 512 threads where the launch bounds cap them
+# (Elman and sLSTM at D=128, and D=256, spill 4-24 bytes there).
+_REGISTERS_PER_THREAD = 128
 # The kernels keep at most this many elements' states per thread in registers (tiling.h).
 _MAX_ELEMENTS_PER_THREAD = 8
 # Threads per CTA the kernels are tuned for (more only adds barrier cost at one CTA per SM).
