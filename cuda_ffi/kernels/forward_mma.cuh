@@ -28,6 +28,13 @@
 
 namespace flashrnn {
 
+// One warp-wide c += a * b of mma.sync m16n8k16 with 16-bit operands of PTX type `ab`.
+#define FLASHRNN_MMA_M16N8K16(ab, c, a, b0, b1)                                          \
+  asm("mma.sync.aligned.m16n8k16.row.col.f32." ab "." ab ".f32 "                        \
+      "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"                 \
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])                                   \
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1))
+
 template <typename T>
 struct MmaOperand;
 
@@ -44,10 +51,7 @@ struct MmaOperand<__nv_bfloat16> {
   }
   // c += a (16x16, row-major fragments) * b (16x8, column-major fragments), float32 c.
   __device__ static void Mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
-        "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    FLASHRNN_MMA_M16N8K16("bf16", c, a, b0, b1);
   }
 };
 
@@ -64,10 +68,7 @@ struct MmaOperand<__half> {
     return uint32_t{__half_as_ushort(lo)} | (uint32_t{__half_as_ushort(hi)} << 16);
   }
   __device__ static void Mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
-        "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    FLASHRNN_MMA_M16N8K16("f16", c, a, b0, b1);
   }
 };
 
@@ -218,3 +219,5 @@ cudaError_t LaunchForwardMma(const ForwardArgs& args, cudaStream_t stream) {
 }
 
 }  // namespace flashrnn
+
+#undef FLASHRNN_MMA_M16N8K16
