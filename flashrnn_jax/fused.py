@@ -151,6 +151,10 @@ def _tiling_attributes(function: str, dtype, head_size: int) -> dict[str, np.int
     return {k: np.int32(v) for k, v in dataclasses.asdict(tiling).items()}
 
 
+# What reaches h_prev through R @ h_prev in the backward: RecurrentGradient in params.h.
+RECURRENT_FULL, RECURRENT_CUT, RECURRENT_CLIP = 0, 1, 2
+
+
 @dataclasses.dataclass(frozen=True)
 class _Options:
     """The static part of a fused call: the cell and the sequence and gradient options."""
@@ -158,8 +162,7 @@ class _Options:
     function: str
     reverse: bool = False
     has_resets: bool = False
-    # What reaches h_prev through R @ h_prev in the backward (RecurrentGradient in params.h).
-    recurrent_gradient: int = 0  # 0 full, 1 cut, 2 clipped to [-clipval, clipval]
+    recurrent_gradient: int = RECURRENT_FULL  # RECURRENT_CLIP: to [-clipval, clipval]
     clipval: float = 0.0
 
     def attributes(self, dtype, head_size: int) -> dict:
@@ -274,11 +277,11 @@ def flashrnn_fused(Wx, R, b, states, seq_lengths=None, resets=None, *, function:
     """
     B, T = Wx.shape[:2]
     if gradient_recurrent_cut:
-        recurrent_gradient, clipval = 1, 0.0
+        recurrent_gradient, clipval = RECURRENT_CUT, 0.0
     elif gradient_recurrent_clipval is not None:
-        recurrent_gradient, clipval = 2, float(gradient_recurrent_clipval)
+        recurrent_gradient, clipval = RECURRENT_CLIP, float(gradient_recurrent_clipval)
     else:
-        recurrent_gradient, clipval = 0, 0.0
+        recurrent_gradient, clipval = RECURRENT_FULL, 0.0
     options = _Options(function, reverse=reverse, has_resets=resets is not None,
                        recurrent_gradient=recurrent_gradient, clipval=clipval)
     lengths = (jnp.full((B,), T, jnp.int32) if seq_lengths is None

@@ -122,9 +122,9 @@ def emulate_backward(R, states0, cache, states_f32, d_all, d_last, seq_lengths, 
             d_cache, d_prev = vjp(cache[row, t], tuple(prev), tuple(ds))
             d_gates[row, t] = d_cache
             ds = np.stack(d_prev)
-            if options.recurrent_gradient != 1:
+            if options.recurrent_gradient != fused.RECURRENT_CUT:
                 dh_rec = np.einsum("gnoi,gno->ni", R, d_gates[row, t, : cell.gates_r])
-                if options.recurrent_gradient == 2:
+                if options.recurrent_gradient == fused.RECURRENT_CLIP:
                     dh_rec = np.clip(dh_rec, -options.clipval, options.clipval)  # NaN stays
             if after_reset:
                 d_states0[:, row] += ds

@@ -303,7 +303,8 @@ ffi::Error BackwardImpl(cudaStream_t stream, ffi::AnyBuffer r, ffi::AnyBuffer st
         "flashrnn_jax: recurrent_gradient must be 0 (full), 1 (cut) or 2 (clip), got " +
         std::to_string(recurrent_gradient));
   }
-  if (recurrent_gradient == 2 && !(clipval > 0.0f)) {
+  if (static_cast<RecurrentGradient>(recurrent_gradient) == RecurrentGradient::kClip &&
+      !(clipval > 0.0f)) {
     return ffi::Error::InvalidArgument("flashrnn_jax: clipval must be > 0, got " +
                                        std::to_string(clipval));
   }

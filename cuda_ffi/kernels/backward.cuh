@@ -66,7 +66,7 @@ __global__ void __launch_bounds__(Tile::kThreads) BackwardKernel(const BackwardA
   for (int p = 0; p < P; ++p) {
     const int e = threadIdx.x + p * Tile::kThreads, u = e % U, row = e / U;
     const int64_t b = b0 + row;
-    length[p] = b < B ? RowLength(args.seq, b, steps) : 0;
+    length[p] = RowLength(args.seq, b, B, steps);
     after_reset[p] = false;
 #pragma unroll
     for (int i = 0; i < S; ++i) {

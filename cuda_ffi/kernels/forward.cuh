@@ -51,19 +51,19 @@ __global__ void __launch_bounds__(Tile::kThreads) ForwardKernel(const ForwardArg
   Group::Sync();
 
   // Element p of this thread: unit u0 + u of the head, batch row b0 + row.
-  auto element = [&](int p, const int64_t (&length)[P]) {
+  int64_t length[P] = {};  // each set in the loop below before element(p) reads it
+  auto element = [&](int p) {
     const int e = threadIdx.x + p * Tile::kThreads;
     return ForwardElement{b0 + e / U, head * D + u0 + e % U, N * D, length[p]};
   };
   float s[P][S];
   float bias[P][Gt];
-  int64_t length[P];
 #pragma unroll
   for (int p = 0; p < P; ++p) {
     const int e = threadIdx.x + p * Tile::kThreads, u = e % U, row = e / U;
-    length[p] = ElementLength(args, b0 + row);
-    LoadBias<Cell>(args, element(p, length), bias[p]);
-    LoadStates<Cell>(args, element(p, length), s[p]);
+    length[p] = RowLength(args.seq, b0 + row, args.batch, steps);
+    LoadBias<Cell>(args, element(p), bias[p]);
+    LoadStates<Cell>(args, element(p), s[p]);
     for (int r = 0; r < Tile::kCluster; ++r) Group::Map(h_s, r)[row * D + u0 + u] = s[p][0];
   }
   Group::Sync();
@@ -74,7 +74,7 @@ __global__ void __launch_bounds__(Tile::kThreads) ForwardKernel(const ForwardArg
 #pragma unroll
     for (int p = 0; p < P; ++p) {
       const int e = threadIdx.x + p * Tile::kThreads, u = e % U, row = e / U;
-      const ForwardElement el = element(p, length);
+      const ForwardElement el = element(p);
       const bool reset_next = ResetsNext(args, el, step);
       float pre[Gt];
       LoadPreactivations<Cell, T>(args, el, step, bias[p], pre);
@@ -92,7 +92,7 @@ __global__ void __launch_bounds__(Tile::kThreads) ForwardKernel(const ForwardArg
   }
 
 #pragma unroll
-  for (int p = 0; p < P; ++p) StoreLast<Cell, T>(args, element(p, length), s[p]);
+  for (int p = 0; p < P; ++p) StoreLast<Cell, T>(args, element(p), s[p]);
 }
 
 template <typename Cell, typename T, typename Tile>

@@ -14,15 +14,10 @@ namespace flashrnn {
 
 // An element's place: batch row b (< B, or a padding row of the batch tile), column
 // hd = head * D + unit of the [..., N, D] layouts (nd = N * D of them), and its row's length
-// (ElementLength). Kernels keep only the lengths in registers and rebuild the rest per step.
+// (RowLength). Kernels keep only the lengths in registers and rebuild the rest per step.
 struct ForwardElement {
   int64_t b, hd, nd, length;
 };
-
-// A row's length, 0 for the padding rows of a batch tile.
-__device__ __forceinline__ int64_t ElementLength(const ForwardArgs& args, int64_t b) {
-  return b < args.batch ? RowLength(args.seq, b, args.steps) : 0;
-}
 
 // The biases of the element's unit.
 template <typename Cell>

@@ -130,12 +130,14 @@ __global__ void __launch_bounds__(2 * D) ForwardMmaKernel(const ForwardArgs args
   // Element e = 4 n + r of this lane: unit unit0 + 8 (r / 2), batch row 8 n + 2 tig + r % 2.
   // Biases are kept per unit and lengths per batch row (2 and 2 NT of them), not per element.
   auto unit_half = [](int e) { return (e % 4) / 2; };
-  auto row_slot = [](int e) { return 2 * (e / 4) + e % 2; };
-  auto row_of = [&](int e) { return 8 * (e / 4) + 2 * tig + e % 2; };
+  auto row_slot = [](int e) { return 2 * (e / 4) + e % 2; };  // which of the 2 NT rows
+  auto slot_row = [&](int slot) { return 8 * (slot / 2) + 2 * tig + slot % 2; };
+  auto row_of = [&](int e) { return slot_row(row_slot(e)); };
   int32_t length[2 * NT];
 #pragma unroll
   for (int slot = 0; slot < 2 * NT; ++slot) {
-    length[slot] = static_cast<int32_t>(ElementLength(args, b0 + 8 * (slot / 2) + 2 * tig + slot % 2));
+    length[slot] =
+        static_cast<int32_t>(RowLength(args.seq, b0 + slot_row(slot), args.batch, args.steps));
   }
   auto element = [&](int e) {
     return ForwardElement{b0 + row_of(e), head * D + unit0 + 8 * unit_half(e), N * D,

@@ -8,8 +8,11 @@
 namespace flashrnn {
 
 // Row b's length, clamped to 0..steps so that no value can index outside the row (Python
-// checks concrete lengths and clamps traced ones the same way).
-__device__ __forceinline__ int64_t RowLength(const SequenceArgs& seq, int64_t b, int64_t steps) {
+// checks concrete lengths and clamps traced ones the same way); 0 for the padding rows
+// b >= batch of a batch tile.
+__device__ __forceinline__ int64_t RowLength(const SequenceArgs& seq, int64_t b,
+                                             int64_t batch, int64_t steps) {
+  if (b >= batch) return 0;
   const int64_t length = seq.seq_lengths[b];
   return length < 0 ? 0 : length > steps ? steps : length;
 }
