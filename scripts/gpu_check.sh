@@ -3,7 +3,7 @@
 # summary JSON), run compute-sanitizer (memcheck, racecheck) on a small case of every kernel,
 # and run the quick benchmark, printing its table last.
 #   usage: scripts/gpu_check.sh   (logs and JSON go to $OUT, or build/gpu_check_out;
-#          SKIP_BENCH=1 leaves out the benchmark; MMA_FORWARD=1 builds the experimental
+#          SKIP_BENCH=1 leaves out the benchmark; MMA_FORWARD=0 builds without the
 #          tensor-core forward kernel; PYTEST_WORKERS sets the test processes, 12 by default;
 #          GPU_TESTS the test files, all GPU tests by default)
 set -uo pipefail
@@ -20,8 +20,8 @@ echo "== GPU: $gpu"
 
 echo "== build"
 start=$(date +%s)
-mma=OFF
-[ "${MMA_FORWARD:-0}" = 1 ] && mma=ON
+mma=ON
+[ "${MMA_FORWARD:-1}" = 0 ] && mma=OFF
 if ! python3 -m pip install --no-build-isolation --no-deps -v . \
     -Ccmake.define.FLASHRNN_CUDA=ON -Ccmake.define.FLASHRNN_MMA_FORWARD=$mma \
     >"$out/build.log" 2>&1; then

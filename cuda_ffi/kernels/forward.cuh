@@ -23,7 +23,8 @@
 
 namespace flashrnn {
 
-template <typename Cell, typename T, typename Tile>
+// kResiduals: also write the residuals of the backward (a forward that is differentiated).
+template <typename Cell, typename T, typename Tile, bool kResiduals>
 __global__ void __launch_bounds__(Tile::kThreads) ForwardKernel(const ForwardArgs args) {
   using Layout = ForwardLayout<Cell::kGatesR, sizeof(T), Tile>;
   constexpr int D = Tile::kHeadSize;
@@ -51,11 +52,11 @@ __global__ void __launch_bounds__(Tile::kThreads) ForwardKernel(const ForwardArg
   Group::Sync();
 
   // Element p of this thread: unit u0 + u of the head, batch row b0 + row.
-  int64_t length[P] = {};  // each set in the loop below before element(p) reads it
   auto element = [&](int p) {
     const int e = threadIdx.x + p * Tile::kThreads;
-    return ForwardElement{b0 + e / U, head * D + u0 + e % U, N * D, length[p]};
+    return ForwardElement{b0 + e / U, head * D + u0 + e % U, N * D};
   };
+  int64_t length[P];
   float s[P][S];
   float bias[P][Gt];
 #pragma unroll
@@ -75,9 +76,10 @@ __global__ void __launch_bounds__(Tile::kThreads) ForwardKernel(const ForwardArg
     for (int p = 0; p < P; ++p) {
       const int e = threadIdx.x + p * Tile::kThreads, u = e % U, row = e / U;
       const ForwardElement el = element(p);
-      const bool reset_next = ResetsNext(args, el, step);
+      const RowStep at = RowAt(args, el.b, el.nd, length[p], step);
+      const bool reset_next = ResetsNext(args, el.b, length[p], step);
       float pre[Gt];
-      LoadPreactivations<Cell, T>(args, el, step, bias[p], pre);
+      LoadPreactivations<Cell, T>(args, el, at, bias[p], pre);
       float rh[Gr] = {};
 #pragma unroll 8
       for (int k = 0; k < D; ++k) {
@@ -85,7 +87,7 @@ __global__ void __launch_bounds__(Tile::kThreads) ForwardKernel(const ForwardArg
 #pragma unroll
         for (int g = 0; g < Gr; ++g) rh[g] += ToFloat(r_s[(g * D + k) * U + u]) * hk;
       }
-      FinishStep<Cell, T>(args, el, step, reset_next, pre, rh, s[p]);
+      FinishStep<Cell, T, kResiduals>(args, el, at, reset_next, pre, rh, s[p]);
       for (int r = 0; r < Tile::kCluster; ++r) Group::Map(h_next, r)[row * D + u0 + u] = s[p][0];
     }
     Group::Sync();
@@ -104,8 +106,10 @@ cudaError_t LaunchForward(const ForwardArgs& args, cudaStream_t stream) {
 #endif
   {
     using Layout = ForwardLayout<Cell::kGatesR, sizeof(T), Tile>;
-    return LaunchOverHeadsAndBatchTiles<Tile>(ForwardKernel<Cell, T, Tile>, args,
-                                              Layout::kBytes, stream);
+    return LaunchOverHeadsAndBatchTiles<Tile>(args.gate_cache != nullptr
+                                                  ? ForwardKernel<Cell, T, Tile, true>
+                                                  : ForwardKernel<Cell, T, Tile, false>,
+                                              args, Layout::kBytes, stream);
   }
 }
 

@@ -1,7 +1,8 @@
 // The per-element stages of a forward step that every forward kernel shares, whatever computes
 // its recurrent matmul: the input pre-activations before it, and after it the pointwise cell
 // step, the outputs, the residuals and the reset of the next step. An element is one hidden
-// unit of one head for one batch row; its states live in the calling thread's registers.
+// unit of one head for one batch row; its states live in the calling thread's registers. The
+// per-row work of a step (which input it reads, whether it resets) is done once per row.
 #pragma once
 
 #include <cstdint>
@@ -12,12 +13,32 @@
 
 namespace flashrnn {
 
-// An element's place: batch row b (< B, or a padding row of the batch tile), column
-// hd = head * D + unit of the [..., N, D] layouts (nd = N * D of them), and its row's length
-// (RowLength). Kernels keep only the lengths in registers and rebuild the rest per step.
+// An element's place: batch row b (< B, or a padding row of the batch tile) and column
+// hd = head * D + unit of the [..., N, D] layouts (nd = N * D of them).
 struct ForwardElement {
-  int64_t b, hd, nd, length;
+  int64_t b, hd, nd;
 };
+
+// Where a batch row stands at one step, computed once per row and step and shared by the
+// row's elements: the input the step reads as the row offset (b * steps + t) * nd of the
+// [B, T, ..., N, D] layouts, and whether it reads one at all (step < the row's length).
+struct RowStep {
+  int64_t at;
+  bool active;
+};
+
+__device__ __forceinline__ RowStep RowAt(const ForwardArgs& args, int64_t b, int64_t nd,
+                                         int64_t length, int64_t step) {
+  return {(b * args.steps + InputIndex(args.seq, step, length)) * nd, step < length};
+}
+
+// Whether row b starts the step after `step` from the initial states (read a step ahead, so
+// that the load's latency hides behind the matmul). Padding rows have length 0: no read.
+__device__ __forceinline__ bool ResetsNext(const ForwardArgs& args, int64_t b, int64_t length,
+                                           int64_t step) {
+  return step + 1 < length &&
+         ResetsBefore(args.seq, b, args.steps, InputIndex(args.seq, step + 1, length));
+}
 
 // The biases of the element's unit.
 template <typename Cell>
@@ -37,58 +58,55 @@ __device__ __forceinline__ void LoadStates(const ForwardArgs& args, const Forwar
   }
 }
 
-// pre = bias + the input pre-activations that `step` reads (none past the row's length).
+// pre = bias + the input pre-activations of the row's step (none past the row's length).
 template <typename Cell, typename T>
 __device__ __forceinline__ void LoadPreactivations(const ForwardArgs& args,
-                                                   const ForwardElement& e, int64_t step,
+                                                   const ForwardElement& e, const RowStep& row,
                                                    const float (&bias)[Cell::kGatesB],
                                                    float (&pre)[Cell::kGatesB]) {
 #pragma unroll
   for (int g = 0; g < Cell::kGatesB; ++g) pre[g] = bias[g];
-  if (step < e.length) {
-    const T* wx = static_cast<const T*>(args.wx);
-    const int64_t t = InputIndex(args.seq, step, e.length);
+  if (row.active) {
+    const T* wx = static_cast<const T*>(args.wx) + row.at * Cell::kGatesWx + e.hd;
 #pragma unroll
     for (int g = 0; g < Cell::kGatesWx; ++g) {
-      pre[g + Cell::kWxGateOffset] +=
-          ToFloat(wx[((e.b * args.steps + t) * Cell::kGatesWx + g) * e.nd + e.hd]);
+      pre[g + Cell::kWxGateOffset] += ToFloat(wx[g * e.nd]);
     }
   }
 }
 
-// Whether the step after `step` starts from the initial states (read before the matmul, so
-// that the load's latency hides behind it).
-__device__ __forceinline__ bool ResetsNext(const ForwardArgs& args, const ForwardElement& e,
-                                           int64_t step) {
-  return step + 1 < e.length &&
-         ResetsBefore(args.seq, e.b, args.steps, InputIndex(args.seq, step + 1, e.length));
-}
-
-// After the matmul: the cell step (none past the row's length), the outputs and residuals at
-// the input the step read (zeros in the padding), then the reset of the next step. On return
-// s holds the states the next step starts from; s[0] is the h its matmul reads.
-template <typename Cell, typename T>
+// After the matmul: the cell step (none past the row's length), the outputs and, with
+// kResiduals (a forward that is differentiated), the residuals at the input the step read
+// (zeros in the padding), then the reset of the next step. On return s holds the states the
+// next step starts from; s[0] is the h its matmul reads. Straight-line code except for the
+// stores: the step is computed for every element and selected, so that the elements of a
+// thread interleave in one basic block.
+template <typename Cell, typename T, bool kResiduals>
 __device__ __forceinline__ void FinishStep(const ForwardArgs& args, const ForwardElement& e,
-                                           int64_t step, bool reset_next,
+                                           const RowStep& row, bool reset_next,
                                            float (&pre)[Cell::kGatesB],
                                            const float (&rh)[Cell::kGatesR],
                                            float (&s)[Cell::kStates]) {
-  const bool active = step < e.length;
-  if (active) Cell::Forward(pre, rh, s);
+  float stepped[Cell::kStates];
+#pragma unroll
+  for (int i = 0; i < Cell::kStates; ++i) stepped[i] = s[i];
+  Cell::Forward(pre, rh, stepped);
+#pragma unroll
+  for (int i = 0; i < Cell::kStates; ++i) s[i] = row.active ? stepped[i] : s[i];
   if (e.b < args.batch) {
-    const int64_t t = InputIndex(args.seq, step, e.length);
-    T* states_all = static_cast<T*>(args.states_all);
+    const int64_t state_stride = args.batch * args.steps * e.nd;
+    T* states_all = static_cast<T*>(args.states_all) + row.at + e.hd;
 #pragma unroll
     for (int i = 0; i < Cell::kStates; ++i) {
-      const int64_t at = ((i * args.batch + e.b) * args.steps + t) * e.nd + e.hd;
-      const float out = active ? s[i] : 0.0f;
-      states_all[at] = FromFloat<T>(out);
-      if (args.states_f32 != nullptr) args.states_f32[at] = out;
+      const float out = row.active ? s[i] : 0.0f;
+      states_all[i * state_stride] = FromFloat<T>(out);
+      if constexpr (kResiduals) args.states_f32[i * state_stride + row.at + e.hd] = out;
     }
-    if (active && args.gate_cache != nullptr) {
+    if constexpr (kResiduals) {
+      if (row.active) {
+        float* gate_cache = args.gate_cache + row.at * Cell::kGatesB + e.hd;
 #pragma unroll
-      for (int g = 0; g < Cell::kGatesB; ++g) {
-        args.gate_cache[((e.b * args.steps + t) * Cell::kGatesB + g) * e.nd + e.hd] = pre[g];
+        for (int g = 0; g < Cell::kGatesB; ++g) gate_cache[g * e.nd] = pre[g];
       }
     }
   }

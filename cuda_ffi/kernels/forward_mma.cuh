@@ -1,7 +1,7 @@
 // The tensor-core forward kernel for heads that fit one CTA (bfloat16 / float16, head size
 // 16..128): R lives in registers as mma.sync m16n8k16 A fragments for the whole sequence, so a
-// step's matmul reads only h from shared memory. EXPERIMENTAL: built only with the CMake option
-// FLASHRNN_MMA_FORWARD=ON, and not yet run on a GPU (see benchmarks/NOTES.md, issue 5).
+// step's matmul reads only h from shared memory. Built with the CMake option FLASHRNN_MMA_FORWARD
+// (on by default; see benchmarks/NOTES.md, v2); other heads and float32 take the FMA kernel.
 //
 // Warp w of a CTA owns the units [16w, 16w + 16) of one head for every gate, so after the
 // mma each lane holds all gates of its elements and runs their pointwise step in registers:
@@ -79,9 +79,10 @@ constexpr bool kMmaForwardSupported =
     (std::is_same_v<T, __nv_bfloat16> || std::is_same_v<T, __half>) && Tile::kCluster == 1 &&
     Tile::kHeadSize % 16 == 0 && Tile::kHeadSize <= 128;
 
-// Batch rows per CTA: two n-tiles while the registers allow, one for head size 128.
-template <int D>
-constexpr int kMmaBatchTile = D <= 64 ? 16 : 8;
+// Batch rows per CTA: one n-tile. A step's latency is the pointwise instruction stream of a
+// lane (one warp per scheduler at the usual grid sizes), so four elements per lane and twice
+// the CTAs beat eight elements per lane (benchmarks/NOTES.md, v2).
+constexpr int kMmaBatchTile = 8;
 
 // Shared memory: h_prev as hi and lo parts, double-buffered, rows padded by 8 values so that
 // the eight lane groups of a B-fragment load fall in distinct banks.
@@ -92,7 +93,8 @@ struct MmaForwardLayout {
   static constexpr std::size_t kBytes = 2 * 2 * std::size_t{kBufferValues} * sizeof(T);
 };
 
-template <typename Cell, typename T, int D, int BT>
+// kResiduals: also write the residuals of the backward (a forward that is differentiated).
+template <typename Cell, typename T, int D, int BT, bool kResiduals>
 __global__ void __launch_bounds__(2 * D) ForwardMmaKernel(const ForwardArgs args) {
   using Op = MmaOperand<T>;
   using Layout = MmaForwardLayout<T, D, BT>;
@@ -128,20 +130,22 @@ __global__ void __launch_bounds__(2 * D) ForwardMmaKernel(const ForwardArgs args
   }
 
   // Element e = 4 n + r of this lane: unit unit0 + 8 (r / 2), batch row 8 n + 2 tig + r % 2.
-  // Biases are kept per unit and lengths per batch row (2 and 2 NT of them), not per element.
+  // Biases are kept per unit, and lengths and the step's row state per batch row (2 and 2 NT
+  // of them), not per element.
+  constexpr int kRows = 2 * NT;
   auto unit_half = [](int e) { return (e % 4) / 2; };
-  auto row_slot = [](int e) { return 2 * (e / 4) + e % 2; };  // which of the 2 NT rows
+  auto row_slot = [](int e) { return 2 * (e / 4) + e % 2; };  // which of the kRows rows
   auto slot_row = [&](int slot) { return 8 * (slot / 2) + 2 * tig + slot % 2; };
   auto row_of = [&](int e) { return slot_row(row_slot(e)); };
-  int32_t length[2 * NT];
+  const int64_t nd = N * D;
+  int64_t batch_row[kRows], length[kRows];
 #pragma unroll
-  for (int slot = 0; slot < 2 * NT; ++slot) {
-    length[slot] =
-        static_cast<int32_t>(RowLength(args.seq, b0 + slot_row(slot), args.batch, args.steps));
+  for (int slot = 0; slot < kRows; ++slot) {
+    batch_row[slot] = b0 + slot_row(slot);
+    length[slot] = RowLength(args.seq, batch_row[slot], args.batch, args.steps);
   }
   auto element = [&](int e) {
-    return ForwardElement{b0 + row_of(e), head * D + unit0 + 8 * unit_half(e), N * D,
-                          length[row_slot(e)]};
+    return ForwardElement{batch_row[row_slot(e)], head * D + unit0 + 8 * unit_half(e), nd};
   };
   float bias[2][Gt];
   LoadBias<Cell>(args, element(0), bias[0]);
@@ -155,15 +159,24 @@ __global__ void __launch_bounds__(2 * D) ForwardMmaKernel(const ForwardArgs args
   }
   __syncthreads();
 
-  // The inputs and reset flags of a step are loaded at the end of the step before (of step 0,
-  // here), so that their latency hides behind the barrier and the next matmul.
+  // The row state, reset flags and inputs of a step are loaded at the end of the step before
+  // (of step 0, here), so that their latency hides behind the barrier and the next matmul.
+  RowStep row[kRows];
+  bool reset_next[kRows];
   float pre[E][Gt];
-  bool reset_next[E];
+  auto load_step = [&](int64_t step) {
 #pragma unroll
-  for (int e = 0; e < E; ++e) {
-    reset_next[e] = ResetsNext(args, element(e), 0);
-    LoadPreactivations<Cell, T>(args, element(e), 0, bias[unit_half(e)], pre[e]);
-  }
+    for (int slot = 0; slot < kRows; ++slot) {
+      row[slot] = RowAt(args, batch_row[slot], nd, length[slot], step);
+      reset_next[slot] = ResetsNext(args, batch_row[slot], length[slot], step);
+    }
+#pragma unroll
+    for (int e = 0; e < E; ++e) {
+      LoadPreactivations<Cell, T>(args, element(e), row[row_slot(e)], bias[unit_half(e)],
+                                  pre[e]);
+    }
+  };
+  load_step(0);
 
   for (int64_t step = 0; step < args.steps; ++step) {
     const int cur = static_cast<int>(step & 1), next = cur ^ 1;
@@ -195,15 +208,12 @@ __global__ void __launch_bounds__(2 * D) ForwardMmaKernel(const ForwardArgs args
       float rh[Gr];
 #pragma unroll
       for (int g = 0; g < Gr; ++g) rh[g] = acc[g][e / 4][e % 4];
-      const ForwardElement el = element(e);
-      FinishStep<Cell, T>(args, el, step, reset_next[e], pre[e], rh, s[e]);
+      FinishStep<Cell, T, kResiduals>(args, element(e), row[row_slot(e)],
+                                      reset_next[row_slot(e)], pre[e], rh, s[e]);
       const int at = row_of(e) * kStride + unit0 + 8 * unit_half(e);
       Op::Split(s[e][0], hi_next[at], lo_next[at]);
-      if (step + 1 < args.steps) {
-        reset_next[e] = ResetsNext(args, el, step + 1);
-        LoadPreactivations<Cell, T>(args, el, step + 1, bias[unit_half(e)], pre[e]);
-      }
     }
+    if (step + 1 < args.steps) load_step(step + 1);
     __syncthreads();
   }
 
@@ -214,10 +224,12 @@ __global__ void __launch_bounds__(2 * D) ForwardMmaKernel(const ForwardArgs args
 // Launches the tensor-core forward over every head and batch tile of its own size.
 template <typename Cell, typename T, int D>
 cudaError_t LaunchForwardMma(const ForwardArgs& args, cudaStream_t stream) {
-  constexpr int BT = kMmaBatchTile<D>;
+  constexpr int BT = kMmaBatchTile;
   using Shape = Tiling<D, 1, BT, 2 * D>;
-  return LaunchOverHeadsAndBatchTiles<Shape>(ForwardMmaKernel<Cell, T, D, BT>, args,
-                                             MmaForwardLayout<T, D, BT>::kBytes, stream);
+  return LaunchOverHeadsAndBatchTiles<Shape>(args.gate_cache != nullptr
+                                                 ? ForwardMmaKernel<Cell, T, D, BT, true>
+                                                 : ForwardMmaKernel<Cell, T, D, BT, false>,
+                                             args, MmaForwardLayout<T, D, BT>::kBytes, stream);
 }
 
 }  // namespace flashrnn

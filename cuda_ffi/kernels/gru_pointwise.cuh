@@ -21,13 +21,13 @@ struct GruCell {
     pre[2] += rh[2];
     const float r = Sigmoid(pre[1]), z = Sigmoid(pre[2]);
     pre[3] += r * pre[0];
-    const float n = tanhf(pre[3]);
+    const float n = Tanh(pre[3]);
     s[0] = z * s[0] + (1.0f - z) * n;
   }
 
   __device__ static void Backward(const float (&pre)[kGatesB], const float (&prev)[kStates],
                                   float (&ds)[kStates], float (&dg)[kGatesB]) {
-    const float r = Sigmoid(pre[1]), z = Sigmoid(pre[2]), n = tanhf(pre[3]);
+    const float r = Sigmoid(pre[1]), z = Sigmoid(pre[2]), n = Tanh(pre[3]);
     const float dh = ds[0];
     const float dn = dh * (1.0f - z) * (1.0f - n * n);
     dg[0] = dn * r;

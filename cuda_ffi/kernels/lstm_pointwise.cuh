@@ -20,10 +20,10 @@ struct LstmCell {
                                  float (&s)[kStates]) {
 #pragma unroll
     for (int g = 0; g < 4; ++g) pre[g] += rh[g];
-    const float i = Sigmoid(pre[0]), f = Sigmoid(pre[1]), z = tanhf(pre[2]),
+    const float i = Sigmoid(pre[0]), f = Sigmoid(pre[1]), z = Tanh(pre[2]),
                 o = Sigmoid(pre[3]);
     s[1] = f * s[1] + i * z;
-    s[0] = o * tanhf(s[1]);
+    s[0] = o * Tanh(s[1]);
   }
 
   // pre: the cached pre-activations; prev: the states before the step; ds: on entry the
@@ -31,10 +31,10 @@ struct LstmCell {
   // pass through R (the recurrent part is added by the kernel). dg: cotangent of each bias gate.
   __device__ static void Backward(const float (&pre)[kGatesB], const float (&prev)[kStates],
                                   float (&ds)[kStates], float (&dg)[kGatesB]) {
-    const float i = Sigmoid(pre[0]), f = Sigmoid(pre[1]), z = tanhf(pre[2]),
+    const float i = Sigmoid(pre[0]), f = Sigmoid(pre[1]), z = Tanh(pre[2]),
                 o = Sigmoid(pre[3]);
     const float c = f * prev[1] + i * z;
-    const float tc = tanhf(c);
+    const float tc = Tanh(c);
     const float dc = ds[1] + ds[0] * o * (1.0f - tc * tc);
     dg[0] = dc * z * i * (1.0f - i);
     dg[1] = dc * prev[1] * f * (1.0f - f);

@@ -1,9 +1,28 @@
-// Scalar float32 functions shared by the cells' pointwise steps.
+// Scalar float32 functions shared by the cells' pointwise steps. They are on the critical path
+// of every step (a step's latency is the instruction count of its pointwise stage, see
+// benchmarks/NOTES.md), so they use the hardware exp2 and reciprocal instead of the libm
+// functions, whose accurate-rounding slow paths cost branches and tens of instructions; the
+// error stays within a few float32 ulps of the values that matter (|tanh| near 1, sigmoid),
+// far inside DESIGN §4's rule.
 #pragma once
 
 namespace flashrnn {
 
-__device__ __forceinline__ float Sigmoid(float x) { return 1.0f / (1.0f + __expf(-x)); }
+// 1 / (1 + e^-x); __fdividef returns 0 when 1 + e^-x overflows, the correct limit.
+__device__ __forceinline__ float Sigmoid(float x) {
+  return __fdividef(1.0f, 1.0f + __expf(-x));
+}
+
+// tanh from t = e^(-2|x|): (1 - t) / (1 + t) with the sign of x. Near 0, where 1 - t cancels,
+// the odd Taylor series to x^5 (error below 2e-10 relative at the switch).
+__device__ __forceinline__ float Tanh(float x) {
+  const float a = fabsf(x);
+  const float t = __expf(-2.0f * a);
+  const float x2 = x * x;
+  const float series = x * fmaf(x2, fmaf(x2, 2.0f / 15.0f, -1.0f / 3.0f), 1.0f);
+  const float ratio = copysignf(__fdividef(1.0f - t, 1.0f + t), x);
+  return a < 0.0625f ? series : ratio;
+}
 
 // log(sigmoid(x)) without overflow for large |x|: min(x, 0) - log1p(exp(-|x|)).
 __device__ __forceinline__ float LogSigmoid(float x) {

@@ -29,7 +29,7 @@ struct SlstmCell {
     // cap as SLSTM_MAX_LOG_F in flashrnn_jax/cells.py.
     a.f_capped = a.log_f_plus_m - a.m > kMaxLogF;
     a.f = __expf(a.f_capped ? kMaxLogF : a.log_f_plus_m - a.m);
-    a.z = tanhf(pre[2]);
+    a.z = Tanh(pre[2]);
     a.o = Sigmoid(pre[3]);
     a.n_raw = a.f * prev[2] + a.i;
     return a;
