@@ -24,8 +24,10 @@
 
 namespace flashrnn {
 
+// Launch bounds (threads, 1): a persistent CTA needs no second CTA beside it on its SM, and
+// without the 1 ptxas held some of these kernels to 64 registers and spilled (NOTES, v2).
 template <typename Cell, typename T, typename Tile>
-__global__ void __launch_bounds__(Tile::kThreads) BackwardKernel(const BackwardArgs args) {
+__global__ void __launch_bounds__(Tile::kThreads, 1) BackwardKernel(const BackwardArgs args) {
   using Layout = BackwardLayout<Cell::kGatesR, sizeof(T), Tile>;
   constexpr int D = Tile::kHeadSize;
   using Group = CtaGroup<Tile::kCluster>;

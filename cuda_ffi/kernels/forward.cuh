@@ -24,8 +24,10 @@
 namespace flashrnn {
 
 // kResiduals: also write the residuals of the backward (a forward that is differentiated).
+// Launch bounds (threads, 1): a persistent CTA needs no second CTA beside it on its SM, and
+// without the 1 ptxas held some of these kernels to 64 registers and spilled (NOTES, v2).
 template <typename Cell, typename T, typename Tile, bool kResiduals>
-__global__ void __launch_bounds__(Tile::kThreads) ForwardKernel(const ForwardArgs args) {
+__global__ void __launch_bounds__(Tile::kThreads, 1) ForwardKernel(const ForwardArgs args) {
   using Layout = ForwardLayout<Cell::kGatesR, sizeof(T), Tile>;
   constexpr int D = Tile::kHeadSize;
   using Group = CtaGroup<Tile::kCluster>;
