@@ -85,6 +85,7 @@ def main():
         with open(args.json, "w") as f:
             json.dump({"gpu": jax.devices()[0].device_kind, "jax": jax.__version__,
                        "mma_forward": bool(module and module.mma_forward()),
+                       "mma_backward": bool(module and module.mma_backward()),
                        "records": records + mask_records}, f, indent=1)
     print(f"{'function':8} {'N x D':>8} {'impl':>6} {'fwd ms':>9} {'fwd+bwd ms':>11} {'speed-up':>9}")
     for fused_rec, scan_rec in zip(records[::2], records[1::2]):

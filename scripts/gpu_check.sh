@@ -4,8 +4,9 @@
 # and run the quick benchmark, printing its table last.
 #   usage: scripts/gpu_check.sh   (logs and JSON go to $OUT, or build/gpu_check_out;
 #          SKIP_BENCH=1 leaves out the benchmark; MMA_FORWARD=0 builds without the
-#          tensor-core forward kernel; PYTEST_WORKERS sets the test processes, 12 by default;
-#          GPU_TESTS the test files, all GPU tests by default)
+#          tensor-core forward, MMA_BACKWARD=1 with the experimental tensor-core backward;
+#          PYTEST_WORKERS sets the test processes, 12 by default; GPU_TESTS the test files,
+#          all GPU tests by default)
 set -uo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 out="${OUT:-$repo/build/gpu_check_out}"
@@ -22,13 +23,16 @@ echo "== build"
 start=$(date +%s)
 mma=ON
 [ "${MMA_FORWARD:-1}" = 0 ] && mma=OFF
+mma_backward=OFF
+[ "${MMA_BACKWARD:-0}" = 1 ] && mma_backward=ON
 if ! python3 -m pip install --no-build-isolation --no-deps -v . \
     -Ccmake.define.FLASHRNN_CUDA=ON -Ccmake.define.FLASHRNN_MMA_FORWARD=$mma \
+    -Ccmake.define.FLASHRNN_MMA_BACKWARD=$mma_backward \
     >"$out/build.log" 2>&1; then
   tail -60 "$out/build.log"
   exit 1
 fi
-echo "built in $(( $(date +%s) - start )) s (tensor-core forward: $mma)"
+echo "built in $(( $(date +%s) - start )) s (tensor-core forward: $mma, backward: $mma_backward)"
 
 # From outside the checkout, so that the installed package (with _cuda) is the one imported.
 cd /tmp

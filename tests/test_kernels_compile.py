@@ -1,5 +1,6 @@
-"""The CUDA kernels compile for sm_90a without a GPU, with and without the tensor-core forward,
-and the latter keeps its static properties: the mma.sync instructions per step, no spills.
+"""The CUDA kernels compile for sm_90a without a GPU, with and without the tensor-core forward
+and backward, and these keep their static properties: the mma.sync instructions per step, no
+spills.
 
 Where there is no GPU (CI), this is what guards the kernel sources between device runs; it needs
 only nvcc (the kernels include no XLA header).
@@ -34,42 +35,52 @@ template cudaError_t LaunchForward<SlstmCell, __half, Tiling<256, 4, 16, 512>>(
     const ForwardArgs&, cudaStream_t);
 template cudaError_t LaunchBackward<GruCell, float, Tiling<32, 1, 16, 512>>(
     const BackwardArgs&, cudaStream_t);
+template cudaError_t LaunchBackward<LstmCell, __nv_bfloat16, Tiling<64, 1, 16, 512>>(
+    const BackwardArgs&, cudaStream_t);
 }  // namespace flashrnn
 """
 
 
+MMA_BF16 = "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32"
+
+
 def _compile(tmp_path, mma: bool, *extra: str) -> subprocess.CompletedProcess:
+    """nvcc on SOURCE with both tensor-core kernels (mma) or neither."""
     source = tmp_path / "kernels.cu"
     source.write_text(SOURCE)
     return subprocess.run(
         [NVCC, "-std=c++17", "-arch=sm_90a", "--expt-relaxed-constexpr",
-         f"-DFLASHRNN_MMA_FORWARD={int(mma)}", f"-I{REPO / 'cuda_ffi'}", *extra, str(source)],
+         f"-DFLASHRNN_MMA_FORWARD={int(mma)}", f"-DFLASHRNN_MMA_BACKWARD={int(mma)}",
+         f"-I{REPO / 'cuda_ffi'}", *extra, str(source)],
         capture_output=True, text=True, timeout=900, cwd=tmp_path,
     )
 
 
-def test_default_kernels_compile_without_the_tensor_core_forward(tmp_path):
+def test_kernels_compile_without_the_tensor_core_kernels(tmp_path):
     result = _compile(tmp_path, False, "--ptx", "-o", str(tmp_path / "k.ptx"))
     assert result.returncode == 0, result.stderr[-3000:]
     ptx = (tmp_path / "k.ptx").read_text()
     assert "ForwardKernel" in ptx and "BackwardKernel" in ptx
-    assert "ForwardMmaKernel" not in ptx and "mma.sync" not in ptx
+    assert "MmaKernel" not in ptx and "mma.sync" not in ptx
 
 
-def test_tensor_core_forward_compiles_with_its_mma_count_and_no_spills(tmp_path):
+def test_tensor_core_kernels_compile_with_their_mma_count_and_no_spills(tmp_path):
     result = _compile(tmp_path, True, "-c", "-Xptxas", "-v", "-o", str(tmp_path / "k.o"))
     assert result.returncode == 0, result.stderr[-3000:]
-    # ptxas reports every kernel: the LSTM bf16 D=64 forward is the tensor-core one now.
+    # ptxas reports every kernel: the LSTM bf16 D=64 forward and backward are the tensor-core
+    # ones now.
     reports = dict(re.findall(r"Compiling entry function '(\w+)'.*?\n(.*?spill loads)",
                               result.stderr, re.S))
-    mma = [name for name in reports if "ForwardMmaKernel" in name]
-    assert len(mma) == 2, list(reports)  # forward only, and with the residuals
-    for name in mma:
+    forward = [name for name in reports if "ForwardMmaKernel" in name]
+    backward = [name for name in reports if "BackwardMmaKernel" in name]
+    assert len(forward) == 2 and len(backward) == 1, list(reports)  # forward: with residuals too
+    for name in forward + backward:
         assert "0 bytes spill stores, 0 bytes spill loads" in reports[name], reports[name]
     ptx = _compile(tmp_path, True, "--ptx", "-o", str(tmp_path / "k.ptx"))
     assert ptx.returncode == 0, ptx.stderr[-3000:]
     entries = re.findall(r"\.entry (\w+)\((.*?)\n\}\n", (tmp_path / "k.ptx").read_text(), re.S)
-    counts = {name: body.count("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32")
-              for name, body in entries if "ForwardMmaKernel" in name}
-    # 4 k-tiles x 1 n-tile (batch tile 8) x 4 gates x (hi, lo) per step, unrolled.
-    assert sorted(counts.values()) == [32, 32], counts
+    counts = {name: body.count(MMA_BF16) for name, body in entries if "MmaKernel" in name}
+    # Forward: 4 k-tiles x 1 n-tile (batch tile 8) x 4 gates x (hi, lo) per step, unrolled.
+    assert sorted(c for name, c in counts.items() if "Forward" in name) == [32, 32], counts
+    # Backward: 16 k-tiles over (gate, unit) x (hi, lo), in the step loop and once after it.
+    assert [c for name, c in counts.items() if "Backward" in name] == [64], counts

@@ -37,7 +37,10 @@ NB_MODULE(_cuda, m) {
         "threads).");
   m.def(
       "mma_forward", []() { return FLASHRNN_MMA_FORWARD != 0; },
-      "Whether the experimental tensor-core forward (CMake FLASHRNN_MMA_FORWARD) is built.");
+      "Whether the tensor-core forward (CMake FLASHRNN_MMA_FORWARD) is built.");
+  m.def(
+      "mma_backward", []() { return FLASHRNN_MMA_BACKWARD != 0; },
+      "Whether the experimental tensor-core backward (CMake FLASHRNN_MMA_BACKWARD) is built.");
   m.def(
       "device_properties",
       [](int device) {

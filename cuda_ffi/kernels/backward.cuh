@@ -14,6 +14,8 @@
 
 #include <cuda_runtime.h>
 
+#include "backward_element.cuh"
+#include "backward_mma.cuh"
 #include "cluster_sync.cuh"
 #include "dtype.cuh"
 #include "launch.cuh"
@@ -47,9 +49,6 @@ __global__ void __launch_bounds__(Tile::kThreads, 1) BackwardKernel(const Backwa
   const int64_t b0 = int64_t{blockIdx.y} * BT;
   const int u0 = rank * U;
   const T* R = static_cast<const T*>(args.r);
-  const T* d_states_all = static_cast<const T*>(args.d_states_all);
-  const T* d_last = static_cast<const T*>(args.d_last_states);
-
   for (int idx = threadIdx.x; idx < Gr * U * D; idx += blockDim.x) {
     const int g = idx / (U * D), o = idx / D % U, i = idx % D;
     r_s[idx] = R[((g * N + head) * D + u0 + o) * D + i];
@@ -61,21 +60,19 @@ __global__ void __launch_bounds__(Tile::kThreads, 1) BackwardKernel(const Backwa
   // Per element: the cotangent of the states after the current step, carried backwards; the
   // row's length; whether the step after the current one (the previous iteration) reset, so
   // that the recurrent cotangent arriving now belongs to the initial states.
+  auto element = [&](int p) {
+    const int e = threadIdx.x + p * Tile::kThreads;
+    return BackwardElement{b0 + e / U, head * D + u0 + e % U, N * D};
+  };
   float ds[P][S];
   int64_t length[P];
   bool after_reset[P];
 #pragma unroll
   for (int p = 0; p < P; ++p) {
-    const int e = threadIdx.x + p * Tile::kThreads, u = e % U, row = e / U;
-    const int64_t b = b0 + row;
-    length[p] = RowLength(args.seq, b, B, steps);
+    const BackwardElement el = element(p);
+    length[p] = RowLength(args.seq, el.b, B, steps);
     after_reset[p] = false;
-#pragma unroll
-    for (int i = 0; i < S; ++i) {
-      ds[p][i] = b < B ? ToFloat(d_last[((i * B + b) * N + head) * D + u0 + u]) : 0.0f;
-      // Accumulated by this thread alone: resets add to it, the end adds the rest.
-      if (b < B) args.d_states0[((i * B + b) * N + head) * D + u0 + u] = 0.0f;
-    }
+    StartCotangents<Cell, T>(args, el, ds[p]);
   }
   const bool recurrent = args.recurrent_gradient != RecurrentGradient::kCut;
   // The cotangent reaching this element's h_prev through R @ h_prev, from the partials.
@@ -83,12 +80,8 @@ __global__ void __launch_bounds__(Tile::kThreads, 1) BackwardKernel(const Backwa
     float acc = 0.0f;
     if (recurrent) {
       for (int src = 0; src < C; ++src) acc += part_in[(src * BT + row) * U + u];
-      if (args.recurrent_gradient == RecurrentGradient::kClip) {
-        // Not fminf/fmaxf: those would turn a NaN cotangent into a bound and hide it.
-        acc = acc < -args.clipval ? -args.clipval : acc > args.clipval ? args.clipval : acc;
-      }
     }
-    return acc;
+    return RecurrentCotangent(args, acc);
   };
   // Every CTA of the group must be running (and part_first zeroed) before remote writes.
   Group::Sync();
@@ -98,49 +91,14 @@ __global__ void __launch_bounds__(Tile::kThreads, 1) BackwardKernel(const Backwa
 #pragma unroll
     for (int p = 0; p < P; ++p) {
       const int e = threadIdx.x + p * Tile::kThreads, u = e % U, row = e / U;
-      const int64_t b = b0 + row;
-      float dg[Gt] = {};
-      if (b < B) {
-        const float dh_rec = recurrent_cotangent(part_in, row, u);
-        if (after_reset[p]) {
-          args.d_states0[(b * N + head) * D + u0 + u] += dh_rec;
-        } else {
-          ds[p][0] += dh_rec;
-        }
-        const bool active = step < length[p];
-        const int64_t t = InputIndex(args.seq, step, length[p]);
-        after_reset[p] = active && ResetsBefore(args.seq, b, steps, t);
-        if (active) {
-          // The input read by the step before this one: t - 1, or t + 1 in reverse.
-          const int64_t t_prev = args.seq.reverse ? t + 1 : t - 1;
-          const bool from_initial = step == 0 || after_reset[p];
-          float pre[Gt], prev[S];
-#pragma unroll
-          for (int i = 0; i < S; ++i) {
-            ds[p][i] +=
-                ToFloat(d_states_all[(((i * B + b) * steps + t) * N + head) * D + u0 + u]);
-            prev[i] = from_initial
-                          ? args.states0[((i * B + b) * N + head) * D + u0 + u]
-                          : args.states_f32[(((i * B + b) * steps + t_prev) * N + head) * D + u0 + u];
-          }
-#pragma unroll
-          for (int g = 0; g < Gt; ++g) {
-            pre[g] = args.gate_cache[(((b * steps + t) * Gt + g) * N + head) * D + u0 + u];
-          }
-          Cell::Backward(pre, prev, ds[p], dg);
-          if (after_reset[p]) {
-#pragma unroll
-            for (int i = 0; i < S; ++i) {
-              args.d_states0[((i * B + b) * N + head) * D + u0 + u] += ds[p][i];
-              ds[p][i] = 0.0f;
-            }
-          }
-        }
-#pragma unroll
-        for (int g = 0; g < Gt; ++g) {
-          args.d_gates[(((b * steps + t) * Gt + g) * N + head) * D + u0 + u] = dg[g];
-        }
-      }
+      const BackwardElement el = element(p);
+      const BackwardRowStep at = BackwardRowAt(args, el.b, el.nd, length[p], step);
+      BackwardInputs<Cell> in;
+      LoadBackwardInputs<Cell, T>(args, el, at, in);
+      float dg[Gt];
+      BackwardStep<Cell>(args, el, at, in, recurrent_cotangent(part_in, row, u), after_reset[p],
+                         ds[p], dg);
+      after_reset[p] = at.resets;
 #pragma unroll
       for (int g = 0; g < Gr; ++g) dg_s[(g * BT + row) * U + u] = dg[g];
     }
@@ -171,19 +129,22 @@ __global__ void __launch_bounds__(Tile::kThreads, 1) BackwardKernel(const Backwa
 #pragma unroll
   for (int p = 0; p < P; ++p) {
     const int e = threadIdx.x + p * Tile::kThreads, u = e % U, row = e / U;
-    const int64_t b = b0 + row;
-    if (b >= B) continue;
-    ds[p][0] += recurrent_cotangent(part_in, row, u);
-#pragma unroll
-    for (int i = 0; i < S; ++i) args.d_states0[((i * B + b) * N + head) * D + u0 + u] += ds[p][i];
+    FinishCotangents<Cell>(args, element(p), recurrent_cotangent(part_in, row, u), ds[p]);
   }
 }
 
 template <typename Cell, typename T, typename Tile>
 cudaError_t LaunchBackward(const BackwardArgs& args, cudaStream_t stream) {
-  using Layout = BackwardLayout<Cell::kGatesR, sizeof(T), Tile>;
-  return LaunchOverHeadsAndBatchTiles<Tile>(BackwardKernel<Cell, T, Tile>, args, Layout::kBytes,
-                                            stream);
+#if FLASHRNN_MMA_BACKWARD
+  if constexpr (kMmaBackwardSupported<Cell, T, Tile>) {
+    return LaunchBackwardMma<Cell, T, Tile::kHeadSize>(args, stream);
+  } else
+#endif
+  {
+    using Layout = BackwardLayout<Cell::kGatesR, sizeof(T), Tile>;
+    return LaunchOverHeadsAndBatchTiles<Tile>(BackwardKernel<Cell, T, Tile>, args,
+                                              Layout::kBytes, stream);
+  }
 }
 
 }  // namespace flashrnn

@@ -23,54 +23,11 @@
 #include "dtype.cuh"
 #include "forward_element.cuh"
 #include "launch.cuh"
+#include "mma_operand.cuh"
 #include "params.h"
 #include "tiling.h"
 
 namespace flashrnn {
-
-// One warp-wide c += a * b of mma.sync m16n8k16 with 16-bit operands of PTX type `ab`.
-#define FLASHRNN_MMA_M16N8K16(ab, c, a, b0, b1)                                          \
-  asm("mma.sync.aligned.m16n8k16.row.col.f32." ab "." ab ".f32 "                        \
-      "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"                 \
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])                                   \
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1))
-
-template <typename T>
-struct MmaOperand;
-
-template <>
-struct MmaOperand<__nv_bfloat16> {
-  // h = hi + lo to ~16 mantissa bits (bfloat16 has float32's range: nothing saturates).
-  __device__ static void Split(float h, __nv_bfloat16& hi, __nv_bfloat16& lo) {
-    hi = __float2bfloat16_rn(h);
-    lo = __float2bfloat16_rn(h - __bfloat162float(hi));
-  }
-  // Two values in one 32-bit register, the lower index in the lower half.
-  __device__ static uint32_t Pack(__nv_bfloat16 lo, __nv_bfloat16 hi) {
-    return uint32_t{__bfloat16_as_ushort(lo)} | (uint32_t{__bfloat16_as_ushort(hi)} << 16);
-  }
-  // c += a (16x16, row-major fragments) * b (16x8, column-major fragments), float32 c.
-  __device__ static void Mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-    FLASHRNN_MMA_M16N8K16("bf16", c, a, b0, b1);
-  }
-};
-
-template <>
-struct MmaOperand<__half> {
-  // h = hi + lo; both parts saturate at float16's largest finite value, so that an h beyond
-  // its range (only a user-given initial state can be one) gives a finite matmul, not inf - inf.
-  __device__ static void Split(float h, __half& hi, __half& lo) {
-    constexpr float kMax = 65504.0f;
-    hi = __float2half_rn(fminf(fmaxf(h, -kMax), kMax));
-    lo = __float2half_rn(fminf(fmaxf(h - __half2float(hi), -kMax), kMax));
-  }
-  __device__ static uint32_t Pack(__half lo, __half hi) {
-    return uint32_t{__half_as_ushort(lo)} | (uint32_t{__half_as_ushort(hi)} << 16);
-  }
-  __device__ static void Mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-    FLASHRNN_MMA_M16N8K16("f16", c, a, b0, b1);
-  }
-};
 
 // Which calls the tensor-core forward takes: 16-bit inputs, a head in one CTA, and R small
 // enough to stay in registers (Gr x D x D / (2 D threads) values per thread).
@@ -236,4 +193,3 @@ cudaError_t LaunchForwardMma(const ForwardArgs& args, cudaStream_t stream) {
 
 }  // namespace flashrnn
 
-#undef FLASHRNN_MMA_M16N8K16

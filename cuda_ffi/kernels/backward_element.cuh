@@ -1,0 +1,157 @@
+// The per-element stages of a backward step that every backward kernel shares, whatever
+// computes its recurrent product: the residuals and output cotangents a step reads, and the
+// cell's derivative with the sequence options around it. An element is one hidden unit of one
+// head for one batch row; its state cotangents live in the calling thread's registers. Steps
+// run in reverse reading order; "the step after" is the previous iteration.
+#pragma once
+
+#include <cstdint>
+
+#include "dtype.cuh"
+#include "params.h"
+#include "sequence.cuh"
+
+namespace flashrnn {
+
+// An element's place: batch row b (< B, or a padding row of the batch tile) and column
+// hd = head * D + unit of the [..., N, D] layouts (nd = N * D of them).
+struct BackwardElement {
+  int64_t b, hd, nd;
+};
+
+// Where a batch row stands at one step, computed once per row and step: the row offsets
+// (b * steps + t) * nd of the input t the step read and of the one read before it, whether the
+// step ran at all (step < length), whether its states came from the initial states (the row's
+// first step, or a reset before it), and whether that was a reset.
+struct BackwardRowStep {
+  int64_t at, at_prev;
+  bool active, from_initial, resets;
+};
+
+__device__ __forceinline__ BackwardRowStep BackwardRowAt(const BackwardArgs& args, int64_t b,
+                                                         int64_t nd, int64_t length,
+                                                         int64_t step) {
+  const int64_t t = InputIndex(args.seq, step, length);
+  const int64_t t_prev = args.seq.reverse ? t + 1 : t - 1;
+  const bool active = step < length;
+  const bool resets = active && ResetsBefore(args.seq, b, args.steps, t);
+  return {(b * args.steps + t) * nd, (b * args.steps + t_prev) * nd, active,
+          step == 0 || resets, resets};
+}
+
+// The recurrent cotangent the options let through, from the full sum over R's rows: none
+// when cut, clipped to [-clipval, clipval] with kClip. Not fminf/fmaxf: those would turn a NaN
+// cotangent into a bound and hide it.
+__device__ __forceinline__ float RecurrentCotangent(const BackwardArgs& args, float sum) {
+  switch (args.recurrent_gradient) {
+    case RecurrentGradient::kCut:
+      return 0.0f;
+    case RecurrentGradient::kClip:
+      return sum < -args.clipval ? -args.clipval : sum > args.clipval ? args.clipval : sum;
+    default:
+      return sum;
+  }
+}
+
+// What one step reads besides the recurrent cotangent, loadable a step ahead: the cotangent
+// of its output states, the states it started from, its cached pre-activations. Zeros for a
+// step that did not run.
+template <typename Cell>
+struct BackwardInputs {
+  float d_out[Cell::kStates];
+  float prev[Cell::kStates];
+  float pre[Cell::kGatesB];
+};
+
+template <typename Cell, typename T>
+__device__ __forceinline__ void LoadBackwardInputs(const BackwardArgs& args,
+                                                   const BackwardElement& e,
+                                                   const BackwardRowStep& row,
+                                                   BackwardInputs<Cell>& in) {
+  const bool real = row.active && e.b < args.batch;
+  const int64_t state_stride = args.batch * args.steps * e.nd;
+  const T* d_states_all = static_cast<const T*>(args.d_states_all);
+#pragma unroll
+  for (int i = 0; i < Cell::kStates; ++i) {
+    in.d_out[i] = real ? ToFloat(d_states_all[i * state_stride + row.at + e.hd]) : 0.0f;
+    in.prev[i] = !real             ? 0.0f
+                 : row.from_initial ? args.states0[(i * args.batch + e.b) * e.nd + e.hd]
+                                    : args.states_f32[i * state_stride + row.at_prev + e.hd];
+  }
+#pragma unroll
+  for (int g = 0; g < Cell::kGatesB; ++g) {
+    in.pre[g] = real ? args.gate_cache[row.at * Cell::kGatesB + g * e.nd + e.hd] : 0.0f;
+  }
+}
+
+// The state cotangents before step 0: those of the last states; d_states0 starts at zero
+// (this thread alone accumulates its elements' entries).
+template <typename Cell, typename T>
+__device__ __forceinline__ void StartCotangents(const BackwardArgs& args,
+                                                const BackwardElement& e,
+                                                float (&ds)[Cell::kStates]) {
+  const T* d_last = static_cast<const T*>(args.d_last_states);
+#pragma unroll
+  for (int i = 0; i < Cell::kStates; ++i) {
+    const int64_t at = (i * args.batch + e.b) * e.nd + e.hd;
+    ds[i] = e.b < args.batch ? ToFloat(d_last[at]) : 0.0f;
+    if (e.b < args.batch) args.d_states0[at] = 0.0f;
+  }
+}
+
+// One step of the element. dh_rec is the cotangent reaching the h this step produced through
+// R @ h of the step after; it goes to the initial h instead when the step after reset
+// (after_reset). ds: the state cotangents after the step on entry, before it on exit. dg: the
+// cotangent of every bias gate's pre-activation (zeros where the step did not run), also
+// written to d_gates. The cell derivative is computed for every element and selected, so that
+// the elements of a thread interleave in one basic block.
+template <typename Cell>
+__device__ __forceinline__ void BackwardStep(const BackwardArgs& args, const BackwardElement& e,
+                                             const BackwardRowStep& row,
+                                             const BackwardInputs<Cell>& in, float dh_rec,
+                                             bool after_reset, float (&ds)[Cell::kStates],
+                                             float (&dg)[Cell::kGatesB]) {
+  constexpr int S = Cell::kStates, Gt = Cell::kGatesB;
+#pragma unroll
+  for (int g = 0; g < Gt; ++g) dg[g] = 0.0f;
+  if (e.b >= args.batch) return;
+  if (after_reset) {
+    args.d_states0[e.b * e.nd + e.hd] += dh_rec;
+  } else {
+    ds[0] += dh_rec;
+  }
+  float stepped[S], gates[Gt];
+#pragma unroll
+  for (int i = 0; i < S; ++i) stepped[i] = ds[i] + in.d_out[i];
+  Cell::Backward(in.pre, in.prev, stepped, gates);
+#pragma unroll
+  for (int i = 0; i < S; ++i) ds[i] = row.active ? stepped[i] : ds[i];
+#pragma unroll
+  for (int g = 0; g < Gt; ++g) dg[g] = row.active ? gates[g] : 0.0f;
+  if (row.resets) {
+#pragma unroll
+    for (int i = 0; i < S; ++i) {
+      args.d_states0[(i * args.batch + e.b) * e.nd + e.hd] += ds[i];
+      ds[i] = 0.0f;
+    }
+  }
+  float* d_gates = args.d_gates + row.at * Gt + e.hd;
+#pragma unroll
+  for (int g = 0; g < Gt; ++g) d_gates[g * e.nd] = dg[g];
+}
+
+// After the last step (step 0): what it sent back through R reaches the initial h; the state
+// cotangents go to the initial states.
+template <typename Cell>
+__device__ __forceinline__ void FinishCotangents(const BackwardArgs& args,
+                                                 const BackwardElement& e, float dh_rec,
+                                                 float (&ds)[Cell::kStates]) {
+  if (e.b >= args.batch) return;
+  ds[0] += dh_rec;
+#pragma unroll
+  for (int i = 0; i < Cell::kStates; ++i) {
+    args.d_states0[(i * args.batch + e.b) * e.nd + e.hd] += ds[i];
+  }
+}
+
+}  // namespace flashrnn

@@ -1,0 +1,182 @@
+// The tensor-core backward kernel for bfloat16 heads that fit one CTA (head size 16..128): Rᵀ
+// lives in registers as mma.sync m16n8k16 A fragments for the whole sequence, and a step's
+// recurrent product reads only the previous step's gate cotangents from shared memory.
+// EXPERIMENTAL: built only with the CMake option FLASHRNN_MMA_BACKWARD=ON, and not yet run
+// on a GPU (see benchmarks/NOTES.md, v2 backward).
+//
+// The recurrent cotangent of unit u, dh[u, b] = sum over gates g and units o of
+// R[g, o, u] dg[g, o, b], is one matmul with M = the head's units, K = (gate, unit) pairs and
+// N = the batch tile of 8 rows. Warp w owns the units [16w, 16w + 16), so after the mma lane l
+// (group = l / 4, tig = l % 4) holds dh of units 16w + group (+8) for batch rows 2 tig (+1),
+// the m16n8 accumulator layout, and runs the pointwise derivative of exactly those four
+// elements. The gate cotangents go to shared memory as hi + lo bfloat16 pairs (bfloat16 has
+// float32's range, so small cotangents do not flush, as they would in float16; float16 heads
+// keep the FMA kernel), and both parts go through the tensor cores.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <type_traits>
+
+#include "backward_element.cuh"
+#include "launch.cuh"
+#include "mma_operand.cuh"
+#include "params.h"
+#include "tiling.h"
+
+namespace flashrnn {
+
+// Which calls the tensor-core backward takes: bfloat16, a head in one CTA, and a lane's
+// registers enough for its Rᵀ fragments (Gr D / 4) and its four elements' cotangents and
+// prefetched inputs (3 S + Gt each). ptxas -v (sm_90a): LSTM at D = 128, an estimate of 168,
+// fits in 255 registers; sLSTM at D = 128, 192, spills 88 bytes.
+template <typename Cell, typename T, typename Tile>
+constexpr bool kMmaBackwardSupported =
+    std::is_same_v<T, __nv_bfloat16> && Tile::kCluster == 1 && Tile::kHeadSize % 16 == 0 &&
+    Cell::kGatesR * Tile::kHeadSize / 4 + 4 * (3 * Cell::kStates + Cell::kGatesB) <= 176;
+
+// Shared memory: the gate cotangents [batch row][gate * D + unit] as hi and lo parts,
+// double-buffered, rows padded by 8 values so that the eight lane groups of a B-fragment load
+// fall in distinct banks.
+template <int kGatesR, int D, int BT>
+struct MmaBackwardLayout {
+  static constexpr int kRowStride = kGatesR * D + 8;
+  static constexpr int kBufferValues = BT * kRowStride;
+  static constexpr std::size_t kBytes =
+      2 * 2 * std::size_t{kBufferValues} * sizeof(__nv_bfloat16);
+};
+
+// Launch bounds (threads, 1): as the other persistent kernels.
+template <typename Cell, typename T, int D>
+__global__ void __launch_bounds__(2 * D, 1) BackwardMmaKernel(const BackwardArgs args) {
+  constexpr int BT = 8;  // one n-tile: the four elements per lane of the accumulator layout
+  using Op = MmaOperand<T>;
+  using Layout = MmaBackwardLayout<Cell::kGatesR, D, BT>;
+  constexpr int Gr = Cell::kGatesR, Gt = Cell::kGatesB, S = Cell::kStates;
+  constexpr int KT = Gr * D / 16;  // k-tiles over (gate, unit)
+  constexpr int E = 4, kStride = Layout::kRowStride;
+
+  extern __shared__ __align__(128) unsigned char smem[];
+  T* dg_hi = reinterpret_cast<T*>(smem);       // [2][BT][kStride]
+  T* dg_lo = dg_hi + 2 * Layout::kBufferValues;  // [2][BT][kStride]
+
+  const int64_t N = args.heads, head = blockIdx.x, nd = N * D;
+  const int64_t b0 = int64_t{blockIdx.y} * BT;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int group = lane / 4, tig = lane % 4;
+  const int unit0 = 16 * warp + group;  // this lane's first unit; the second is unit0 + 8
+
+  // Rᵀ as A fragments: A[u][k] with k = g D + o is R[g, head, o, u]; register r of k-tile kt
+  // holds row unit0 + 8 (r % 2) and the column pair 16 kt + 2 tig + 8 (r / 2) (+1, the next o
+  // of the same gate, since D is a multiple of 16).
+  const T* R = static_cast<const T*>(args.r);
+  uint32_t a[KT][4];
+#pragma unroll
+  for (int kt = 0; kt < KT; ++kt) {
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+      const int u = unit0 + 8 * (r % 2), k = 16 * kt + 2 * tig + 8 * (r / 2);
+      const T* at = R + ((int64_t{k / D} * N + head) * D + k % D) * D + u;
+      a[kt][r] = Op::Pack(at[0], at[D]);
+    }
+  }
+
+  // Element e of this lane: unit unit0 + 8 (e / 2), batch row 2 tig + e % 2 (row slot e % 2).
+  int64_t batch_row[2], length[2];
+#pragma unroll
+  for (int slot = 0; slot < 2; ++slot) {
+    batch_row[slot] = b0 + 2 * tig + slot;
+    length[slot] = RowLength(args.seq, batch_row[slot], args.batch, args.steps);
+  }
+  auto element = [&](int e) {
+    return BackwardElement{batch_row[e % 2], head * D + unit0 + 8 * (e / 2), nd};
+  };
+  float ds[E][S];
+#pragma unroll
+  for (int e = 0; e < E; ++e) StartCotangents<Cell, T>(args, element(e), ds[e]);
+  // The step T-1 reads the gate cotangents of a step T that does not exist: zeros.
+  for (int idx = threadIdx.x; idx < 4 * Layout::kBufferValues; idx += blockDim.x) {
+    dg_hi[idx] = T(0.0f);
+  }
+  __syncthreads();
+
+  // dh of this lane's elements from the gate cotangents in `buffer` (none when cut).
+  const bool recurrent = args.recurrent_gradient != RecurrentGradient::kCut;
+  auto recurrent_product = [&](int buffer, float (&acc)[4]) {
+#pragma unroll
+    for (int r = 0; r < 4; ++r) acc[r] = 0.0f;
+    if (!recurrent) return;
+    const T* hi = dg_hi + buffer * Layout::kBufferValues;
+    const T* lo = dg_lo + buffer * Layout::kBufferValues;
+#pragma unroll
+    for (int kt = 0; kt < KT; ++kt) {
+      // B fragment: dg[batch row group][k = 16 kt + 2 tig (+8)], two values per register.
+      const int at = group * kStride + 16 * kt + 2 * tig;
+      Op::Mma(acc, a[kt], *reinterpret_cast<const uint32_t*>(hi + at),
+              *reinterpret_cast<const uint32_t*>(hi + at + 8));
+      Op::Mma(acc, a[kt], *reinterpret_cast<const uint32_t*>(lo + at),
+              *reinterpret_cast<const uint32_t*>(lo + at + 8));
+    }
+  };
+
+  // The row state and inputs of a step are loaded at the end of the step after it (in reading
+  // order; of the last step, here), so that their latency hides behind the barrier and the
+  // next product.
+  BackwardRowStep row[2];
+  BackwardInputs<Cell> in[E];
+  auto load_step = [&](int64_t step) {
+#pragma unroll
+    for (int slot = 0; slot < 2; ++slot) {
+      row[slot] = BackwardRowAt(args, batch_row[slot], nd, length[slot], step);
+    }
+#pragma unroll
+    for (int e = 0; e < E; ++e) LoadBackwardInputs<Cell, T>(args, element(e), row[e % 2], in[e]);
+  };
+  if (args.steps > 0) load_step(args.steps - 1);
+
+  bool after_reset[2] = {false, false};
+  for (int64_t step = args.steps - 1; step >= 0; --step) {
+    float acc[4];
+    recurrent_product(static_cast<int>((step + 1) & 1), acc);
+    const int next = static_cast<int>(step & 1);
+    T* hi_next = dg_hi + next * Layout::kBufferValues;
+    T* lo_next = dg_lo + next * Layout::kBufferValues;
+#pragma unroll
+    for (int e = 0; e < E; ++e) {
+      float dg[Gt];
+      BackwardStep<Cell>(args, element(e), row[e % 2], in[e], RecurrentCotangent(args, acc[e]),
+                         after_reset[e % 2], ds[e], dg);
+#pragma unroll
+      for (int g = 0; g < Gr; ++g) {
+        const int at = (2 * tig + e % 2) * kStride + g * D + unit0 + 8 * (e / 2);
+        Op::Split(dg[g], hi_next[at], lo_next[at]);
+      }
+    }
+#pragma unroll
+    for (int slot = 0; slot < 2; ++slot) after_reset[slot] = row[slot].resets;
+    if (step > 0) load_step(step - 1);
+    __syncthreads();
+  }
+
+  // What step 0 sent back (buffer 0) reaches the initial h.
+  float acc[4];
+  recurrent_product(0, acc);
+#pragma unroll
+  for (int e = 0; e < E; ++e) {
+    FinishCotangents<Cell>(args, element(e), RecurrentCotangent(args, acc[e]), ds[e]);
+  }
+}
+
+// Launches the tensor-core backward over every head and batch tile of 8 rows.
+template <typename Cell, typename T, int D>
+cudaError_t LaunchBackwardMma(const BackwardArgs& args, cudaStream_t stream) {
+  using Shape = Tiling<D, 1, 8, 2 * D>;
+  return LaunchOverHeadsAndBatchTiles<Shape>(BackwardMmaKernel<Cell, T, D>, args,
+                                             MmaBackwardLayout<Cell::kGatesR, D, 8>::kBytes,
+                                             stream);
+}
+
+}  // namespace flashrnn

@@ -1,0 +1,60 @@
+// The 16-bit tensor-core operands of the mma kernels: mma.sync m16n8k16 with float32
+// accumulators, and a float32 value as the sum of two 16-bit values (hi + lo, ~16 mantissa
+// bits), so that an operand computed in float32 (h in the forward, the gate cotangents in the
+// backward) goes through the tensor cores at close to float32 accuracy.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cstdint>
+
+namespace flashrnn {
+
+// One warp-wide c += a * b of mma.sync m16n8k16 with 16-bit operands of PTX type `ab`.
+#define FLASHRNN_MMA_M16N8K16(ab, c, a, b0, b1)                                          \
+  asm("mma.sync.aligned.m16n8k16.row.col.f32." ab "." ab ".f32 "                        \
+      "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"                 \
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])                                   \
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1))
+
+template <typename T>
+struct MmaOperand;
+
+template <>
+struct MmaOperand<__nv_bfloat16> {
+  // v = hi + lo to ~16 mantissa bits (bfloat16 has float32's range: nothing saturates).
+  __device__ static void Split(float v, __nv_bfloat16& hi, __nv_bfloat16& lo) {
+    hi = __float2bfloat16_rn(v);
+    lo = __float2bfloat16_rn(v - __bfloat162float(hi));
+  }
+  // Two values in one 32-bit register, the lower index in the lower half.
+  __device__ static uint32_t Pack(__nv_bfloat16 lo, __nv_bfloat16 hi) {
+    return uint32_t{__bfloat16_as_ushort(lo)} | (uint32_t{__bfloat16_as_ushort(hi)} << 16);
+  }
+  // c += a (16x16, row-major fragments) * b (16x8, column-major fragments), float32 c.
+  __device__ static void Mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    FLASHRNN_MMA_M16N8K16("bf16", c, a, b0, b1);
+  }
+};
+
+template <>
+struct MmaOperand<__half> {
+  // v = hi + lo; both parts saturate at float16's largest finite value, so that a value beyond
+  // its range gives a finite matmul, not inf - inf.
+  __device__ static void Split(float v, __half& hi, __half& lo) {
+    constexpr float kMax = 65504.0f;
+    hi = __float2half_rn(fminf(fmaxf(v, -kMax), kMax));
+    lo = __float2half_rn(fminf(fmaxf(v - __half2float(hi), -kMax), kMax));
+  }
+  __device__ static uint32_t Pack(__half lo, __half hi) {
+    return uint32_t{__half_as_ushort(lo)} | (uint32_t{__half_as_ushort(hi)} << 16);
+  }
+  __device__ static void Mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    FLASHRNN_MMA_M16N8K16("f16", c, a, b0, b1);
+  }
+};
+
+}  // namespace flashrnn
+
+#undef FLASHRNN_MMA_M16N8K16
