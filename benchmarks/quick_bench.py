@@ -39,8 +39,8 @@ def bench_case(function, backend, dtype, B, T, N, D, key, masks=False):
     b = jax.random.normal(k3, (cell.gates_b, N, D)).astype(dtype)
     options = {}
     if masks:
-        options = dict(seq_lengths=jnp.full((B,), T, jnp.int32),
-                       resets=jax.random.uniform(k4, (B, T)) < 0.01)
+        options = {"seq_lengths": jnp.full((B,), T, jnp.int32),
+                   "resets": jax.random.uniform(k4, (B, T)) < 0.01}
 
     def run(Wx, R, b):
         return flashrnn(Wx, R, b, function=function, backend=backend, **options)[0]
@@ -67,7 +67,6 @@ def main():
     parser.add_argument("--steps", type=int, default=1024)
     args = parser.parse_args()
     key = jax.random.key(0)
-    module = fused.extension()
     records = []
     for function in ("lstm", "slstm"):
         for N, D in ((12, 64), (3, 256)):
@@ -84,8 +83,7 @@ def main():
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"gpu": jax.devices()[0].device_kind, "jax": jax.__version__,
-                       "mma_forward": bool(module and module.mma_forward()),
-                       "mma_backward": bool(module and module.mma_backward()),
+                       "tensor_core": fused.tensor_core_kernels(),
                        "records": records + mask_records}, f, indent=1)
     print(f"{'function':8} {'N x D':>8} {'impl':>6} {'fwd ms':>9} {'fwd+bwd ms':>11} {'speed-up':>9}")
     for fused_rec, scan_rec in zip(records[::2], records[1::2]):

@@ -60,7 +60,7 @@ from fractions import Fraction
 import jax
 import jax.numpy as jnp
 
-from flashrnn_jax import FUNCTIONS, FusedBackendUnavailableError, flashrnn
+from flashrnn_jax import FUNCTIONS, FusedBackendUnavailableError, flashrnn, fused
 from flashrnn_jax.cells import get_cell
 
 try:  # run as a script: benchmarks/ is sys.path[0]
@@ -399,6 +399,7 @@ def main(argv=None):
     out.parent.mkdir(parents=True, exist_ok=True)
     results = {
         "gpu": device.device_kind, "platform": device.platform, "jax": jax.__version__,
+        "tensor_core": fused.tensor_core_kernels(),
         "settings": {"sweeps": list(sweeps), "functions": args.functions, "dtypes": args.dtypes,
                      "impls": args.impls, "scale": [str(s) for s in scale],
                      "warmup": args.warmup, "runs": args.runs},

@@ -62,6 +62,15 @@ def extension():
     return module
 
 
+def tensor_core_kernels() -> dict[str, bool]:
+    """Which tensor-core kernels the build holds (CMake ``FLASHRNN_MMA_FORWARD`` and
+    ``FLASHRNN_MMA_BACKWARD``), for the records of tests and benchmarks; both False without the
+    compiled module."""
+    module = extension()
+    return {"forward": bool(module and module.mma_forward()),
+            "backward": bool(module and module.mma_backward())}
+
+
 @functools.cache
 def compiled_grid() -> dict[tuple[str, str, int], tuple[hardware.Tiling, ...]]:
     """The compiled kernels: (function, XLA dtype name, head size) -> their tilings."""

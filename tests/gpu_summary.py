@@ -32,10 +32,13 @@ def _write(complete: bool) -> None:
         return
     import jax
 
+    from flashrnn_jax import fused
+
     path = os.environ["FLASHRNN_GPU_SUMMARY"]
     with open(path + ".tmp", "w") as f:
-        json.dump({"gpu": jax.devices()[0].device_kind, **_outcomes, "complete": complete,
-                   "tests": _tests, "cases": _cases}, f, indent=1)
+        json.dump({"gpu": jax.devices()[0].device_kind,
+                   "tensor_core": fused.tensor_core_kernels(), **_outcomes,
+                   "complete": complete, "tests": _tests, "cases": _cases}, f, indent=1)
     os.replace(path + ".tmp", path)
 
 
