@@ -29,13 +29,16 @@
 
 namespace flashrnn {
 
-// Which calls the tensor-core backward takes: bfloat16, a head in one CTA, and a lane's
-// registers enough for its Rᵀ fragments (Gr D / 4) and its four elements' cotangents and
-// prefetched inputs (3 S + Gt each). ptxas -v (sm_90a): LSTM at D = 128, an estimate of 168,
-// fits in 255 registers; sLSTM at D = 128, 192, spills 88 bytes.
+// Which calls the tensor-core backward takes: bfloat16, a head of 16..128 in one CTA, and a
+// lane's registers enough for its Rᵀ fragments (Gr D / 4) and its four elements' cotangents
+// and prefetched inputs (3 S + Gt each). The sum is only a threshold, not a register count
+// (ptxas -v, sm_90a: LSTM D=16 scores 48 and uses 148 registers, D=128 scores 168 and uses
+// 255 without spilling); 176 is where it separates what fits from sLSTM at D=128 (192), which
+// spills 88 bytes and keeps the FMA kernel.
 template <typename Cell, typename T, typename Tile>
 constexpr bool kMmaBackwardSupported =
     std::is_same_v<T, __nv_bfloat16> && Tile::kCluster == 1 && Tile::kHeadSize % 16 == 0 &&
+    Tile::kHeadSize <= 128 &&
     Cell::kGatesR * Tile::kHeadSize / 4 + 4 * (3 * Cell::kStates + Cell::kGatesB) <= 176;
 
 // Shared memory: the gate cotangents [batch row][gate * D + unit] as hi and lo parts,

@@ -23,10 +23,12 @@ struct MmaOperand;
 
 template <>
 struct MmaOperand<__nv_bfloat16> {
-  // v = hi + lo to ~16 mantissa bits (bfloat16 has float32's range: nothing saturates).
+  // v = hi + lo to ~16 mantissa bits (bfloat16 has float32's range: nothing saturates). An
+  // infinite v keeps lo = 0, not inf - inf, so that the product is infinite as in float32.
   __device__ static void Split(float v, __nv_bfloat16& hi, __nv_bfloat16& lo) {
     hi = __float2bfloat16_rn(v);
-    lo = __float2bfloat16_rn(v - __bfloat162float(hi));
+    const float rest = v - __bfloat162float(hi);
+    lo = __float2bfloat16_rn(isfinite(rest) ? rest : 0.0f);
   }
   // Two values in one 32-bit register, the lower index in the lower half.
   __device__ static uint32_t Pack(__nv_bfloat16 lo, __nv_bfloat16 hi) {
