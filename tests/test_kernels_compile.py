@@ -33,6 +33,8 @@ template cudaError_t LaunchForward<LstmCell, __nv_bfloat16, Tiling<64, 1, 16, 51
     const ForwardArgs&, cudaStream_t);
 template cudaError_t LaunchForward<SlstmCell, __half, Tiling<256, 4, 16, 512>>(
     const ForwardArgs&, cudaStream_t);
+template cudaError_t LaunchForward<LstmCell, __nv_bfloat16, Tiling<256, 4, 16, 512>>(
+    const ForwardArgs&, cudaStream_t);
 template cudaError_t LaunchBackward<GruCell, float, Tiling<32, 1, 16, 512>>(
     const BackwardArgs&, cudaStream_t);
 template cudaError_t LaunchBackward<LstmCell, __nv_bfloat16, Tiling<64, 1, 16, 512>>(
@@ -48,16 +50,17 @@ template cudaError_t LaunchBackward<SlstmCell, __nv_bfloat16, Tiling<64, 1, 16, 
 """
 
 
-MMA_BF16 = "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32"
+MMA = "mma.sync.aligned.m16n8k16.row.col.f32."
 
 
 def _compile(tmp_path, mma: bool, *extra: str) -> subprocess.CompletedProcess:
-    """nvcc on SOURCE with both tensor-core kernels (mma) or neither."""
+    """nvcc on SOURCE with all tensor-core kernels (mma) or none."""
     source = tmp_path / "kernels.cu"
     source.write_text(SOURCE)
     return subprocess.run(
         [NVCC, "-std=c++17", "-arch=sm_90a", "--expt-relaxed-constexpr",
          f"-DFLASHRNN_MMA_FORWARD={int(mma)}", f"-DFLASHRNN_MMA_BACKWARD={int(mma)}",
+         f"-DFLASHRNN_MMA_CLUSTER_FORWARD={int(mma)}",
          f"-I{REPO / 'cuda_ffi'}", *extra, str(source)],
         capture_output=True, text=True, timeout=900, cwd=tmp_path,
     )
@@ -68,27 +71,31 @@ def test_kernels_compile_without_the_tensor_core_kernels(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     ptx = (tmp_path / "k.ptx").read_text()
     assert "ForwardKernel" in ptx and "BackwardKernel" in ptx
-    assert "MmaKernel" not in ptx and "mma.sync" not in ptx
+    assert "Mma" not in ptx and "mma.sync" not in ptx
 
 
 def test_tensor_core_kernels_compile_with_their_mma_count_and_no_spills(tmp_path):
     result = _compile(tmp_path, True, "-c", "-Xptxas", "-v", "-o", str(tmp_path / "k.o"))
     assert result.returncode == 0, result.stderr[-3000:]
-    # ptxas reports every kernel: the LSTM bf16 D=64 forward and the bf16 backwards are the
-    # tensor-core ones now.
+    # ptxas reports every kernel: the forwards (LSTM bf16 D=64 in one CTA; LSTM bf16 and sLSTM
+    # f16 at D=256 over a cluster) and the bf16 backwards are the tensor-core ones now; each
+    # forward with residuals too.
     reports = dict(re.findall(r"Compiling entry function '(\w+)'.*?\n(.*?spill loads)",
                               result.stderr, re.S))
     forward = [name for name in reports if "ForwardMmaKernel" in name]
+    cluster = [name for name in reports if "ForwardMmaClusterKernel" in name]
     backward = [name for name in reports if "BackwardMmaKernel" in name]
-    assert len(forward) == 2 and len(backward) == 4, list(reports)  # forward: with residuals too
-    for name in forward + backward:
+    assert (len(forward), len(cluster), len(backward)) == (2, 4, 4), list(reports)
+    for name in forward + cluster + backward:
         assert "0 bytes spill stores, 0 bytes spill loads" in reports[name], reports[name]
     ptx = _compile(tmp_path, True, "--ptx", "-o", str(tmp_path / "k.ptx"))
     assert ptx.returncode == 0, ptx.stderr[-3000:]
     entries = re.findall(r"\.entry (\w+)\((.*?)\n\}\n", (tmp_path / "k.ptx").read_text(), re.S)
-    counts = {name: body.count(MMA_BF16) for name, body in entries if "MmaKernel" in name}
-    # Forward: 4 k-tiles x 1 n-tile (batch tile 8) x 4 gates x (hi, lo) per step, unrolled.
-    assert sorted(c for name, c in counts.items() if "Forward" in name) == [32, 32], counts
+    counts = {name: body.count(MMA) for name, body in entries if "Mma" in name}
+    # Forward: 4 k-tiles x 1 n-tile (batch tile 8) x 4 gates x (hi, lo) per step, unrolled; the
+    # cluster forward at D=256 as many: a quarter of the 16 k-tiles per warp.
+    assert sorted(c for name, c in counts.items()
+                  if "Forward" in name and "LstmCell" in name) == [32] * 4, counts
     # Backward, LSTM D=64: 16 k-tiles over (gate, unit) x (hi, lo), in the step loop and once
     # after it.
     lstm64 = [c for name, c in counts.items() if "BackwardMmaKernelINS_8LstmCell" in name

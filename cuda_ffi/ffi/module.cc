@@ -42,6 +42,10 @@ NB_MODULE(_cuda, m) {
       "mma_backward", []() { return FLASHRNN_MMA_BACKWARD != 0; },
       "Whether the experimental tensor-core backward (CMake FLASHRNN_MMA_BACKWARD) is built.");
   m.def(
+      "mma_cluster_forward", []() { return FLASHRNN_MMA_CLUSTER_FORWARD != 0; },
+      "Whether the experimental cluster tensor-core forward (CMake FLASHRNN_MMA_CLUSTER_FORWARD) "
+      "is built.");
+  m.def(
       "device_properties",
       [](int device) {
         cudaDeviceProp prop;

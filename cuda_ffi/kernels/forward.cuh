@@ -15,6 +15,7 @@
 #include "dtype.cuh"
 #include "forward_element.cuh"
 #include "forward_mma.cuh"
+#include "forward_mma_cluster.cuh"
 #include "launch.cuh"
 #include "layouts.h"
 #include "params.h"
@@ -104,6 +105,11 @@ cudaError_t LaunchForward(const ForwardArgs& args, cudaStream_t stream) {
 #if FLASHRNN_MMA_FORWARD
   if constexpr (kMmaForwardSupported<T, Tile>) {
     return LaunchForwardMma<Cell, T, Tile::kHeadSize>(args, stream);
+  } else
+#endif
+#if FLASHRNN_MMA_CLUSTER_FORWARD
+  if constexpr (kMmaClusterForwardSupported<T, Tile>) {
+    return LaunchForwardMmaCluster<Cell, T, Tile::kHeadSize>(args, stream);
   } else
 #endif
   {

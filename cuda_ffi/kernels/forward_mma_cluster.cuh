@@ -1,0 +1,194 @@
+// The tensor-core forward kernel for heads split over a thread-block cluster (bfloat16 /
+// float16, head size 256). EXPERIMENTAL: built only with the CMake option
+// FLASHRNN_MMA_CLUSTER_FORWARD=ON, and not yet run on a GPU (see benchmarks/NOTES.md).
+//
+// A head's units are split over the C CTAs of a cluster (U = D / C each). Within a CTA the
+// recurrent matmul is split over K as well: warp (m, p) owns units [16m, 16m + 16) of the CTA
+// and the quarter p of the head's inputs, so that its R fragments (Gr x D/64 k-tiles, 64
+// registers per lane for the LSTM at D = 256) stay in registers for the whole sequence. The
+// four quarters' partial sums meet in shared memory, where each thread picks up the sums of
+// one element (one of the four accumulator registers of its lane position, the one its
+// quarter p names) and runs its cell step: one element per thread. h goes, as hi + lo values
+// of the input dtype (forward_mma.cuh says why), into the h buffer of every CTA of the cluster
+// (distributed shared memory), double-buffered; one block barrier and one cluster barrier per
+// step.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <type_traits>
+
+#include "cluster_sync.cuh"
+#include "forward_element.cuh"
+#include "launch.cuh"
+#include "mma_operand.cuh"
+#include "params.h"
+#include "tiling.h"
+
+namespace flashrnn {
+
+// Which calls the cluster tensor-core forward takes: 16-bit inputs and head size 256 (the
+// single-CTA tensor-core forward covers up to 128; beyond 256 a CTA's R slice no longer fits
+// its registers).
+template <typename T, typename Tile>
+constexpr bool kMmaClusterForwardSupported =
+    (std::is_same_v<T, __nv_bfloat16> || std::is_same_v<T, __half>) && Tile::kHeadSize == 256;
+
+// CTAs per head: 8, so that a CTA has 32 units, 8 warps (4 quarters of K for each of 2 unit
+// tiles) and 255 registers per thread to spare.
+template <int D>
+constexpr int kMmaClusterSize = D / 32;
+
+// Shared memory: h of the whole head as hi and lo parts, double-buffered, rows padded by 8
+// values (distinct banks for the B-fragment loads); then the partial sums
+// [quarter][unit tile][gate][accumulator register][lane] in float32.
+template <typename T, int kGatesR, int D, int C>
+struct MmaClusterForwardLayout {
+  static constexpr int kBatchTile = 8, kQuarters = 4;
+  static constexpr int kUnitTiles = D / C / 16;
+  static constexpr int kRowStride = D + 8;
+  static constexpr int kBufferValues = kBatchTile * kRowStride;
+  static constexpr std::size_t kHBytes = AlignUp(2 * 2 * std::size_t{kBufferValues} * sizeof(T));
+  static constexpr std::size_t kPartBytes =
+      std::size_t{kQuarters} * kUnitTiles * kGatesR * 4 * 32 * sizeof(float);
+  static constexpr std::size_t kBytes = kHBytes + kPartBytes;
+  static constexpr int kThreads = 32 * kUnitTiles * kQuarters;
+};
+
+// Launch bounds (threads, 1): as the other persistent kernels.
+template <typename Cell, typename T, int D, int C, bool kResiduals>
+__global__ void __launch_bounds__(MmaClusterForwardLayout<T, Cell::kGatesR, D, C>::kThreads, 1)
+    ForwardMmaClusterKernel(const ForwardArgs args) {
+  using Op = MmaOperand<T>;
+  using Group = CtaGroup<C>;
+  using Layout = MmaClusterForwardLayout<T, Cell::kGatesR, D, C>;
+  constexpr int Gr = Cell::kGatesR, Gt = Cell::kGatesB, S = Cell::kStates;
+  constexpr int BT = Layout::kBatchTile, KP = Layout::kQuarters, MT = Layout::kUnitTiles;
+  constexpr int U = D / C, KTP = D / 16 / KP;  // units per CTA, k-tiles per quarter
+  constexpr int kStride = Layout::kRowStride;
+  static_assert(U % 16 == 0 && (D / 16) % KP == 0, "whole unit tiles and k-tile quarters");
+
+  extern __shared__ __align__(128) unsigned char smem[];
+  T* h_hi = reinterpret_cast<T*>(smem);          // [2][BT][kStride]
+  T* h_lo = h_hi + 2 * Layout::kBufferValues;      // [2][BT][kStride]
+  float* part = reinterpret_cast<float*>(smem + Layout::kHBytes);  // [KP][MT][Gr][4][32]
+
+  const int rank = Group::Rank();
+  const int64_t N = args.heads, head = blockIdx.x / C, nd = N * D;
+  const int64_t b0 = int64_t{blockIdx.y} * BT;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int group = lane / 4, tig = lane % 4;
+  const int mt = warp / KP, kp = warp % KP;
+  const int u0 = rank * U;  // this CTA's first unit of the head
+
+  // R[g, head, u0 + 16 mt + row, 16 (kp KTP + j) + col] as A fragments: register r of k-tile
+  // j holds row group (+8 for odd r) and the column pair 2 tig (+8 for r >= 2).
+  const T* R = static_cast<const T*>(args.r);
+  uint32_t a[Gr][KTP][4];
+#pragma unroll
+  for (int g = 0; g < Gr; ++g) {
+#pragma unroll
+    for (int j = 0; j < KTP; ++j) {
+#pragma unroll
+      for (int r = 0; r < 4; ++r) {
+        const int row = 16 * mt + group + 8 * (r % 2);
+        const int col = 16 * (kp * KTP + j) + 2 * tig + 8 * (r / 2);
+        const T* at = R + ((g * N + head) * D + u0 + row) * D + col;
+        a[g][j][r] = Op::Pack(at[0], at[1]);
+      }
+    }
+  }
+
+  // This thread's element: accumulator register kp of its lane position in the unit tile mt,
+  // i.e. unit 16 mt + group + 8 (kp / 2) of this CTA, batch row 2 tig + kp % 2.
+  const int unit = 16 * mt + group + 8 * (kp / 2), batch_row = 2 * tig + kp % 2;
+  const ForwardElement el{b0 + batch_row, head * D + u0 + unit, nd};
+  const int64_t length = RowLength(args.seq, el.b, args.batch, args.steps);
+  float bias[Gt], s[S];
+  LoadBias<Cell>(args, el, bias);
+  LoadStates<Cell>(args, el, s);
+  const int h_at = batch_row * kStride + u0 + unit;
+  // h into buffer `buffer` of every CTA of the cluster.
+  auto broadcast_h = [&](int buffer) {
+    const int at = buffer * Layout::kBufferValues + h_at;
+#pragma unroll
+    for (int r = 0; r < C; ++r) Op::Split(s[0], Group::Map(h_hi, r)[at], Group::Map(h_lo, r)[at]);
+  };
+  // Every CTA of the cluster must be running before its shared memory is written remotely.
+  Group::Sync();
+  broadcast_h(0);
+  Group::Sync();
+
+  // The row state, reset flag and inputs of a step are loaded at the end of the step before
+  // (of step 0, here), so that their latency hides behind the barriers and the next matmul.
+  RowStep row;
+  bool reset_next;
+  float pre[Gt];
+  auto load_step = [&](int64_t step) {
+    row = RowAt(args, el.b, nd, length, step);
+    reset_next = ResetsNext(args, el.b, length, step);
+    LoadPreactivations<Cell, T>(args, el, row, bias, pre);
+  };
+  load_step(0);
+
+  for (int64_t step = 0; step < args.steps; ++step) {
+    const int cur = static_cast<int>(step & 1);
+    const T* hi_cur = h_hi + cur * Layout::kBufferValues;
+    const T* lo_cur = h_lo + cur * Layout::kBufferValues;
+    float acc[Gr][4] = {};
+#pragma unroll
+    for (int j = 0; j < KTP; ++j) {
+      // B fragment: h[batch row group][k = 16 kt + 2 tig (+8)], two values per register.
+      const int at = group * kStride + 16 * (kp * KTP + j) + 2 * tig;
+      const uint32_t hi0 = *reinterpret_cast<const uint32_t*>(hi_cur + at);
+      const uint32_t hi1 = *reinterpret_cast<const uint32_t*>(hi_cur + at + 8);
+      const uint32_t lo0 = *reinterpret_cast<const uint32_t*>(lo_cur + at);
+      const uint32_t lo1 = *reinterpret_cast<const uint32_t*>(lo_cur + at + 8);
+#pragma unroll
+      for (int g = 0; g < Gr; ++g) {
+        Op::Mma(acc[g], a[g][j], hi0, hi1);
+        Op::Mma(acc[g], a[g][j], lo0, lo1);
+      }
+    }
+#pragma unroll
+    for (int g = 0; g < Gr; ++g) {
+#pragma unroll
+      for (int c = 0; c < 4; ++c) part[(((kp * MT + mt) * Gr + g) * 4 + c) * 32 + lane] = acc[g][c];
+    }
+    __syncthreads();
+
+    float rh[Gr];
+#pragma unroll
+    for (int g = 0; g < Gr; ++g) {
+      rh[g] = 0.0f;
+#pragma unroll
+      for (int q = 0; q < KP; ++q) rh[g] += part[(((q * MT + mt) * Gr + g) * 4 + kp) * 32 + lane];
+    }
+    FinishStep<Cell, T, kResiduals>(args, el, row, reset_next, pre, rh, s);
+    broadcast_h(cur ^ 1);
+    if (step + 1 < args.steps) load_step(step + 1);
+    // Orders this step's h writes before the next step's reads in every CTA, this step's reads
+    // of h and of the partial sums before the next step's writes.
+    Group::Sync();
+  }
+
+  StoreLast<Cell, T>(args, el, s);
+}
+
+// Launches the cluster tensor-core forward over every head and batch tile of 8 rows.
+template <typename Cell, typename T, int D>
+cudaError_t LaunchForwardMmaCluster(const ForwardArgs& args, cudaStream_t stream) {
+  constexpr int C = kMmaClusterSize<D>;
+  using Layout = MmaClusterForwardLayout<T, Cell::kGatesR, D, C>;
+  using Shape = Tiling<D, C, Layout::kBatchTile, Layout::kThreads>;
+  return LaunchOverHeadsAndBatchTiles<Shape>(args.gate_cache != nullptr
+                                                 ? ForwardMmaClusterKernel<Cell, T, D, C, true>
+                                                 : ForwardMmaClusterKernel<Cell, T, D, C, false>,
+                                             args, Layout::kBytes, stream);
+}
+
+}  // namespace flashrnn
