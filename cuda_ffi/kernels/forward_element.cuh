@@ -79,8 +79,10 @@ __device__ __forceinline__ void LoadPreactivations(const ForwardArgs& args,
 // kResiduals (a forward that is differentiated), the residuals at the input the step read
 // (zeros in the padding), then the reset of the next step. On return s holds the states the
 // next step starts from; s[0] is the h its matmul reads. Straight-line code except for the
-// stores: the step is computed for every element and selected, so that the elements of a
-// thread interleave in one basic block.
+// stores and the reset: the step is computed for every element and selected, so that the
+// elements of a thread interleave in one basic block. Every lane of a warp calls this
+// together (the kernels call it outside any divergent branch), so that the rare reset can be
+// a warp-uniform branch: a warp none of whose lanes resets skips the reloads.
 template <typename Cell, typename T, bool kResiduals>
 __device__ __forceinline__ void FinishStep(const ForwardArgs& args, const ForwardElement& e,
                                            const RowStep& row, bool reset_next,
@@ -110,7 +112,7 @@ __device__ __forceinline__ void FinishStep(const ForwardArgs& args, const Forwar
       }
     }
   }
-  if (reset_next) {
+  if (__any_sync(0xffffffffu, reset_next) && reset_next) {
 #pragma unroll
     for (int i = 0; i < Cell::kStates; ++i) {
       s[i] = args.states0[(i * args.batch + e.b) * e.nd + e.hd];
