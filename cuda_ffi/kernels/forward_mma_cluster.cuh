@@ -38,8 +38,8 @@ template <typename T, typename Tile>
 constexpr bool kMmaClusterForwardSupported =
     (std::is_same_v<T, __nv_bfloat16> || std::is_same_v<T, __half>) && Tile::kHeadSize == 256;
 
-// CTAs per head: 8, so that a CTA has 32 units, 8 warps (4 quarters of K for each of 2 unit
-// tiles) and 255 registers per thread to spare.
+// CTAs per head: 8, so that a CTA has 32 units and 8 warps (4 quarters of K for each of 2 unit
+// tiles), which may use up to 255 registers per thread (ptxas -v: 91 to 182).
 template <int D>
 constexpr int kMmaClusterSize = D / 32;
 
@@ -57,6 +57,8 @@ struct MmaClusterForwardLayout {
       std::size_t{kQuarters} * kUnitTiles * kGatesR * 4 * 32 * sizeof(float);
   static constexpr std::size_t kBytes = kHBytes + kPartBytes;
   static constexpr int kThreads = 32 * kUnitTiles * kQuarters;
+  static_assert(kBytes <= kMaxSharedBytesPerBlock, "shared memory per block (sm_90 opt-in)");
+  static_assert(D / C * kBatchTile == kThreads, "one element per thread");
 };
 
 // Launch bounds (threads, 1): as the other persistent kernels.
