@@ -75,15 +75,16 @@ __global__ void __launch_bounds__(2 * D, 1) BackwardMmaKernel(const BackwardArgs
   // Rᵀ as A fragments: A[u][k] with k = g D + o is R[g, head, o, u]; register r of k-tile kt
   // holds row unit0 + 8 (r % 2) and the column pair 16 kt + 2 tig + 8 (r / 2) (+1, the next o
   // of the same gate, since D is a multiple of 16).
+  // (One "gate" of Gr D columns for MmaHiLo.)
   const T* R = static_cast<const T*>(args.r);
-  uint32_t a[KT][4];
+  uint32_t a[1][KT][4];
 #pragma unroll
   for (int kt = 0; kt < KT; ++kt) {
 #pragma unroll
     for (int r = 0; r < 4; ++r) {
       const int u = unit0 + 8 * (r % 2), k = 16 * kt + 2 * tig + 8 * (r / 2);
       const T* at = R + ((int64_t{k / D} * N + head) * D + k % D) * D + u;
-      a[kt][r] = Op::Pack(at[0], at[D]);
+      a[0][kt][r] = Op::Pack(at[0], at[D]);
     }
   }
 
@@ -108,21 +109,12 @@ __global__ void __launch_bounds__(2 * D, 1) BackwardMmaKernel(const BackwardArgs
 
   // dh of this lane's elements from the gate cotangents in `buffer` (none when cut).
   const bool recurrent = args.recurrent_gradient != RecurrentGradient::kCut;
-  auto recurrent_product = [&](int buffer, float (&acc)[4]) {
+  auto recurrent_product = [&](int buffer, float (&acc)[1][4]) {
 #pragma unroll
-    for (int r = 0; r < 4; ++r) acc[r] = 0.0f;
+    for (int r = 0; r < 4; ++r) acc[0][r] = 0.0f;
     if (!recurrent) return;
-    const T* hi = dg_hi + buffer * Layout::kBufferValues;
-    const T* lo = dg_lo + buffer * Layout::kBufferValues;
-#pragma unroll
-    for (int kt = 0; kt < KT; ++kt) {
-      // B fragment: dg[batch row group][k = 16 kt + 2 tig (+8)], two values per register.
-      const int at = group * kStride + 16 * kt + 2 * tig;
-      Op::Mma(acc, a[kt], *reinterpret_cast<const uint32_t*>(hi + at),
-              *reinterpret_cast<const uint32_t*>(hi + at + 8));
-      Op::Mma(acc, a[kt], *reinterpret_cast<const uint32_t*>(lo + at),
-              *reinterpret_cast<const uint32_t*>(lo + at + 8));
-    }
+    MmaHiLo<T, 1, KT, kStride>(dg_hi + buffer * Layout::kBufferValues,
+                               dg_lo + buffer * Layout::kBufferValues, 0, lane, a, acc);
   };
 
   // The row state and inputs of a step are loaded at the end of the step after it (in reading
@@ -142,7 +134,7 @@ __global__ void __launch_bounds__(2 * D, 1) BackwardMmaKernel(const BackwardArgs
 
   bool after_reset[2] = {false, false};
   for (int64_t step = args.steps - 1; step >= 0; --step) {
-    float acc[4];
+    float acc[1][4];
     recurrent_product(static_cast<int>((step + 1) & 1), acc);
     const int next = static_cast<int>(step & 1);
     T* hi_next = dg_hi + next * Layout::kBufferValues;
@@ -150,8 +142,8 @@ __global__ void __launch_bounds__(2 * D, 1) BackwardMmaKernel(const BackwardArgs
 #pragma unroll
     for (int e = 0; e < E; ++e) {
       float dg[Gt];
-      BackwardStep<Cell>(args, element(e), row[e % 2], in[e], RecurrentCotangent(args, acc[e]),
-                         after_reset[e % 2], ds[e], dg);
+      BackwardStep<Cell>(args, element(e), row[e % 2], in[e],
+                         RecurrentCotangent(args, acc[0][e]), after_reset[e % 2], ds[e], dg);
 #pragma unroll
       for (int g = 0; g < Gr; ++g) {
         const int at = (2 * tig + e % 2) * kStride + g * D + unit0 + 8 * (e / 2);
@@ -165,11 +157,11 @@ __global__ void __launch_bounds__(2 * D, 1) BackwardMmaKernel(const BackwardArgs
   }
 
   // What step 0 sent back (buffer 0) reaches the initial h.
-  float acc[4];
+  float acc[1][4];
   recurrent_product(0, acc);
 #pragma unroll
   for (int e = 0; e < E; ++e) {
-    FinishCotangents<Cell>(args, element(e), RecurrentCotangent(args, acc[e]), ds[e]);
+    FinishCotangents<Cell>(args, element(e), RecurrentCotangent(args, acc[0][e]), ds[e]);
   }
 }
 

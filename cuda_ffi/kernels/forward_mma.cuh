@@ -55,10 +55,11 @@ struct MmaForwardLayout {
 // without the 1 ptxas held some of these kernels to 64 registers and spilled (NOTES, v2).
 template <typename Cell, typename T, int D, int BT, bool kResiduals>
 __global__ void __launch_bounds__(2 * D, 1) ForwardMmaKernel(const ForwardArgs args) {
+  static_assert(BT == 8, "one n-tile: the four elements per lane of the accumulator layout");
   using Op = MmaOperand<T>;
   using Layout = MmaForwardLayout<T, D, BT>;
   constexpr int Gr = Cell::kGatesR, Gt = Cell::kGatesB, S = Cell::kStates;
-  constexpr int KT = D / 16, NT = BT / 8, E = 4 * NT;  // k-tiles, n-tiles, elements per lane
+  constexpr int KT = D / 16, E = 4;  // k-tiles, elements per lane
   constexpr int kStride = Layout::kRowStride;
 
   extern __shared__ __align__(128) unsigned char smem[];
@@ -71,40 +72,23 @@ __global__ void __launch_bounds__(2 * D, 1) ForwardMmaKernel(const ForwardArgs a
   const int group = lane / 4, tig = lane % 4;
   const int unit0 = 16 * warp + group;  // this lane's first unit; the second is unit0 + 8
 
-  // R[g, head, 16 warp + row, 16 kt + col] as A fragments: register r holds rows
-  // group (+8 for odd r) and the column pair 2 tig (+8 for r >= 2).
-  const T* R = static_cast<const T*>(args.r);
+  // R[g, head, 16 warp + row, 16 kt + col] as A fragments for every k-tile.
   uint32_t a[Gr][KT][4];
-#pragma unroll
-  for (int g = 0; g < Gr; ++g) {
-#pragma unroll
-    for (int kt = 0; kt < KT; ++kt) {
-#pragma unroll
-      for (int r = 0; r < 4; ++r) {
-        const int row = unit0 + 8 * (r % 2), col = 16 * kt + 2 * tig + 8 * (r / 2);
-        const T* at = R + ((g * N + head) * D + row) * D + col;
-        a[g][kt][r] = Op::Pack(at[0], at[1]);
-      }
-    }
-  }
+  LoadRowFragments<T, D>(static_cast<const T*>(args.r), N, head, 16 * warp, 0, lane, a);
 
-  // Element e = 4 n + r of this lane: unit unit0 + 8 (r / 2), batch row 8 n + 2 tig + r % 2.
-  // Biases are kept per unit, and lengths and the step's row state per batch row (2 and 2 NT
-  // of them), not per element.
-  constexpr int kRows = 2 * NT;
-  auto unit_half = [](int e) { return (e % 4) / 2; };
-  auto row_slot = [](int e) { return 2 * (e / 4) + e % 2; };  // which of the kRows rows
-  auto slot_row = [&](int slot) { return 8 * (slot / 2) + 2 * tig + slot % 2; };
-  auto row_of = [&](int e) { return slot_row(row_slot(e)); };
+  // Element e of this lane (accumulator register e): unit unit0 + 8 (e / 2), batch row
+  // 2 tig + e % 2 (row slot e % 2). Biases are kept per unit, and lengths and the step's row
+  // state per batch row (2 each), not per element.
+  auto row_of = [&](int e) { return 2 * tig + e % 2; };
   const int64_t nd = N * D;
-  int64_t batch_row[kRows], length[kRows];
+  int64_t batch_row[2], length[2];
 #pragma unroll
-  for (int slot = 0; slot < kRows; ++slot) {
-    batch_row[slot] = b0 + slot_row(slot);
+  for (int slot = 0; slot < 2; ++slot) {
+    batch_row[slot] = b0 + 2 * tig + slot;
     length[slot] = RowLength(args.seq, batch_row[slot], args.batch, args.steps);
   }
   auto element = [&](int e) {
-    return ForwardElement{batch_row[row_slot(e)], head * D + unit0 + 8 * unit_half(e), nd};
+    return ForwardElement{batch_row[e % 2], head * D + unit0 + 8 * (e / 2), nd};
   };
   float bias[2][Gt];
   LoadBias<Cell>(args, element(0), bias[0]);
@@ -113,52 +97,34 @@ __global__ void __launch_bounds__(2 * D, 1) ForwardMmaKernel(const ForwardArgs a
 #pragma unroll
   for (int e = 0; e < E; ++e) {
     LoadStates<Cell>(args, element(e), s[e]);
-    const int at = row_of(e) * kStride + unit0 + 8 * unit_half(e);
+    const int at = row_of(e) * kStride + unit0 + 8 * (e / 2);
     Op::Split(s[e][0], h_hi[at], h_lo[at]);
   }
   __syncthreads();
 
   // The row state, reset flags and inputs of a step are loaded at the end of the step before
   // (of step 0, here), so that their latency hides behind the barrier and the next matmul.
-  RowStep row[kRows];
-  bool reset_next[kRows];
+  RowStep row[2];
+  bool reset_next[2];
   float pre[E][Gt];
   auto load_step = [&](int64_t step) {
 #pragma unroll
-    for (int slot = 0; slot < kRows; ++slot) {
+    for (int slot = 0; slot < 2; ++slot) {
       row[slot] = RowAt(args, batch_row[slot], nd, length[slot], step);
       reset_next[slot] = ResetsNext(args, batch_row[slot], length[slot], step);
     }
 #pragma unroll
     for (int e = 0; e < E; ++e) {
-      LoadPreactivations<Cell, T>(args, element(e), row[row_slot(e)], bias[unit_half(e)],
-                                  pre[e]);
+      LoadPreactivations<Cell, T>(args, element(e), row[e % 2], bias[e / 2], pre[e]);
     }
   };
   load_step(0);
 
   for (int64_t step = 0; step < args.steps; ++step) {
     const int cur = static_cast<int>(step & 1), next = cur ^ 1;
-    const T* hi_cur = h_hi + cur * Layout::kBufferValues;
-    const T* lo_cur = h_lo + cur * Layout::kBufferValues;
-    float acc[Gr][NT][4] = {};
-#pragma unroll
-    for (int kt = 0; kt < KT; ++kt) {
-#pragma unroll
-      for (int nt = 0; nt < NT; ++nt) {
-        // B fragment: h[batch 8 nt + group][k = 16 kt + 2 tig (+8)], two values per register.
-        const int at = (8 * nt + group) * kStride + 16 * kt + 2 * tig;
-        const uint32_t hi0 = *reinterpret_cast<const uint32_t*>(hi_cur + at);
-        const uint32_t hi1 = *reinterpret_cast<const uint32_t*>(hi_cur + at + 8);
-        const uint32_t lo0 = *reinterpret_cast<const uint32_t*>(lo_cur + at);
-        const uint32_t lo1 = *reinterpret_cast<const uint32_t*>(lo_cur + at + 8);
-#pragma unroll
-        for (int g = 0; g < Gr; ++g) {
-          Op::Mma(acc[g][nt], a[g][kt], hi0, hi1);
-          Op::Mma(acc[g][nt], a[g][kt], lo0, lo1);
-        }
-      }
-    }
+    float acc[Gr][4] = {};
+    MmaHiLo<T, Gr, KT, kStride>(h_hi + cur * Layout::kBufferValues,
+                                h_lo + cur * Layout::kBufferValues, 0, lane, a, acc);
 
     T* hi_next = h_hi + next * Layout::kBufferValues;
     T* lo_next = h_lo + next * Layout::kBufferValues;
@@ -166,10 +132,10 @@ __global__ void __launch_bounds__(2 * D, 1) ForwardMmaKernel(const ForwardArgs a
     for (int e = 0; e < E; ++e) {
       float rh[Gr];
 #pragma unroll
-      for (int g = 0; g < Gr; ++g) rh[g] = acc[g][e / 4][e % 4];
-      FinishStep<Cell, T, kResiduals>(args, element(e), row[row_slot(e)],
-                                      reset_next[row_slot(e)], pre[e], rh, s[e]);
-      const int at = row_of(e) * kStride + unit0 + 8 * unit_half(e);
+      for (int g = 0; g < Gr; ++g) rh[g] = acc[g][e];
+      FinishStep<Cell, T, kResiduals>(args, element(e), row[e % 2], reset_next[e % 2], pre[e],
+                                      rh, s[e]);
+      const int at = row_of(e) * kStride + unit0 + 8 * (e / 2);
       Op::Split(s[e][0], hi_next[at], lo_next[at]);
     }
     if (step + 1 < args.steps) load_step(step + 1);

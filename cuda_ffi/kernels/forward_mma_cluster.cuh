@@ -87,23 +87,10 @@ __global__ void __launch_bounds__(MmaClusterForwardLayout<T, Cell::kGatesR, D, C
   const int mt = warp / KP, kp = warp % KP;
   const int u0 = rank * U;  // this CTA's first unit of the head
 
-  // R[g, head, u0 + 16 mt + row, 16 (kp KTP + j) + col] as A fragments: register r of k-tile
-  // j holds row group (+8 for odd r) and the column pair 2 tig (+8 for r >= 2).
-  const T* R = static_cast<const T*>(args.r);
+  // R[g, head, u0 + 16 mt + row, 16 (kp KTP + j) + col] as A fragments for this quarter's
+  // k-tiles j.
   uint32_t a[Gr][KTP][4];
-#pragma unroll
-  for (int g = 0; g < Gr; ++g) {
-#pragma unroll
-    for (int j = 0; j < KTP; ++j) {
-#pragma unroll
-      for (int r = 0; r < 4; ++r) {
-        const int row = 16 * mt + group + 8 * (r % 2);
-        const int col = 16 * (kp * KTP + j) + 2 * tig + 8 * (r / 2);
-        const T* at = R + ((g * N + head) * D + u0 + row) * D + col;
-        a[g][j][r] = Op::Pack(at[0], at[1]);
-      }
-    }
-  }
+  LoadRowFragments<T, D>(static_cast<const T*>(args.r), N, head, u0 + 16 * mt, kp * KTP, lane, a);
 
   // This thread's element: accumulator register kp of its lane position in the unit tile mt,
   // i.e. unit 16 mt + group + 8 (kp / 2) of this CTA, batch row 2 tig + kp % 2.
@@ -139,23 +126,9 @@ __global__ void __launch_bounds__(MmaClusterForwardLayout<T, Cell::kGatesR, D, C
 
   for (int64_t step = 0; step < args.steps; ++step) {
     const int cur = static_cast<int>(step & 1);
-    const T* hi_cur = h_hi + cur * Layout::kBufferValues;
-    const T* lo_cur = h_lo + cur * Layout::kBufferValues;
     float acc[Gr][4] = {};
-#pragma unroll
-    for (int j = 0; j < KTP; ++j) {
-      // B fragment: h[batch row group][k = 16 kt + 2 tig (+8)], two values per register.
-      const int at = group * kStride + 16 * (kp * KTP + j) + 2 * tig;
-      const uint32_t hi0 = *reinterpret_cast<const uint32_t*>(hi_cur + at);
-      const uint32_t hi1 = *reinterpret_cast<const uint32_t*>(hi_cur + at + 8);
-      const uint32_t lo0 = *reinterpret_cast<const uint32_t*>(lo_cur + at);
-      const uint32_t lo1 = *reinterpret_cast<const uint32_t*>(lo_cur + at + 8);
-#pragma unroll
-      for (int g = 0; g < Gr; ++g) {
-        Op::Mma(acc[g], a[g][j], hi0, hi1);
-        Op::Mma(acc[g], a[g][j], lo0, lo1);
-      }
-    }
+    MmaHiLo<T, Gr, KTP, kStride>(h_hi + cur * Layout::kBufferValues,
+                                 h_lo + cur * Layout::kBufferValues, kp * KTP, lane, a, acc);
 #pragma unroll
     for (int g = 0; g < Gr; ++g) {
 #pragma unroll

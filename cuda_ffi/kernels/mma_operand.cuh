@@ -1,7 +1,9 @@
 // The 16-bit tensor-core operands of the mma kernels: mma.sync m16n8k16 with float32
 // accumulators, and a float32 value as the sum of two 16-bit values (hi + lo, ~16 mantissa
 // bits), so that an operand computed in float32 (h in the forward, the gate cotangents in the
-// backward) goes through the tensor cores at close to float32 accuracy.
+// backward) goes through the tensor cores at close to float32 accuracy; and the fragment
+// loads and products the kernels share. Lane l is (group l / 4, tig l % 4), as in the PTX ISA's
+// fragment layouts.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -56,6 +58,52 @@ struct MmaOperand<__half> {
     FLASHRNN_MMA_M16N8K16("f16", c, a, b0, b1);
   }
 };
+
+// The A fragments of rows [row0, row0 + 16) and k-tiles [kt0, kt0 + KTiles) of every gate's
+// D x D matrix of head `head` in R [Gr, N, D, D] (row-major: output row, input column): register
+// r of k-tile j holds row group (+8 for odd r) and the column pair 2 tig (+8 for r >= 2).
+template <typename T, int D, int Gr, int KTiles>
+__device__ __forceinline__ void LoadRowFragments(const T* R, int64_t N, int64_t head, int row0,
+                                                 int kt0, int lane,
+                                                 uint32_t (&a)[Gr][KTiles][4]) {
+  const int group = lane / 4, tig = lane % 4;
+#pragma unroll
+  for (int g = 0; g < Gr; ++g) {
+#pragma unroll
+    for (int j = 0; j < KTiles; ++j) {
+#pragma unroll
+      for (int r = 0; r < 4; ++r) {
+        const int row = row0 + group + 8 * (r % 2), col = 16 * (kt0 + j) + 2 * tig + 8 * (r / 2);
+        const T* at = R + ((g * N + head) * D + row) * D + col;
+        a[g][j][r] = MmaOperand<T>::Pack(at[0], at[1]);
+      }
+    }
+  }
+}
+
+// acc[g] += A[g] B over k-tiles [kt0, kt0 + KTiles), where B (16 x 8 per k-tile) is the
+// shared-memory matrix [batch row][k] (row stride kStride values) kept as hi and lo parts,
+// both multiplied: lane (group, tig) loads row group, k = 16 kt + 2 tig (+8), two values per
+// register.
+template <typename T, int Gr, int KTiles, int kStride>
+__device__ __forceinline__ void MmaHiLo(const T* hi, const T* lo, int kt0, int lane,
+                                        const uint32_t (&a)[Gr][KTiles][4],
+                                        float (&acc)[Gr][4]) {
+  const int group = lane / 4, tig = lane % 4;
+#pragma unroll
+  for (int j = 0; j < KTiles; ++j) {
+    const int at = group * kStride + 16 * (kt0 + j) + 2 * tig;
+    const uint32_t hi0 = *reinterpret_cast<const uint32_t*>(hi + at);
+    const uint32_t hi1 = *reinterpret_cast<const uint32_t*>(hi + at + 8);
+    const uint32_t lo0 = *reinterpret_cast<const uint32_t*>(lo + at);
+    const uint32_t lo1 = *reinterpret_cast<const uint32_t*>(lo + at + 8);
+#pragma unroll
+    for (int g = 0; g < Gr; ++g) {
+      MmaOperand<T>::Mma(acc[g], a[g][j], hi0, hi1);
+      MmaOperand<T>::Mma(acc[g], a[g][j], lo0, lo1);
+    }
+  }
+}
 
 }  // namespace flashrnn
 
