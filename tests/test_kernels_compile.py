@@ -20,35 +20,27 @@ NVCC = shutil.which("nvcc")
 
 pytestmark = pytest.mark.skipif(NVCC is None, reason="needs nvcc")
 
-SOURCE = """
-#include "kernels/backward.cuh"
-#include "kernels/forward.cuh"
-#include "kernels/gru_pointwise.cuh"
-#include "kernels/lstm_pointwise.cuh"
-#include "kernels/slstm_pointwise.cuh"
+# (direction, cell, dtype, tiling): a single-CTA head and cluster heads as the hardware model
+# tiles them, and the tensor-core backward's cases nearest its register limit.
+INSTANTIATIONS = [
+    ("Forward", "LstmCell", "__nv_bfloat16", (64, 1, 16, 512)),
+    ("Forward", "SlstmCell", "__half", (256, 4, 16, 512)),
+    ("Forward", "LstmCell", "__nv_bfloat16", (256, 4, 16, 512)),
+    ("Backward", "GruCell", "float", (32, 1, 16, 512)),
+    ("Backward", "LstmCell", "__nv_bfloat16", (64, 1, 16, 512)),
+    ("Backward", "LstmCell", "__nv_bfloat16", (128, 1, 16, 512)),
+    ("Backward", "GruCell", "__nv_bfloat16", (128, 1, 16, 512)),
+    ("Backward", "SlstmCell", "__nv_bfloat16", (64, 1, 16, 512)),
+]
 
-namespace flashrnn {
-// A single-CTA head and a cluster head, as the hardware model tiles them.
-template cudaError_t LaunchForward<LstmCell, __nv_bfloat16, Tiling<64, 1, 16, 512>>(
-    const ForwardArgs&, cudaStream_t);
-template cudaError_t LaunchForward<SlstmCell, __half, Tiling<256, 4, 16, 512>>(
-    const ForwardArgs&, cudaStream_t);
-template cudaError_t LaunchForward<LstmCell, __nv_bfloat16, Tiling<256, 4, 16, 512>>(
-    const ForwardArgs&, cudaStream_t);
-template cudaError_t LaunchBackward<GruCell, float, Tiling<32, 1, 16, 512>>(
-    const BackwardArgs&, cudaStream_t);
-template cudaError_t LaunchBackward<LstmCell, __nv_bfloat16, Tiling<64, 1, 16, 512>>(
-    const BackwardArgs&, cudaStream_t);
-// The tensor-core backward's cases nearest its register limit.
-template cudaError_t LaunchBackward<LstmCell, __nv_bfloat16, Tiling<128, 1, 16, 512>>(
-    const BackwardArgs&, cudaStream_t);
-template cudaError_t LaunchBackward<GruCell, __nv_bfloat16, Tiling<128, 1, 16, 512>>(
-    const BackwardArgs&, cudaStream_t);
-template cudaError_t LaunchBackward<SlstmCell, __nv_bfloat16, Tiling<64, 1, 16, 512>>(
-    const BackwardArgs&, cudaStream_t);
-}  // namespace flashrnn
-"""
-
+SOURCE = "".join(
+    f'#include "kernels/{header}.cuh"\n'
+    for header in ("backward", "forward", "gru_pointwise", "lstm_pointwise", "slstm_pointwise")
+) + "namespace flashrnn {\n" + "".join(
+    f"template cudaError_t Launch{direction}<{cell}, {dtype}, Tiling<{', '.join(map(str, tile))}>>"
+    f"(const {direction}Args&, cudaStream_t);\n"
+    for direction, cell, dtype, tile in INSTANTIATIONS
+) + "}  // namespace flashrnn\n"
 
 MMA = "mma.sync.aligned.m16n8k16.row.col.f32."
 

@@ -89,14 +89,9 @@ __global__ void __launch_bounds__(2 * D, 1) BackwardMmaKernel(const BackwardArgs
   }
 
   // Element e of this lane: unit unit0 + 8 (e / 2), batch row 2 tig + e % 2 (row slot e % 2).
-  int64_t batch_row[2], length[2];
-#pragma unroll
-  for (int slot = 0; slot < 2; ++slot) {
-    batch_row[slot] = b0 + 2 * tig + slot;
-    length[slot] = RowLength(args.seq, batch_row[slot], args.batch, args.steps);
-  }
+  const LaneRows rows = LaneBatchRows(args.seq, b0, lane, args.batch, args.steps);
   auto element = [&](int e) {
-    return BackwardElement{batch_row[e % 2], head * D + unit0 + 8 * (e / 2), nd};
+    return BackwardElement{rows.b[e % 2], head * D + unit0 + 8 * (e / 2), nd};
   };
   float ds[E][S];
 #pragma unroll
@@ -125,7 +120,7 @@ __global__ void __launch_bounds__(2 * D, 1) BackwardMmaKernel(const BackwardArgs
   auto load_step = [&](int64_t step) {
 #pragma unroll
     for (int slot = 0; slot < 2; ++slot) {
-      row[slot] = BackwardRowAt(args, batch_row[slot], nd, length[slot], step);
+      row[slot] = BackwardRowAt(args, rows.b[slot], nd, rows.length[slot], step);
     }
 #pragma unroll
     for (int e = 0; e < E; ++e) LoadBackwardInputs<Cell, T>(args, element(e), row[e % 2], in[e]);

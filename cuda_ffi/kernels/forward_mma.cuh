@@ -81,14 +81,9 @@ __global__ void __launch_bounds__(2 * D, 1) ForwardMmaKernel(const ForwardArgs a
   // state per batch row (2 each), not per element.
   auto row_of = [&](int e) { return 2 * tig + e % 2; };
   const int64_t nd = N * D;
-  int64_t batch_row[2], length[2];
-#pragma unroll
-  for (int slot = 0; slot < 2; ++slot) {
-    batch_row[slot] = b0 + 2 * tig + slot;
-    length[slot] = RowLength(args.seq, batch_row[slot], args.batch, args.steps);
-  }
+  const LaneRows rows = LaneBatchRows(args.seq, b0, lane, args.batch, args.steps);
   auto element = [&](int e) {
-    return ForwardElement{batch_row[e % 2], head * D + unit0 + 8 * (e / 2), nd};
+    return ForwardElement{rows.b[e % 2], head * D + unit0 + 8 * (e / 2), nd};
   };
   float bias[2][Gt];
   LoadBias<Cell>(args, element(0), bias[0]);
@@ -110,8 +105,8 @@ __global__ void __launch_bounds__(2 * D, 1) ForwardMmaKernel(const ForwardArgs a
   auto load_step = [&](int64_t step) {
 #pragma unroll
     for (int slot = 0; slot < 2; ++slot) {
-      row[slot] = RowAt(args, batch_row[slot], nd, length[slot], step);
-      reset_next[slot] = ResetsNext(args, batch_row[slot], length[slot], step);
+      row[slot] = RowAt(args, rows.b[slot], nd, rows.length[slot], step);
+      reset_next[slot] = ResetsNext(args, rows.b[slot], rows.length[slot], step);
     }
 #pragma unroll
     for (int e = 0; e < E; ++e) {

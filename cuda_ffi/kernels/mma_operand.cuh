@@ -11,6 +11,9 @@
 
 #include <cstdint>
 
+#include "params.h"
+#include "sequence.cuh"
+
 namespace flashrnn {
 
 // One warp-wide c += a * b of mma.sync m16n8k16 with 16-bit operands of PTX type `ab`.
@@ -103,6 +106,24 @@ __device__ __forceinline__ void MmaHiLo(const T* hi, const T* lo, int kt0, int l
       MmaOperand<T>::Mma(acc[g], a[g][j], lo0, lo1);
     }
   }
+}
+
+// The batch rows of a lane's m16n8 accumulator registers in a batch tile of 8 from row b0:
+// 2 tig for registers 0 and 2, 2 tig + 1 for 1 and 3 (register e's row is rows[e % 2]), and
+// their lengths (RowLength: 0 for padding rows).
+struct LaneRows {
+  int64_t b[2], length[2];
+};
+
+__device__ __forceinline__ LaneRows LaneBatchRows(const SequenceArgs& seq, int64_t b0, int lane,
+                                                  int64_t batch, int64_t steps) {
+  LaneRows rows;
+#pragma unroll
+  for (int slot = 0; slot < 2; ++slot) {
+    rows.b[slot] = b0 + 2 * (lane % 4) + slot;
+    rows.length[slot] = RowLength(seq, rows.b[slot], batch, steps);
+  }
+  return rows;
 }
 
 }  // namespace flashrnn
