@@ -28,8 +28,9 @@ struct MmaOperand;
 
 template <>
 struct MmaOperand<__nv_bfloat16> {
-  // v = hi + lo to ~16 mantissa bits (bfloat16 has float32's range: nothing saturates). An
-  // infinite v keeps lo = 0, not inf - inf, so that the product is infinite as in float32.
+  // v = hi + lo to ~16 mantissa bits (bfloat16 has float32's range: nothing saturates). A v
+  // that is infinite, or rounds to an infinite hi (|v| >= 3.3961775e38), keeps lo = 0 rather
+  // than inf - inf, so that the product is infinite as in float32.
   __device__ static void Split(float v, __nv_bfloat16& hi, __nv_bfloat16& lo) {
     hi = __float2bfloat16_rn(v);
     const float rest = v - __bfloat162float(hi);
