@@ -62,14 +62,14 @@ __global__ void __launch_bounds__(Tile::kThreads, 1) BackwardKernel(const Backwa
   // that the recurrent cotangent arriving now belongs to the initial states.
   auto element = [&](int p) {
     const int e = threadIdx.x + p * Tile::kThreads;
-    return BackwardElement{b0 + e / U, head * D + u0 + e % U, N * D};
+    return Element{b0 + e / U, head * D + u0 + e % U, N * D};
   };
   float ds[P][S];
   int64_t length[P];
   bool after_reset[P];
 #pragma unroll
   for (int p = 0; p < P; ++p) {
-    const BackwardElement el = element(p);
+    const Element el = element(p);
     length[p] = RowLength(args.seq, el.b, B, steps);
     after_reset[p] = false;
     StartCotangents<Cell, T>(args, el, ds[p]);
@@ -91,7 +91,7 @@ __global__ void __launch_bounds__(Tile::kThreads, 1) BackwardKernel(const Backwa
 #pragma unroll
     for (int p = 0; p < P; ++p) {
       const int e = threadIdx.x + p * Tile::kThreads, u = e % U, row = e / U;
-      const BackwardElement el = element(p);
+      const Element el = element(p);
       const BackwardRowStep at = BackwardRowAt(args, el.b, el.nd, length[p], step);
       BackwardInputs<Cell> in;
       LoadBackwardInputs<Cell, T>(args, el, at, in);

@@ -8,16 +8,11 @@
 #include <cstdint>
 
 #include "dtype.cuh"
+#include "element.cuh"
 #include "params.h"
 #include "sequence.cuh"
 
 namespace flashrnn {
-
-// An element's place: batch row b (< B, or a padding row of the batch tile) and column
-// hd = head * D + unit of the [..., N, D] layouts (nd = N * D of them).
-struct BackwardElement {
-  int64_t b, hd, nd;
-};
 
 // Where a batch row stands at one step, computed once per row and step: the row offsets
 // (b * steps + t) * nd of the input t the step read and of the one read before it, whether the
@@ -65,17 +60,17 @@ struct BackwardInputs {
 
 template <typename Cell, typename T>
 __device__ __forceinline__ void LoadBackwardInputs(const BackwardArgs& args,
-                                                   const BackwardElement& e,
+                                                   const Element& e,
                                                    const BackwardRowStep& row,
                                                    BackwardInputs<Cell>& in) {
   const bool real = row.active && e.b < args.batch;
-  const int64_t state_stride = args.batch * args.steps * e.nd;
+  const int64_t state_stride = StateStride(e, args.batch, args.steps);
   const T* d_states_all = static_cast<const T*>(args.d_states_all);
 #pragma unroll
   for (int i = 0; i < Cell::kStates; ++i) {
     in.d_out[i] = real ? ToFloat(d_states_all[i * state_stride + row.at + e.hd]) : 0.0f;
     in.prev[i] = !real             ? 0.0f
-                 : row.from_initial ? args.states0[(i * args.batch + e.b) * e.nd + e.hd]
+                 : row.from_initial ? args.states0[StateAt(e, args.batch, i)]
                                     : args.states_f32[i * state_stride + row.at_prev + e.hd];
   }
 #pragma unroll
@@ -88,12 +83,12 @@ __device__ __forceinline__ void LoadBackwardInputs(const BackwardArgs& args,
 // (this thread alone accumulates its elements' entries).
 template <typename Cell, typename T>
 __device__ __forceinline__ void StartCotangents(const BackwardArgs& args,
-                                                const BackwardElement& e,
+                                                const Element& e,
                                                 float (&ds)[Cell::kStates]) {
   const T* d_last = static_cast<const T*>(args.d_last_states);
 #pragma unroll
   for (int i = 0; i < Cell::kStates; ++i) {
-    const int64_t at = (i * args.batch + e.b) * e.nd + e.hd;
+    const int64_t at = StateAt(e, args.batch, i);
     ds[i] = e.b < args.batch ? ToFloat(d_last[at]) : 0.0f;
     if (e.b < args.batch) args.d_states0[at] = 0.0f;
   }
@@ -106,7 +101,7 @@ __device__ __forceinline__ void StartCotangents(const BackwardArgs& args,
 // written to d_gates. The cell derivative is computed for every element and selected, so that
 // the elements of a thread interleave in one basic block.
 template <typename Cell>
-__device__ __forceinline__ void BackwardStep(const BackwardArgs& args, const BackwardElement& e,
+__device__ __forceinline__ void BackwardStep(const BackwardArgs& args, const Element& e,
                                              const BackwardRowStep& row,
                                              const BackwardInputs<Cell>& in, float dh_rec,
                                              bool after_reset, float (&ds)[Cell::kStates],
@@ -116,7 +111,7 @@ __device__ __forceinline__ void BackwardStep(const BackwardArgs& args, const Bac
   for (int g = 0; g < Gt; ++g) dg[g] = 0.0f;
   if (e.b >= args.batch) return;
   if (after_reset) {
-    args.d_states0[e.b * e.nd + e.hd] += dh_rec;
+    args.d_states0[StateAt(e, args.batch, 0)] += dh_rec;
   } else {
     ds[0] += dh_rec;
   }
@@ -131,7 +126,7 @@ __device__ __forceinline__ void BackwardStep(const BackwardArgs& args, const Bac
   if (row.resets) {
 #pragma unroll
     for (int i = 0; i < S; ++i) {
-      args.d_states0[(i * args.batch + e.b) * e.nd + e.hd] += ds[i];
+      args.d_states0[StateAt(e, args.batch, i)] += ds[i];
       ds[i] = 0.0f;
     }
   }
@@ -144,13 +139,13 @@ __device__ __forceinline__ void BackwardStep(const BackwardArgs& args, const Bac
 // cotangents go to the initial states.
 template <typename Cell>
 __device__ __forceinline__ void FinishCotangents(const BackwardArgs& args,
-                                                 const BackwardElement& e, float dh_rec,
+                                                 const Element& e, float dh_rec,
                                                  float (&ds)[Cell::kStates]) {
   if (e.b >= args.batch) return;
   ds[0] += dh_rec;
 #pragma unroll
   for (int i = 0; i < Cell::kStates; ++i) {
-    args.d_states0[(i * args.batch + e.b) * e.nd + e.hd] += ds[i];
+    args.d_states0[StateAt(e, args.batch, i)] += ds[i];
   }
 }
 

@@ -91,7 +91,7 @@ __global__ void __launch_bounds__(2 * D, 1) BackwardMmaKernel(const BackwardArgs
   // Element e of this lane: unit unit0 + 8 (e / 2), batch row 2 tig + e % 2 (row slot e % 2).
   const LaneRows rows = LaneBatchRows(args.seq, b0, lane, args.batch, args.steps);
   auto element = [&](int e) {
-    return BackwardElement{rows.b[e % 2], head * D + unit0 + 8 * (e / 2), nd};
+    return Element{rows.b[e % 2], head * D + unit0 + 8 * (e / 2), nd};
   };
   float ds[E][S];
 #pragma unroll

@@ -57,7 +57,7 @@ __global__ void __launch_bounds__(Tile::kThreads, 1) ForwardKernel(const Forward
   // Element p of this thread: unit u0 + u of the head, batch row b0 + row.
   auto element = [&](int p) {
     const int e = threadIdx.x + p * Tile::kThreads;
-    return ForwardElement{b0 + e / U, head * D + u0 + e % U, N * D};
+    return Element{b0 + e / U, head * D + u0 + e % U, N * D};
   };
   int64_t length[P];
   float s[P][S];
@@ -78,7 +78,7 @@ __global__ void __launch_bounds__(Tile::kThreads, 1) ForwardKernel(const Forward
 #pragma unroll
     for (int p = 0; p < P; ++p) {
       const int e = threadIdx.x + p * Tile::kThreads, u = e % U, row = e / U;
-      const ForwardElement el = element(p);
+      const Element el = element(p);
       const RowStep at = RowAt(args, el.b, el.nd, length[p], step);
       const bool reset_next = ResetsNext(args, el.b, length[p], step);
       float pre[Gt];

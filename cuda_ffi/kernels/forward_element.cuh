@@ -8,16 +8,11 @@
 #include <cstdint>
 
 #include "dtype.cuh"
+#include "element.cuh"
 #include "params.h"
 #include "sequence.cuh"
 
 namespace flashrnn {
-
-// An element's place: batch row b (< B, or a padding row of the batch tile) and column
-// hd = head * D + unit of the [..., N, D] layouts (nd = N * D of them).
-struct ForwardElement {
-  int64_t b, hd, nd;
-};
 
 // Where a batch row stands at one step, computed once per row and step and shared by the
 // row's elements: the input the step reads as the row offset (b * steps + t) * nd of the
@@ -42,7 +37,7 @@ __device__ __forceinline__ bool ResetsNext(const ForwardArgs& args, int64_t b, i
 
 // The biases of the element's unit.
 template <typename Cell>
-__device__ __forceinline__ void LoadBias(const ForwardArgs& args, const ForwardElement& e,
+__device__ __forceinline__ void LoadBias(const ForwardArgs& args, const Element& e,
                                          float (&bias)[Cell::kGatesB]) {
 #pragma unroll
   for (int g = 0; g < Cell::kGatesB; ++g) bias[g] = args.bias[g * e.nd + e.hd];
@@ -50,18 +45,18 @@ __device__ __forceinline__ void LoadBias(const ForwardArgs& args, const ForwardE
 
 // The element's states before step 0 (zeros for padding rows).
 template <typename Cell>
-__device__ __forceinline__ void LoadStates(const ForwardArgs& args, const ForwardElement& e,
+__device__ __forceinline__ void LoadStates(const ForwardArgs& args, const Element& e,
                                            float (&s)[Cell::kStates]) {
 #pragma unroll
   for (int i = 0; i < Cell::kStates; ++i) {
-    s[i] = e.b < args.batch ? args.states0[(i * args.batch + e.b) * e.nd + e.hd] : 0.0f;
+    s[i] = e.b < args.batch ? args.states0[StateAt(e, args.batch, i)] : 0.0f;
   }
 }
 
 // pre = bias + the input pre-activations of the row's step (none past the row's length).
 template <typename Cell, typename T>
 __device__ __forceinline__ void LoadPreactivations(const ForwardArgs& args,
-                                                   const ForwardElement& e, const RowStep& row,
+                                                   const Element& e, const RowStep& row,
                                                    const float (&bias)[Cell::kGatesB],
                                                    float (&pre)[Cell::kGatesB]) {
 #pragma unroll
@@ -84,7 +79,7 @@ __device__ __forceinline__ void LoadPreactivations(const ForwardArgs& args,
 // together (the kernels call it outside any divergent branch), so that the rare reset can be
 // a warp-uniform branch: a warp none of whose lanes resets skips the reloads.
 template <typename Cell, typename T, bool kResiduals>
-__device__ __forceinline__ void FinishStep(const ForwardArgs& args, const ForwardElement& e,
+__device__ __forceinline__ void FinishStep(const ForwardArgs& args, const Element& e,
                                            const RowStep& row, bool reset_next,
                                            float (&pre)[Cell::kGatesB],
                                            const float (&rh)[Cell::kGatesR],
@@ -96,7 +91,7 @@ __device__ __forceinline__ void FinishStep(const ForwardArgs& args, const Forwar
 #pragma unroll
   for (int i = 0; i < Cell::kStates; ++i) s[i] = row.active ? stepped[i] : s[i];
   if (e.b < args.batch) {
-    const int64_t state_stride = args.batch * args.steps * e.nd;
+    const int64_t state_stride = StateStride(e, args.batch, args.steps);
     T* states_all = static_cast<T*>(args.states_all) + row.at + e.hd;
 #pragma unroll
     for (int i = 0; i < Cell::kStates; ++i) {
@@ -115,20 +110,20 @@ __device__ __forceinline__ void FinishStep(const ForwardArgs& args, const Forwar
   if (__any_sync(0xffffffffu, reset_next) && reset_next) {
 #pragma unroll
     for (int i = 0; i < Cell::kStates; ++i) {
-      s[i] = args.states0[(i * args.batch + e.b) * e.nd + e.hd];
+      s[i] = args.states0[StateAt(e, args.batch, i)];
     }
   }
 }
 
 // The states after the last step, where the row is real.
 template <typename Cell, typename T>
-__device__ __forceinline__ void StoreLast(const ForwardArgs& args, const ForwardElement& e,
+__device__ __forceinline__ void StoreLast(const ForwardArgs& args, const Element& e,
                                           const float (&s)[Cell::kStates]) {
   if (e.b >= args.batch) return;
   T* last_states = static_cast<T*>(args.last_states);
 #pragma unroll
   for (int i = 0; i < Cell::kStates; ++i) {
-    last_states[(i * args.batch + e.b) * e.nd + e.hd] = FromFloat<T>(s[i]);
+    last_states[StateAt(e, args.batch, i)] = FromFloat<T>(s[i]);
   }
 }
 

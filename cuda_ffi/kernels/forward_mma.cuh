@@ -83,7 +83,7 @@ __global__ void __launch_bounds__(2 * D, 1) ForwardMmaKernel(const ForwardArgs a
   const int64_t nd = N * D;
   const LaneRows rows = LaneBatchRows(args.seq, b0, lane, args.batch, args.steps);
   auto element = [&](int e) {
-    return ForwardElement{rows.b[e % 2], head * D + unit0 + 8 * (e / 2), nd};
+    return Element{rows.b[e % 2], head * D + unit0 + 8 * (e / 2), nd};
   };
   float bias[2][Gt];
   LoadBias<Cell>(args, element(0), bias[0]);

@@ -95,7 +95,7 @@ __global__ void __launch_bounds__(MmaClusterForwardLayout<T, Cell::kGatesR, D, C
   // This thread's element: accumulator register kp of its lane position in the unit tile mt,
   // i.e. unit 16 mt + group + 8 (kp / 2) of this CTA, batch row 2 tig + kp % 2.
   const int unit = 16 * mt + group + 8 * (kp / 2), batch_row = 2 * tig + kp % 2;
-  const ForwardElement el{b0 + batch_row, head * D + u0 + unit, nd};
+  const Element el{b0 + batch_row, head * D + u0 + unit, nd};
   const int64_t length = RowLength(args.seq, el.b, args.batch, args.steps);
   float bias[Gt], s[S];
   LoadBias<Cell>(args, el, bias);
