@@ -44,10 +44,10 @@ constexpr bool kMmaBackwardSupported =
 // Shared memory: the gate cotangents [batch row][gate * D + unit] as hi and lo parts,
 // double-buffered, rows padded by 8 values so that the eight lane groups of a B-fragment load
 // fall in distinct banks.
-template <int kGatesR, int D, int BT>
+template <int kGatesR, int D>
 struct MmaBackwardLayout {
   static constexpr int kRowStride = kGatesR * D + 8;
-  static constexpr int kBufferValues = BT * kRowStride;
+  static constexpr int kBufferValues = kMmaBatchTile * kRowStride;
   static constexpr std::size_t kBytes =
       2 * 2 * std::size_t{kBufferValues} * sizeof(__nv_bfloat16);
 };
@@ -55,9 +55,9 @@ struct MmaBackwardLayout {
 // Launch bounds (threads, 1): as the other persistent kernels.
 template <typename Cell, typename T, int D>
 __global__ void __launch_bounds__(2 * D, 1) BackwardMmaKernel(const BackwardArgs args) {
-  constexpr int BT = 8;  // one n-tile: the four elements per lane of the accumulator layout
+  constexpr int BT = kMmaBatchTile;
   using Op = MmaOperand<T>;
-  using Layout = MmaBackwardLayout<Cell::kGatesR, D, BT>;
+  using Layout = MmaBackwardLayout<Cell::kGatesR, D>;
   constexpr int Gr = Cell::kGatesR, Gt = Cell::kGatesB, S = Cell::kStates;
   constexpr int KT = Gr * D / 16;  // k-tiles over (gate, unit)
   constexpr int E = 4, kStride = Layout::kRowStride;
@@ -160,13 +160,12 @@ __global__ void __launch_bounds__(2 * D, 1) BackwardMmaKernel(const BackwardArgs
   }
 }
 
-// Launches the tensor-core backward over every head and batch tile of 8 rows.
+// Launches the tensor-core backward over every head and batch tile.
 template <typename Cell, typename T, int D>
 cudaError_t LaunchBackwardMma(const BackwardArgs& args, cudaStream_t stream) {
-  using Shape = Tiling<D, 1, 8, 2 * D>;
+  using Shape = Tiling<D, 1, kMmaBatchTile, 2 * D>;
   return LaunchOverHeadsAndBatchTiles<Shape>(BackwardMmaKernel<Cell, T, D>, args,
-                                             MmaBackwardLayout<Cell::kGatesR, D, 8>::kBytes,
-                                             stream);
+                                             MmaBackwardLayout<Cell::kGatesR, D>::kBytes, stream);
 }
 
 }  // namespace flashrnn

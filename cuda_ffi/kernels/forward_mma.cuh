@@ -36,28 +36,23 @@ constexpr bool kMmaForwardSupported =
     (std::is_same_v<T, __nv_bfloat16> || std::is_same_v<T, __half>) && Tile::kCluster == 1 &&
     Tile::kHeadSize % 16 == 0 && Tile::kHeadSize <= 128;
 
-// Batch rows per CTA: one n-tile. A step's latency is the pointwise instruction stream of a
-// lane (one warp per scheduler at the usual grid sizes), so four elements per lane and twice
-// the CTAs beat eight elements per lane (benchmarks/NOTES.md, v2).
-constexpr int kMmaBatchTile = 8;
-
 // Shared memory: h_prev as hi and lo parts, double-buffered, rows padded by 8 values so that
 // the eight lane groups of a B-fragment load fall in distinct banks.
-template <typename T, int D, int BT>
+template <typename T, int D>
 struct MmaForwardLayout {
   static constexpr int kRowStride = D + 8;
-  static constexpr int kBufferValues = BT * kRowStride;
+  static constexpr int kBufferValues = kMmaBatchTile * kRowStride;
   static constexpr std::size_t kBytes = 2 * 2 * std::size_t{kBufferValues} * sizeof(T);
 };
 
 // kResiduals: also write the residuals of the backward (a forward that is differentiated).
 // Launch bounds (threads, 1): a persistent CTA needs no second CTA beside it on its SM, and
 // without the 1 ptxas held some of these kernels to 64 registers and spilled (NOTES, v2).
-template <typename Cell, typename T, int D, int BT, bool kResiduals>
+template <typename Cell, typename T, int D, bool kResiduals>
 __global__ void __launch_bounds__(2 * D, 1) ForwardMmaKernel(const ForwardArgs args) {
-  static_assert(BT == 8, "one n-tile: the four elements per lane of the accumulator layout");
+  constexpr int BT = kMmaBatchTile;
   using Op = MmaOperand<T>;
-  using Layout = MmaForwardLayout<T, D, BT>;
+  using Layout = MmaForwardLayout<T, D>;
   constexpr int Gr = Cell::kGatesR, Gt = Cell::kGatesB, S = Cell::kStates;
   constexpr int KT = D / 16, E = 4;  // k-tiles, elements per lane
   constexpr int kStride = Layout::kRowStride;
@@ -144,12 +139,11 @@ __global__ void __launch_bounds__(2 * D, 1) ForwardMmaKernel(const ForwardArgs a
 // Launches the tensor-core forward over every head and batch tile of its own size.
 template <typename Cell, typename T, int D>
 cudaError_t LaunchForwardMma(const ForwardArgs& args, cudaStream_t stream) {
-  constexpr int BT = kMmaBatchTile;
-  using Shape = Tiling<D, 1, BT, 2 * D>;
+  using Shape = Tiling<D, 1, kMmaBatchTile, 2 * D>;
   return LaunchOverHeadsAndBatchTiles<Shape>(args.gate_cache != nullptr
-                                                 ? ForwardMmaKernel<Cell, T, D, BT, true>
-                                                 : ForwardMmaKernel<Cell, T, D, BT, false>,
-                                             args, MmaForwardLayout<T, D, BT>::kBytes, stream);
+                                                 ? ForwardMmaKernel<Cell, T, D, true>
+                                                 : ForwardMmaKernel<Cell, T, D, false>,
+                                             args, MmaForwardLayout<T, D>::kBytes, stream);
 }
 
 }  // namespace flashrnn

@@ -48,7 +48,7 @@ constexpr int kMmaClusterSize = D / 32;
 // [quarter][unit tile][gate][accumulator register][lane] in float32.
 template <typename T, int kGatesR, int D, int C>
 struct MmaClusterForwardLayout {
-  static constexpr int kBatchTile = 8, kQuarters = 4;
+  static constexpr int kBatchTile = kMmaBatchTile, kQuarters = 4;
   static constexpr int kUnitTiles = D / C / 16;
   static constexpr int kRowStride = D + 8;
   static constexpr int kBufferValues = kBatchTile * kRowStride;

@@ -109,7 +109,13 @@ __device__ __forceinline__ void MmaHiLo(const T* hi, const T* lo, int kt0, int l
   }
 }
 
-// The batch rows of a lane's m16n8 accumulator registers in a batch tile of 8 from row b0:
+// Batch rows per CTA of every tensor-core kernel: one n-tile of m16n8k16, so that a lane's
+// four accumulator registers are its four elements. A step's latency is the pointwise
+// instruction stream of a lane (one warp per scheduler at the usual grid sizes), so four
+// elements per lane and twice the CTAs beat eight elements per lane (benchmarks/NOTES.md, v2).
+constexpr int kMmaBatchTile = 8;
+
+// The batch rows of a lane's m16n8 accumulator registers in a batch tile from row b0:
 // 2 tig for registers 0 and 2, 2 tig + 1 for 1 and 3 (register e's row is rows[e % 2]), and
 // their lengths (RowLength: 0 for padding rows).
 struct LaneRows {
