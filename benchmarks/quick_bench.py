@@ -31,12 +31,19 @@ def median_ms(fn, *args, warmup: int = 3, runs: int = 20) -> float:
     return 1e3 * float(np.median(times))
 
 
-def bench_case(function, backend, dtype, B, T, N, D, key, masks=False):
+def random_inputs(function, dtype, B, T, N, D, key):
+    """Random ``Wx, R, b`` of a call (R scaled by 1/sqrt(D) so that the states stay bounded)."""
     cell = get_cell(function)
-    k1, k2, k3, k4 = jax.random.split(key, 4)
+    k1, k2, k3 = jax.random.split(key, 3)
     Wx = jax.random.normal(k1, (B, T, cell.gates_wx, N, D), dtype)
     R = (jax.random.normal(k2, (cell.gates_r, N, D, D)) / D**0.5).astype(dtype)
     b = jax.random.normal(k3, (cell.gates_b, N, D)).astype(dtype)
+    return Wx, R, b
+
+
+def bench_case(function, backend, dtype, B, T, N, D, key, masks=False):
+    key, k4 = jax.random.split(key)
+    Wx, R, b = random_inputs(function, dtype, B, T, N, D, key)
     options = {}
     if masks:
         options = {"seq_lengths": jnp.full((B,), T, jnp.int32),

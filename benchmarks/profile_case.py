@@ -1,28 +1,19 @@
 """Run the fused kernels once per configuration, for a profiler (ncu) to capture, or time them
 over a few sequence lengths to split the per-step cost from the fixed cost of a call.
 
-    ncu -k regex:Kernel python3 scripts/profile_case.py lstm:12x64 slstm:48x16 --grad
-    python3 scripts/profile_case.py lstm:12x64 --time --steps 128 1024
+    ncu -k regex:Kernel python3 benchmarks/profile_case.py lstm:12x64 slstm:48x16 --grad
+    python3 benchmarks/profile_case.py lstm:12x64 --time --steps 128 1024
+
+Timing as in quick_bench.py: median of device-synchronised runs after warm-up, random data.
 """
 
 import argparse
-import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
+from quick_bench import median_ms, random_inputs
 
 from flashrnn_jax import flashrnn
-from flashrnn_jax.cells import get_cell
-
-
-def inputs(function, B, T, N, D, dtype):
-    cell = get_cell(function)
-    k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
-    Wx = jax.random.normal(k1, (B, T, cell.gates_wx, N, D), dtype)
-    R = (jax.random.normal(k2, (cell.gates_r, N, D, D)) / D**0.5).astype(dtype)
-    b = jax.random.normal(k3, (cell.gates_b, N, D)).astype(dtype)
-    return Wx, R, b
 
 
 def step_functions(function):
@@ -49,17 +40,13 @@ def main():
         N, D = map(int, shape.split("x"))
         forward, grad = step_functions(function)
         for T in args.steps:
-            data = inputs(function, args.batch, T, N, D, jnp.dtype(args.dtype))
+            data = random_inputs(function, jnp.dtype(args.dtype), args.batch, T, N, D,
+                                 jax.random.key(0))
             for name, fn in (("fwd", forward), ("fwdbwd", grad))[: 2 if args.grad else 1]:
-                jax.block_until_ready(fn(*data))
                 if not args.time:
-                    continue
-                times = []
-                for _ in range(20):
-                    start = time.perf_counter()
                     jax.block_until_ready(fn(*data))
-                    times.append(time.perf_counter() - start)
-                ms = 1e3 * float(np.median(times))
+                    continue
+                ms = median_ms(fn, *data)
                 print(f"{config} B={args.batch} T={T} {name}: {ms:.3f} ms, "
                       f"{1e3 * ms / T:.2f} us/step")
 
