@@ -4,8 +4,8 @@
 # and run the quick benchmark, printing its table last.
 #   usage: scripts/gpu_check.sh   (logs and JSON go to $OUT, or build/gpu_check_out;
 #          SKIP_BENCH=1 leaves out the benchmark; MMA_FORWARD=0 builds without the
-#          tensor-core forward, MMA_BACKWARD=1 with the experimental tensor-core backward,
-#          MMA_CLUSTER=1 with the experimental cluster tensor-core forward (head size 256);
+#          tensor-core forward, MMA_BACKWARD=0 without the tensor-core backward,
+#          MMA_CLUSTER=0 without the cluster tensor-core forward (head size 256);
 #          PYTEST_WORKERS sets the test processes, 12 by default; GPU_TESTS the test files,
 #          all GPU tests by default)
 set -uo pipefail
@@ -24,10 +24,10 @@ echo "== build"
 start=$(date +%s)
 mma=ON
 [ "${MMA_FORWARD:-1}" = 0 ] && mma=OFF
-mma_backward=OFF
-[ "${MMA_BACKWARD:-0}" = 1 ] && mma_backward=ON
-mma_cluster=OFF
-[ "${MMA_CLUSTER:-0}" = 1 ] && mma_cluster=ON
+mma_backward=ON
+[ "${MMA_BACKWARD:-1}" = 0 ] && mma_backward=OFF
+mma_cluster=ON
+[ "${MMA_CLUSTER:-1}" = 0 ] && mma_cluster=OFF
 if ! python3 -m pip install --no-build-isolation --no-deps -v . \
     -Ccmake.define.FLASHRNN_CUDA=ON -Ccmake.define.FLASHRNN_MMA_FORWARD=$mma \
     -Ccmake.define.FLASHRNN_MMA_BACKWARD=$mma_backward \

@@ -40,10 +40,10 @@ NB_MODULE(_cuda, m) {
       "Whether the tensor-core forward (CMake FLASHRNN_MMA_FORWARD) is built.");
   m.def(
       "mma_backward", []() { return FLASHRNN_MMA_BACKWARD != 0; },
-      "Whether the experimental tensor-core backward (CMake FLASHRNN_MMA_BACKWARD) is built.");
+      "Whether the tensor-core backward (CMake FLASHRNN_MMA_BACKWARD) is built.");
   m.def(
       "mma_cluster_forward", []() { return FLASHRNN_MMA_CLUSTER_FORWARD != 0; },
-      "Whether the experimental cluster tensor-core forward (CMake FLASHRNN_MMA_CLUSTER_FORWARD) "
+      "Whether the cluster tensor-core forward (CMake FLASHRNN_MMA_CLUSTER_FORWARD) "
       "is built.");
   m.def(
       "device_properties",

@@ -1,8 +1,8 @@
 // The tensor-core backward kernel for bfloat16 heads that fit one CTA (head size 16..128): Rᵀ
 // lives in registers as mma.sync m16n8k16 A fragments for the whole sequence, and a step's
 // recurrent product reads only the previous step's gate cotangents from shared memory.
-// EXPERIMENTAL: built only with the CMake option FLASHRNN_MMA_BACKWARD=ON, and not yet run
-// on a GPU (see benchmarks/NOTES.md, v2 backward).
+// Built with the CMake option FLASHRNN_MMA_BACKWARD (ON by default; sm_80 or newer);
+// benchmarks/NOTES.md (v2 backward) has its design and measurements.
 //
 // The recurrent cotangent of unit u, dh[u, b] = sum over gates g and units o of
 // R[g, o, u] dg[g, o, b], is one matmul with M = the head's units, K = (gate, unit) pairs and

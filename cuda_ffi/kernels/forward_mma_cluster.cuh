@@ -1,6 +1,6 @@
 // The tensor-core forward kernel for heads split over a thread-block cluster (bfloat16 /
-// float16, head size 256). EXPERIMENTAL: built only with the CMake option
-// FLASHRNN_MMA_CLUSTER_FORWARD=ON, and not yet run on a GPU (see benchmarks/NOTES.md).
+// float16, head size 256). Built with the CMake option FLASHRNN_MMA_CLUSTER_FORWARD (ON by
+// default; sm_90 or newer); benchmarks/NOTES.md has its design and measurements.
 //
 // A head's units are split over the C CTAs of a cluster (U = D / C each). Within a CTA the
 // recurrent matmul is split over K as well: warp (m, p) owns units [16m, 16m + 16) of the CTA
