@@ -31,6 +31,8 @@ INSTANTIATIONS = [
     ("Backward", "LstmCell", "__nv_bfloat16", (128, 1, 16, 512)),
     ("Backward", "GruCell", "__nv_bfloat16", (128, 1, 16, 512)),
     ("Backward", "SlstmCell", "__nv_bfloat16", (64, 1, 16, 512)),
+    ("Backward", "LstmCell", "__nv_bfloat16", (256, 4, 16, 512)),
+    ("Backward", "SlstmCell", "__nv_bfloat16", (256, 4, 16, 512)),
 ]
 
 SOURCE = "".join(
@@ -53,6 +55,7 @@ def _compile(tmp_path, mma: bool, *extra: str) -> subprocess.CompletedProcess:
         [NVCC, "-std=c++17", "-arch=sm_90a", "--expt-relaxed-constexpr",
          f"-DFLASHRNN_MMA_FORWARD={int(mma)}", f"-DFLASHRNN_MMA_BACKWARD={int(mma)}",
          f"-DFLASHRNN_MMA_CLUSTER_FORWARD={int(mma)}",
+         f"-DFLASHRNN_MMA_CLUSTER_BACKWARD={int(mma)}",
          f"-I{REPO / 'cuda_ffi'}", *extra, str(source)],
         capture_output=True, text=True, timeout=900, cwd=tmp_path,
     )
@@ -77,8 +80,10 @@ def test_tensor_core_kernels_compile_with_their_mma_count_and_no_spills(tmp_path
     forward = [name for name in reports if "ForwardMmaKernel" in name]
     cluster = [name for name in reports if "ForwardMmaClusterKernel" in name]
     backward = [name for name in reports if "BackwardMmaKernel" in name]
-    assert (len(forward), len(cluster), len(backward)) == (2, 4, 4), list(reports)
-    for name in forward + cluster + backward:
+    cluster_backward = [name for name in reports if "BackwardMmaClusterKernel" in name]
+    assert (len(forward), len(cluster), len(backward), len(cluster_backward)) == (2, 4, 4, 2), \
+        list(reports)
+    for name in forward + cluster + backward + cluster_backward:
         assert "0 bytes spill stores, 0 bytes spill loads" in reports[name], reports[name]
     ptx = _compile(tmp_path, True, "--ptx", "-o", str(tmp_path / "k.ptx"))
     assert ptx.returncode == 0, ptx.stderr[-3000:]
@@ -93,3 +98,7 @@ def test_tensor_core_kernels_compile_with_their_mma_count_and_no_spills(tmp_path
     lstm64 = [c for name, c in counts.items() if "BackwardMmaKernelINS_8LstmCell" in name
               and "Li64E" in name]
     assert lstm64 == [64], counts
+    # Cluster backward at D=256: per warp 2 unit tiles x (4 gates x 32 units / 16) k-tiles x
+    # (hi, lo), once: in the step loop, whose last iteration also sends step 0's product back.
+    cluster_counts = [c for name, c in counts.items() if "BackwardMmaClusterKernel" in name]
+    assert cluster_counts == [32, 32], counts

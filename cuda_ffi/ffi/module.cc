@@ -46,6 +46,10 @@ NB_MODULE(_cuda, m) {
       "Whether the cluster tensor-core forward (CMake FLASHRNN_MMA_CLUSTER_FORWARD) "
       "is built.");
   m.def(
+      "mma_cluster_backward", []() { return FLASHRNN_MMA_CLUSTER_BACKWARD != 0; },
+      "Whether the cluster tensor-core backward (CMake FLASHRNN_MMA_CLUSTER_BACKWARD) "
+      "is built.");
+  m.def(
       "device_properties",
       [](int device) {
         cudaDeviceProp prop;

@@ -16,6 +16,7 @@
 
 #include "backward_element.cuh"
 #include "backward_mma.cuh"
+#include "backward_mma_cluster.cuh"
 #include "cluster_sync.cuh"
 #include "dtype.cuh"
 #include "launch.cuh"
@@ -135,6 +136,11 @@ __global__ void __launch_bounds__(Tile::kThreads, 1) BackwardKernel(const Backwa
 
 template <typename Cell, typename T, typename Tile>
 cudaError_t LaunchBackward(const BackwardArgs& args, cudaStream_t stream) {
+#if FLASHRNN_MMA_CLUSTER_BACKWARD
+  if constexpr (kMmaClusterBackwardSupported<T, Tile>) {
+    return LaunchBackwardMmaCluster<Cell, T, Tile::kHeadSize>(args, stream);
+  } else
+#endif
 #if FLASHRNN_MMA_BACKWARD
   if constexpr (kMmaBackwardSupported<Cell, T, Tile>) {
     return LaunchBackwardMma<Cell, T, Tile::kHeadSize>(args, stream);
