@@ -31,13 +31,22 @@ def table(results: dict, plot_name: str) -> str:
         "| scan fwd+bwd | fwd+bwd speed-up |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
+    masks = []
     for (function, N, D, dtype, B, T), impls in by_case.items():
         f, s = impls["fused"], impls["scan"]
+        if "fused+masks" in impls:
+            m = impls["fused+masks"]
+            masks.append(f"{function} {N} × {D}: forward {m['fwd_cost_vs_plain']:+.1%}, "
+                         f"forward+backward {m['fwdbwd_cost_vs_plain']:+.1%}")
         lines.append(
             f"| {function} | {N} × {D} | {dtype} | {B} | {T} | {f['fwd_ms']:.2f} | "
             f"{s['fwd_ms']:.2f} | {f['fwdbwd_ms']:.2f} | {s['fwdbwd_ms']:.2f} | "
             f"{s['fwdbwd_ms'] / f['fwdbwd_ms']:.1f}× |"
         )
+    if masks:
+        lines += ["", "Cost of the sequence masks in the fused kernels (full `seq_lengths` and 1% "
+                  "random `resets`, timed in alternation with the plain kernels on the same "
+                  "data): " + "; ".join(masks) + "."]
     lines += ["", f"![quick benchmark](benchmarks/results/{plot_name})"]
     return "\n".join(lines)
 

@@ -90,7 +90,8 @@ __global__ void __launch_bounds__(Tile::kThreads, 1) ForwardKernel(const Forward
 #pragma unroll
         for (int g = 0; g < Gr; ++g) rh[g] += ToFloat(r_s[(g * D + k) * U + u]) * hk;
       }
-      FinishStep<Cell, T, kResiduals>(args, el, at, reset_next, pre, rh, s[p]);
+      FinishStep<Cell, T, kResiduals>(args, el, at, pre, rh, s[p]);
+      ReloadAtReset<Cell>(args, el, reset_next, s[p]);
       for (int r = 0; r < Tile::kCluster; ++r) Group::Map(h_next, r)[row * D + u0 + u] = s[p][0];
     }
     Group::Sync();

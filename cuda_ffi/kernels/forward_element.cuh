@@ -72,16 +72,13 @@ __device__ __forceinline__ void LoadPreactivations(const ForwardArgs& args,
 
 // After the matmul: the cell step (none past the row's length), the outputs and, with
 // kResiduals (a forward that is differentiated), the residuals at the input the step read
-// (zeros in the padding), then the reset of the next step. On return s holds the states the
-// next step starts from; s[0] is the h its matmul reads. Straight-line code except for the
-// stores and the reset: the step is computed for every element and selected, so that the
-// elements of a thread interleave in one basic block. Every lane of a warp calls this
-// together (the kernels call it outside any divergent branch), so that the rare reset can be
-// a warp-uniform branch: a warp none of whose lanes resets skips the reloads.
+// (zeros in the padding). The reset of the next step follows (ReloadAtReset or
+// SelectAtReset); then s holds the states the next step starts from, s[0] the h its matmul
+// reads. Straight-line code except for the stores: the step is computed for every element and
+// selected, so that the elements of a thread interleave in one basic block.
 template <typename Cell, typename T, bool kResiduals>
 __device__ __forceinline__ void FinishStep(const ForwardArgs& args, const Element& e,
-                                           const RowStep& row, bool reset_next,
-                                           float (&pre)[Cell::kGatesB],
+                                           const RowStep& row, float (&pre)[Cell::kGatesB],
                                            const float (&rh)[Cell::kGatesR],
                                            float (&s)[Cell::kStates]) {
   float stepped[Cell::kStates];
@@ -107,12 +104,32 @@ __device__ __forceinline__ void FinishStep(const ForwardArgs& args, const Elemen
       }
     }
   }
+}
+
+// The reset of the next step from the initial states in global memory, for kernels whose
+// registers are full (several elements per thread). Every lane of a warp calls this together
+// (outside any divergent branch), so that the rare reset is a warp-uniform branch: a warp none
+// of whose lanes resets skips the reloads; one that does waits for them before its next h
+// goes out.
+template <typename Cell>
+__device__ __forceinline__ void ReloadAtReset(const ForwardArgs& args, const Element& e,
+                                              bool reset_next, float (&s)[Cell::kStates]) {
   if (__any_sync(0xffffffffu, reset_next) && reset_next) {
 #pragma unroll
     for (int i = 0; i < Cell::kStates; ++i) {
       s[i] = args.states0[StateAt(e, args.batch, i)];
     }
   }
+}
+
+// The reset of the next step from the initial states kept in registers (kernels with one
+// element per thread): a select, no load on the step's critical path.
+template <typename Cell>
+__device__ __forceinline__ void SelectAtReset(bool reset_next,
+                                              const float (&initial)[Cell::kStates],
+                                              float (&s)[Cell::kStates]) {
+#pragma unroll
+  for (int i = 0; i < Cell::kStates; ++i) s[i] = reset_next ? initial[i] : s[i];
 }
 
 // The states after the last step, where the row is real.

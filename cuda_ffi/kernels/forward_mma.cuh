@@ -123,8 +123,8 @@ __global__ void __launch_bounds__(2 * D, 1) ForwardMmaKernel(const ForwardArgs a
       float rh[Gr];
 #pragma unroll
       for (int g = 0; g < Gr; ++g) rh[g] = acc[g][e];
-      FinishStep<Cell, T, kResiduals>(args, element(e), row[e % 2], reset_next[e % 2], pre[e],
-                                      rh, s[e]);
+      FinishStep<Cell, T, kResiduals>(args, element(e), row[e % 2], pre[e], rh, s[e]);
+      ReloadAtReset<Cell>(args, element(e), reset_next[e % 2], s[e]);
       const int at = row_of(e) * kStride + unit0 + 8 * (e / 2);
       Op::Split(s[e][0], hi_next[at], lo_next[at]);
     }

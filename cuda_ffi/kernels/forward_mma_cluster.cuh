@@ -100,6 +100,10 @@ __global__ void __launch_bounds__(MmaClusterForwardLayout<T, Cell::kGatesR, D, C
   float bias[Gt], s[S];
   LoadBias<Cell>(args, el, bias);
   LoadStates<Cell>(args, el, s);
+  // The states a reset goes back to, in registers (one element per thread leaves room).
+  float initial[S];
+#pragma unroll
+  for (int i = 0; i < S; ++i) initial[i] = s[i];
   const int h_at = batch_row * kStride + u0 + unit;
   // h into buffer `buffer` of every CTA of the cluster.
   auto broadcast_h = [&](int buffer) {
@@ -143,7 +147,8 @@ __global__ void __launch_bounds__(MmaClusterForwardLayout<T, Cell::kGatesR, D, C
 #pragma unroll
       for (int q = 0; q < KP; ++q) rh[g] += part[(((q * MT + mt) * Gr + g) * 4 + kp) * 32 + lane];
     }
-    FinishStep<Cell, T, kResiduals>(args, el, row, reset_next, pre, rh, s);
+    FinishStep<Cell, T, kResiduals>(args, el, row, pre, rh, s);
+    SelectAtReset<Cell>(reset_next, initial, s);
     broadcast_h(cur ^ 1);
     if (step + 1 < args.steps) load_step(step + 1);
     // Orders this step's h writes before the next step's reads in every CTA, this step's reads
