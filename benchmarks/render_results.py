@@ -1,10 +1,14 @@
-"""Render committed benchmark JSON into the README's table and a PNG plot.
+"""Render committed benchmark JSON into the README's tables and PNG plots.
 
 Reads ``benchmarks/results/quick_bench_<gpu>.json`` (written on the GPU by
 ``benchmarks/quick_bench.py``), writes ``benchmarks/results/quick_bench_<gpu>.png`` and replaces
-the text between the ``<!-- quick-bench -->`` markers of README.md. No number is typed by hand.
+the text between the ``<!-- quick-bench -->`` markers of README.md; with ``--suite``, also the
+heads sweep of ``benchmarks/suite.py``'s JSON between the ``<!-- suite-heads -->`` markers,
+beside the targets of issue 5 (FlashRNN's fused kernels and cuDNN as measured there), and the
+suite's plots from that JSON. No number is typed by hand.
 
-    python benchmarks/render_results.py benchmarks/results/quick_bench_H100_80GB_HBM3.json
+    python benchmarks/render_results.py benchmarks/results/quick_bench_NVIDIA_H200.json \
+        --suite benchmarks/results/NVIDIA_H200.json
 """
 
 from __future__ import annotations
@@ -16,6 +20,11 @@ import re
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 MARKERS = ("<!-- quick-bench -->", "<!-- /quick-bench -->")
+SUITE_MARKERS = ("<!-- suite-heads -->", "<!-- /suite-heads -->")
+
+# Issue 5's targets for LSTM and sLSTM (bf16, B=16, T=1024, hidden 768): forward and
+# forward+backward ms, by (heads, head size). They are the issue's, not measurements here.
+TARGETS = {(1, 768): (2.0, 6.0), (3, 256): (1.5, 4.5), (12, 64): (1.0, 3.0), (48, 16): (1.0, 3.0)}
 
 
 def table(results: dict, plot_name: str) -> str:
@@ -51,6 +60,49 @@ def table(results: dict, plot_name: str) -> str:
     return "\n".join(lines)
 
 
+def _ms(record: dict | None, key: str) -> str:
+    value = None if record is None else record[key]
+    return "—" if value is None else f"{value:.2f}"
+
+
+def suite_table(results: dict) -> str:
+    """The heads sweep: per function and head split, fused and scan forward / forward+backward,
+    the dense LSTM baselines (flax, cuDNN float32) and issue 5's target."""
+    heads = [r for r in results["records"] if r["sweep"] == "heads"]
+    by_case = {}
+    for r in heads:
+        by_case.setdefault((r["function"], r["N"], r["D"]), {})[r["impl"]] = r
+    first = heads[0]
+    lines = [
+        f"{results['gpu']}, jax {results['jax']}; bf16 (cuDNN float32), B={first['B']}, "
+        f"T={first['T']}, hidden {first['N'] * first['D']}; median ms, forward / "
+        "forward+backward; — where an implementation does not run the case (the fused kernels "
+        "stop at head size 256 in the default build).",
+        "",
+        "| function | heads × D | fused | scan | flax LSTM | cuDNN LSTM (f32) | fused peak MiB "
+        "| target |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for (function, N, D), impls in by_case.items():
+        cells = [f"{_ms(impls.get(impl), 'fwd_ms')} / {_ms(impls.get(impl), 'fwdbwd_ms')}"
+                 if impl in impls else "" for impl in ("fused", "scan", "flax_lstm",
+                                                       "cudnn_lstm")]
+        fused = impls.get("fused")
+        peak = "—" if fused is None or fused["peak_mem_mb"] is None else f"{fused['peak_mem_mb']:.0f}"
+        target = TARGETS.get((N, D)) if function in ("lstm", "slstm") else None
+        lines.append(f"| {function} | {N} × {D} | " + " | ".join(cells) +
+                     f" | {peak} | {'' if target is None else '≤ %.1f / ≤ %.1f' % target} |")
+    return "\n".join(lines)
+
+
+def replace_block(text: str, markers: tuple[str, str], body: str) -> str:
+    if markers[0] not in text:
+        raise ValueError(f"README.md has no {markers[0]} block")
+    block = f"{markers[0]}\n{body}\n{markers[1]}"
+    pattern = re.escape(markers[0]) + ".*?" + re.escape(markers[1])
+    return re.sub(pattern, lambda _: block, text, flags=re.S)
+
+
 def plot(results: dict, path: pathlib.Path) -> None:
     import matplotlib
 
@@ -83,15 +135,21 @@ def plot(results: dict, path: pathlib.Path) -> None:
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("results", type=pathlib.Path)
+    parser.add_argument("--suite", type=pathlib.Path, help="benchmarks/suite.py JSON")
     args = parser.parse_args()
     results = json.loads(args.results.read_text())
     png = args.results.with_suffix(".png")
     plot(results, png)
     readme = ROOT / "README.md"
-    text = readme.read_text()
-    block = f"{MARKERS[0]}\n{table(results, png.name)}\n{MARKERS[1]}"
-    pattern = re.escape(MARKERS[0]) + ".*?" + re.escape(MARKERS[1])
-    readme.write_text(re.sub(pattern, lambda _: block, text, flags=re.S))
+    text = replace_block(readme.read_text(), MARKERS, table(results, png.name))
+    if args.suite:
+        from suite import plot as suite_plot
+
+        suite = json.loads(args.suite.read_text())
+        plots = suite_plot(suite, args.suite.with_suffix(""))
+        links = "\n".join(f"![{p.stem}](benchmarks/results/{p.name})" for p in plots)
+        text = replace_block(text, SUITE_MARKERS, f"{suite_table(suite)}\n\n{links}")
+    readme.write_text(text)
 
 
 if __name__ == "__main__":
