@@ -31,6 +31,7 @@ INSTANTIATIONS = [
     ("Backward", "LstmCell", "__nv_bfloat16", (128, 1, 16, 512)),
     ("Backward", "GruCell", "__nv_bfloat16", (128, 1, 16, 512)),
     ("Backward", "SlstmCell", "__nv_bfloat16", (64, 1, 16, 512)),
+    ("Backward", "SlstmCell", "__nv_bfloat16", (128, 1, 16, 512)),
     ("Backward", "LstmCell", "__nv_bfloat16", (256, 4, 16, 512)),
     ("Backward", "SlstmCell", "__nv_bfloat16", (256, 4, 16, 512)),
 ]
@@ -81,10 +82,17 @@ def test_tensor_core_kernels_compile_with_their_mma_count_and_no_spills(tmp_path
     cluster = [name for name in reports if "ForwardMmaClusterKernel" in name]
     backward = [name for name in reports if "BackwardMmaKernel" in name]
     cluster_backward = [name for name in reports if "BackwardMmaClusterKernel" in name]
-    assert (len(forward), len(cluster), len(backward), len(cluster_backward)) == (2, 4, 4, 2), \
+    assert (len(forward), len(cluster), len(backward), len(cluster_backward)) == (2, 4, 5, 2), \
         list(reports)
+    # The one tensor-core kernel allowed to spill: the sLSTM backward at D=128 (a few registers
+    # to L1; backward_mma.cuh says why it still beats the FMA kernel).
+    slstm128 = [name for name in backward if "SlstmCell" in name and "Li128E" in name]
+    assert len(slstm128) == 1, backward
+    spill = re.search(r"(\d+) bytes spill stores", reports[slstm128[0]])
+    assert int(spill.group(1)) <= 256, reports[slstm128[0]]
     for name in forward + cluster + backward + cluster_backward:
-        assert "0 bytes spill stores, 0 bytes spill loads" in reports[name], reports[name]
+        if name not in slstm128:
+            assert "0 bytes spill stores, 0 bytes spill loads" in reports[name], reports[name]
     ptx = _compile(tmp_path, True, "--ptx", "-o", str(tmp_path / "k.ptx"))
     assert ptx.returncode == 0, ptx.stderr[-3000:]
     entries = re.findall(r"\.entry (\w+)\((.*?)\n\}\n", (tmp_path / "k.ptx").read_text(), re.S)

@@ -94,12 +94,12 @@ __global__ void __launch_bounds__(Tile::kThreads, 1) BackwardKernel(const Backwa
       const int e = threadIdx.x + p * Tile::kThreads, u = e % U, row = e / U;
       const Element el = element(p);
       const BackwardRowStep at = BackwardRowAt(args, el.b, el.nd, length[p], step);
-      BackwardInputs<Cell> in;
+      BackwardInputs<Cell, T> in;
       LoadBackwardInputs<Cell, T>(args, el, at, in);
       float dg[Gt];
       BackwardStep<Cell>(args, el, at, in, recurrent_cotangent(part_in, row, u), after_reset[p],
                          ds[p], dg);
-      after_reset[p] = at.resets;
+      after_reset[p] = at.resets();
 #pragma unroll
       for (int g = 0; g < Gr; ++g) dg_s[(g * BT + row) * U + u] = dg[g];
     }

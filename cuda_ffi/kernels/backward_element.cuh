@@ -14,13 +14,19 @@
 
 namespace flashrnn {
 
-// Where a batch row stands at one step, computed once per row and step: the row offsets
-// (b * steps + t) * nd of the input t the step read and of the one read before it, whether the
-// step ran at all (step < length), whether its states came from the initial states (the row's
-// first step, or a reset before it), and whether that was a reset.
+// Where a batch row stands at one step, computed once per row and step (a step ahead): the
+// row offsets (b * steps + t) * nd of the input t the step read and of the one read before it,
+// whether the step ran at all (step < length), whether it is the row's first, and its reset
+// flag as loaded (nonzero: a reset before it), tested only when used so that the load's
+// latency hides behind the barrier in between.
 struct BackwardRowStep {
   int64_t at, at_prev;
-  bool active, from_initial, resets;
+  bool active, first;
+  uint32_t reset_flag;
+
+  __device__ bool resets() const { return active && reset_flag != 0; }
+  // Whether the step's states came from the initial states.
+  __device__ bool from_initial() const { return first || resets(); }
 };
 
 __device__ __forceinline__ BackwardRowStep BackwardRowAt(const BackwardArgs& args, int64_t b,
@@ -29,9 +35,9 @@ __device__ __forceinline__ BackwardRowStep BackwardRowAt(const BackwardArgs& arg
   const int64_t t = InputIndex(args.seq, step, length);
   const int64_t t_prev = args.seq.reverse ? t + 1 : t - 1;
   const bool active = step < length;
-  const bool resets = active && ResetsBefore(args.seq, b, args.steps, t);
-  return {(b * args.steps + t) * nd, (b * args.steps + t_prev) * nd, active,
-          step == 0 || resets, resets};
+  uint32_t flag = 0;
+  if (active && args.seq.resets != nullptr) flag = args.seq.resets[b * args.steps + t];
+  return {(b * args.steps + t) * nd, (b * args.steps + t_prev) * nd, active, step == 0, flag};
 }
 
 // The recurrent cotangent the options let through, from the full sum over R's rows: none
@@ -48,12 +54,14 @@ __device__ __forceinline__ float RecurrentCotangent(const BackwardArgs& args, fl
   }
 }
 
-// What one step reads besides the recurrent cotangent, loadable a step ahead: the cotangent
-// of its output states, the states it started from, its cached pre-activations. Zeros for a
-// step that did not run.
-template <typename Cell>
+// What one step reads besides the recurrent cotangent, loaded a step ahead and used only after
+// the barrier in between: the cotangent of its output states (as stored, converted at use),
+// the states of the step before (not the initial states: BackwardStep loads those where the
+// step starts from them, a row's first step or a reset, so that no load waits on the reset
+// flag), its cached pre-activations. Zeros for a step that did not run.
+template <typename Cell, typename T>
 struct BackwardInputs {
-  float d_out[Cell::kStates];
+  T d_out[Cell::kStates];
   float prev[Cell::kStates];
   float pre[Cell::kGatesB];
 };
@@ -62,20 +70,21 @@ template <typename Cell, typename T>
 __device__ __forceinline__ void LoadBackwardInputs(const BackwardArgs& args,
                                                    const Element& e,
                                                    const BackwardRowStep& row,
-                                                   BackwardInputs<Cell>& in) {
+                                                   BackwardInputs<Cell, T>& in) {
   const bool real = row.active && e.b < args.batch;
   const int64_t state_stride = StateStride(e, args.batch, args.steps);
   const T* d_states_all = static_cast<const T*>(args.d_states_all);
 #pragma unroll
   for (int i = 0; i < Cell::kStates; ++i) {
-    in.d_out[i] = real ? ToFloat(d_states_all[i * state_stride + row.at + e.hd]) : 0.0f;
-    in.prev[i] = !real             ? 0.0f
-                 : row.from_initial ? args.states0[StateAt(e, args.batch, i)]
-                                    : args.states_f32[i * state_stride + row.at_prev + e.hd];
+    in.d_out[i] = T(0.0f);
+    in.prev[i] = 0.0f;
+    if (real) in.d_out[i] = d_states_all[i * state_stride + row.at + e.hd];
+    if (real && !row.first) in.prev[i] = args.states_f32[i * state_stride + row.at_prev + e.hd];
   }
 #pragma unroll
   for (int g = 0; g < Cell::kGatesB; ++g) {
-    in.pre[g] = real ? args.gate_cache[row.at * Cell::kGatesB + g * e.nd + e.hd] : 0.0f;
+    in.pre[g] = 0.0f;
+    if (real) in.pre[g] = args.gate_cache[row.at * Cell::kGatesB + g * e.nd + e.hd];
   }
 }
 
@@ -100,10 +109,10 @@ __device__ __forceinline__ void StartCotangents(const BackwardArgs& args,
 // cotangent of every bias gate's pre-activation (zeros where the step did not run), also
 // written to d_gates. The cell derivative is computed for every element and selected, so that
 // the elements of a thread interleave in one basic block.
-template <typename Cell>
+template <typename Cell, typename T>
 __device__ __forceinline__ void BackwardStep(const BackwardArgs& args, const Element& e,
                                              const BackwardRowStep& row,
-                                             const BackwardInputs<Cell>& in, float dh_rec,
+                                             const BackwardInputs<Cell, T>& in, float dh_rec,
                                              bool after_reset, float (&ds)[Cell::kStates],
                                              float (&dg)[Cell::kGatesB]) {
   constexpr int S = Cell::kStates, Gt = Cell::kGatesB;
@@ -115,15 +124,24 @@ __device__ __forceinline__ void BackwardStep(const BackwardArgs& args, const Ele
   } else {
     ds[0] += dh_rec;
   }
+  // The states the step started from: the initial ones at a row's first step or a reset (a
+  // load on this step's path, but only there), else those loaded a step ahead.
+  float prev[S];
+#pragma unroll
+  for (int i = 0; i < S; ++i) prev[i] = in.prev[i];
+  if (row.from_initial()) {
+#pragma unroll
+    for (int i = 0; i < S; ++i) prev[i] = args.states0[StateAt(e, args.batch, i)];
+  }
   float stepped[S], gates[Gt];
 #pragma unroll
-  for (int i = 0; i < S; ++i) stepped[i] = ds[i] + in.d_out[i];
-  Cell::Backward(in.pre, in.prev, stepped, gates);
+  for (int i = 0; i < S; ++i) stepped[i] = ds[i] + ToFloat(in.d_out[i]);
+  Cell::Backward(in.pre, prev, stepped, gates);
 #pragma unroll
   for (int i = 0; i < S; ++i) ds[i] = row.active ? stepped[i] : ds[i];
 #pragma unroll
   for (int g = 0; g < Gt; ++g) dg[g] = row.active ? gates[g] : 0.0f;
-  if (row.resets) {
+  if (row.resets()) {
 #pragma unroll
     for (int i = 0; i < S; ++i) {
       args.d_states0[StateAt(e, args.batch, i)] += ds[i];

@@ -29,19 +29,17 @@
 
 namespace flashrnn {
 
-// Which calls the tensor-core backward takes: bfloat16, a head of 32..128 in one CTA, and a
-// lane's registers enough for its Rᵀ fragments (Gr D / 4) and its four elements' cotangents
-// and prefetched inputs (3 S + Gt each). The sum is only a threshold, not a register count
-// (ptxas -v, sm_90a: LSTM D=16 scores 48 and uses 148 registers, D=128 scores 168 and uses
-// 255 without spilling); 176 is where it separates what fits from sLSTM at D=128 (192), which
-// spills 88 bytes and keeps the FMA kernel. At D = 16 the FMA kernel is faster (48 x 16 LSTM,
-// B=16, T=1024, H200: 4.65 ms forward+backward against 5.38 with this one; NOTES, v2 backward):
-// a step's product is then too small to repay the hi/lo split and the shared-memory round trip.
+// Which calls the tensor-core backward takes: bfloat16 and a head of 32..128 in one CTA. A
+// lane holds its Rᵀ fragments (Gr D / 4 registers) and its four elements' cotangents and
+// prefetched inputs; at D=128 that is 255 registers without spilling for the LSTM and GRU
+// (ptxas -v, sm_90a), while the sLSTM spills 240 bytes (to L1) and still takes this kernel: its FMA backward runs 6 x 128 (B=16, T=1024, H200) in 38 ms forward+backward
+// against ~7 for the LSTM here (NOTES, v2 backward). At D = 16 the FMA kernel is faster (48 x 16
+// LSTM: 4.65 ms forward+backward against 5.38 with this one): a step's product is then too
+// small to repay the hi/lo split and the shared-memory round trip.
 template <typename Cell, typename T, typename Tile>
 constexpr bool kMmaBackwardSupported =
     std::is_same_v<T, __nv_bfloat16> && Tile::kCluster == 1 && Tile::kHeadSize % 16 == 0 &&
-    Tile::kHeadSize >= 32 && Tile::kHeadSize <= 128 &&
-    Cell::kGatesR * Tile::kHeadSize / 4 + 4 * (3 * Cell::kStates + Cell::kGatesB) <= 176;
+    Tile::kHeadSize >= 32 && Tile::kHeadSize <= 128;
 
 // Shared memory: the gate cotangents [batch row][gate * D + unit] as hi and lo parts,
 // double-buffered, rows padded by 8 values so that the eight lane groups of a B-fragment load
@@ -118,7 +116,7 @@ __global__ void __launch_bounds__(2 * D, 1) BackwardMmaKernel(const BackwardArgs
   // order; of the last step, here), so that their latency hides behind the barrier and the
   // next product.
   BackwardRowStep row[2];
-  BackwardInputs<Cell> in[E];
+  BackwardInputs<Cell, T> in[E];
   auto load_step = [&](int64_t step) {
 #pragma unroll
     for (int slot = 0; slot < 2; ++slot) {
@@ -148,7 +146,7 @@ __global__ void __launch_bounds__(2 * D, 1) BackwardMmaKernel(const BackwardArgs
       }
     }
 #pragma unroll
-    for (int slot = 0; slot < 2; ++slot) after_reset[slot] = row[slot].resets;
+    for (int slot = 0; slot < 2; ++slot) after_reset[slot] = row[slot].resets();
     if (step > 0) load_step(step - 1);
     __syncthreads();
   }

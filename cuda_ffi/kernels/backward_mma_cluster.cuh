@@ -133,7 +133,7 @@ __global__ void __launch_bounds__(MmaClusterBackwardLayout<Cell::kGatesR, D, C>:
   // The row state and inputs of a step are loaded at the end of the step after it (in reading
   // order; of the last step, here), so that their latency hides behind the barriers.
   BackwardRowStep row;
-  BackwardInputs<Cell> in;
+  BackwardInputs<Cell, T> in;
   auto load_step = [&](int64_t step) {
     row = BackwardRowAt(args, el.b, nd, length, step);
     LoadBackwardInputs<Cell, T>(args, el, row, in);
@@ -147,7 +147,7 @@ __global__ void __launch_bounds__(MmaClusterBackwardLayout<Cell::kGatesR, D, C>:
     float dg[Gt];
     BackwardStep<Cell>(args, el, row, in, recurrent_cotangent(static_cast<int>((step + 1) & 1)),
                        after_reset, ds, dg);
-    after_reset = row.resets;
+    after_reset = row.resets();
 #pragma unroll
     for (int g = 0; g < Gr; ++g) {
       const int at = batch_row * kStride + g * U + unit;

@@ -26,6 +26,21 @@ struct CtaGroup {
     }
   }
 
+  // Sync in two halves: Arrive after a step's shared-memory writes (a release: for a cluster
+  // it waits for this thread's earlier memory operations, global ones included), Wait before
+  // the next step's reads. Global loads and stores placed between the two overlap the other
+  // CTAs' arrival and are not held up by the release.
+  __device__ static void Arrive() {
+    if constexpr (kCluster > 1) __cluster_barrier_arrive();
+  }
+  __device__ static void Wait() {
+    if constexpr (kCluster == 1) {
+      __syncthreads();
+    } else {
+      __cluster_barrier_wait();
+    }
+  }
+
   // The address of `local` (a shared-memory location of this CTA) in CTA `rank`'s shared memory.
   template <typename P>
   __device__ static P* Map(P* local, int rank) {

@@ -80,9 +80,11 @@ __global__ void __launch_bounds__(Tile::kThreads, 1) ForwardKernel(const Forward
       const int e = threadIdx.x + p * Tile::kThreads, u = e % U, row = e / U;
       const Element el = element(p);
       const RowStep at = RowAt(args, el.b, el.nd, length[p], step);
-      const bool reset_next = ResetsNext(args, el.b, length[p], step);
+      const bool reset_next = ResetFlagNext(args, el.b, length[p], step) != 0;
+      T wx[Cell::kGatesWx];
+      LoadInputs<Cell, T>(args, el, at, wx);
       float pre[Gt];
-      LoadPreactivations<Cell, T>(args, el, at, bias[p], pre);
+      Preactivations<Cell, T>(bias[p], wx, pre);
       float rh[Gr] = {};
 #pragma unroll 8
       for (int k = 0; k < D; ++k) {

@@ -27,12 +27,16 @@ __device__ __forceinline__ RowStep RowAt(const ForwardArgs& args, int64_t b, int
   return {(b * args.steps + InputIndex(args.seq, step, length)) * nd, step < length};
 }
 
-// Whether row b starts the step after `step` from the initial states (read a step ahead, so
-// that the load's latency hides behind the matmul). Padding rows have length 0: no read.
-__device__ __forceinline__ bool ResetsNext(const ForwardArgs& args, int64_t b, int64_t length,
-                                           int64_t step) {
-  return step + 1 < length &&
-         ResetsBefore(args.seq, b, args.steps, InputIndex(args.seq, step + 1, length));
+// The reset flag of row b for the step after `step` (nonzero: it starts from the initial
+// states), loaded a step ahead and only tested when used (a bool tested here would make the
+// warp wait for the load at once). Padding rows have length 0: no read.
+__device__ __forceinline__ uint32_t ResetFlagNext(const ForwardArgs& args, int64_t b,
+                                                  int64_t length, int64_t step) {
+  uint32_t flag = 0;
+  if (args.seq.resets != nullptr && step + 1 < length) {
+    flag = args.seq.resets[b * args.steps + InputIndex(args.seq, step + 1, length)];
+  }
+  return flag;
 }
 
 // The biases of the element's unit.
@@ -53,57 +57,82 @@ __device__ __forceinline__ void LoadStates(const ForwardArgs& args, const Elemen
   }
 }
 
-// pre = bias + the input pre-activations of the row's step (none past the row's length).
+// The input pre-activations of the row's step as stored (zeros past the row's length). The
+// kernels load them a step ahead and convert them (Preactivations) only after the next
+// barrier and matmul: a conversion here would make the warp wait for the load before the
+// barrier, a memory latency on every step (benchmarks/NOTES.md, loads a step ahead).
 template <typename Cell, typename T>
-__device__ __forceinline__ void LoadPreactivations(const ForwardArgs& args,
-                                                   const Element& e, const RowStep& row,
-                                                   const float (&bias)[Cell::kGatesB],
-                                                   float (&pre)[Cell::kGatesB]) {
+__device__ __forceinline__ void LoadInputs(const ForwardArgs& args, const Element& e,
+                                           const RowStep& row, T (&wx)[Cell::kGatesWx]) {
 #pragma unroll
-  for (int g = 0; g < Cell::kGatesB; ++g) pre[g] = bias[g];
+  for (int g = 0; g < Cell::kGatesWx; ++g) wx[g] = T(0.0f);
   if (row.active) {
-    const T* wx = static_cast<const T*>(args.wx) + row.at * Cell::kGatesWx + e.hd;
+    const T* at = static_cast<const T*>(args.wx) + row.at * Cell::kGatesWx + e.hd;
 #pragma unroll
-    for (int g = 0; g < Cell::kGatesWx; ++g) {
-      pre[g + Cell::kWxGateOffset] += ToFloat(wx[g * e.nd]);
-    }
+    for (int g = 0; g < Cell::kGatesWx; ++g) wx[g] = at[g * e.nd];
   }
 }
 
-// After the matmul: the cell step (none past the row's length), the outputs and, with
-// kResiduals (a forward that is differentiated), the residuals at the input the step read
-// (zeros in the padding). The reset of the next step follows (ReloadAtReset or
-// SelectAtReset); then s holds the states the next step starts from, s[0] the h its matmul
-// reads. Straight-line code except for the stores: the step is computed for every element and
-// selected, so that the elements of a thread interleave in one basic block.
-template <typename Cell, typename T, bool kResiduals>
-__device__ __forceinline__ void FinishStep(const ForwardArgs& args, const Element& e,
-                                           const RowStep& row, float (&pre)[Cell::kGatesB],
-                                           const float (&rh)[Cell::kGatesR],
-                                           float (&s)[Cell::kStates]) {
+// pre = bias + the input pre-activations.
+template <typename Cell, typename T>
+__device__ __forceinline__ void Preactivations(const float (&bias)[Cell::kGatesB],
+                                               const T (&wx)[Cell::kGatesWx],
+                                               float (&pre)[Cell::kGatesB]) {
+#pragma unroll
+  for (int g = 0; g < Cell::kGatesB; ++g) pre[g] = bias[g];
+#pragma unroll
+  for (int g = 0; g < Cell::kGatesWx; ++g) pre[g + Cell::kWxGateOffset] += ToFloat(wx[g]);
+}
+
+// After the matmul: the cell step (none past the row's length). On return s holds the states
+// after the step. Straight-line code: the step is computed for every element and selected, so
+// that the elements of a thread interleave in one basic block.
+template <typename Cell>
+__device__ __forceinline__ void StepCell(const RowStep& row, float (&pre)[Cell::kGatesB],
+                                         const float (&rh)[Cell::kGatesR],
+                                         float (&s)[Cell::kStates]) {
   float stepped[Cell::kStates];
 #pragma unroll
   for (int i = 0; i < Cell::kStates; ++i) stepped[i] = s[i];
   Cell::Forward(pre, rh, stepped);
 #pragma unroll
   for (int i = 0; i < Cell::kStates; ++i) s[i] = row.active ? stepped[i] : s[i];
-  if (e.b < args.batch) {
-    const int64_t state_stride = StateStride(e, args.batch, args.steps);
-    T* states_all = static_cast<T*>(args.states_all) + row.at + e.hd;
+}
+
+// The outputs of a step (s: the states after it) and, with kResiduals (a forward that is
+// differentiated), the residuals, at the input the step read (zeros in the padding).
+template <typename Cell, typename T, bool kResiduals>
+__device__ __forceinline__ void StoreStep(const ForwardArgs& args, const Element& e,
+                                          const RowStep& row, const float (&pre)[Cell::kGatesB],
+                                          const float (&s)[Cell::kStates]) {
+  if (e.b >= args.batch) return;
+  const int64_t state_stride = StateStride(e, args.batch, args.steps);
+  T* states_all = static_cast<T*>(args.states_all) + row.at + e.hd;
 #pragma unroll
-    for (int i = 0; i < Cell::kStates; ++i) {
-      const float out = row.active ? s[i] : 0.0f;
-      states_all[i * state_stride] = FromFloat<T>(out);
-      if constexpr (kResiduals) args.states_f32[i * state_stride + row.at + e.hd] = out;
-    }
-    if constexpr (kResiduals) {
-      if (row.active) {
-        float* gate_cache = args.gate_cache + row.at * Cell::kGatesB + e.hd;
+  for (int i = 0; i < Cell::kStates; ++i) {
+    const float out = row.active ? s[i] : 0.0f;
+    states_all[i * state_stride] = FromFloat<T>(out);
+    if constexpr (kResiduals) args.states_f32[i * state_stride + row.at + e.hd] = out;
+  }
+  if constexpr (kResiduals) {
+    if (row.active) {
+      float* gate_cache = args.gate_cache + row.at * Cell::kGatesB + e.hd;
 #pragma unroll
-        for (int g = 0; g < Cell::kGatesB; ++g) gate_cache[g * e.nd] = pre[g];
-      }
+      for (int g = 0; g < Cell::kGatesB; ++g) gate_cache[g * e.nd] = pre[g];
     }
   }
+}
+
+// Both, for kernels that store as soon as the step is computed. The reset of the next step
+// follows (ReloadAtReset or SelectAtReset); then s holds the states the next step starts from,
+// s[0] the h its matmul reads.
+template <typename Cell, typename T, bool kResiduals>
+__device__ __forceinline__ void FinishStep(const ForwardArgs& args, const Element& e,
+                                           const RowStep& row, float (&pre)[Cell::kGatesB],
+                                           const float (&rh)[Cell::kGatesR],
+                                           float (&s)[Cell::kStates]) {
+  StepCell<Cell>(row, pre, rh, s);
+  StoreStep<Cell, T, kResiduals>(args, e, row, pre, s);
 }
 
 // The reset of the next step from the initial states in global memory, for kernels whose

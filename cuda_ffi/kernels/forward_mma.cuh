@@ -93,20 +93,19 @@ __global__ void __launch_bounds__(2 * D, 1) ForwardMmaKernel(const ForwardArgs a
   __syncthreads();
 
   // The row state, reset flags and inputs of a step are loaded at the end of the step before
-  // (of step 0, here), so that their latency hides behind the barrier and the next matmul.
+  // (of step 0, here) and used only after the barrier and the next matmul, which hide their
+  // latency.
   RowStep row[2];
-  bool reset_next[2];
-  float pre[E][Gt];
+  uint32_t reset_flag[2];
+  T wx[E][Cell::kGatesWx];
   auto load_step = [&](int64_t step) {
 #pragma unroll
     for (int slot = 0; slot < 2; ++slot) {
       row[slot] = RowAt(args, rows.b[slot], nd, rows.length[slot], step);
-      reset_next[slot] = ResetsNext(args, rows.b[slot], rows.length[slot], step);
+      reset_flag[slot] = ResetFlagNext(args, rows.b[slot], rows.length[slot], step);
     }
 #pragma unroll
-    for (int e = 0; e < E; ++e) {
-      LoadPreactivations<Cell, T>(args, element(e), row[e % 2], bias[e / 2], pre[e]);
-    }
+    for (int e = 0; e < E; ++e) LoadInputs<Cell, T>(args, element(e), row[e % 2], wx[e]);
   };
   load_step(0);
 
@@ -123,8 +122,10 @@ __global__ void __launch_bounds__(2 * D, 1) ForwardMmaKernel(const ForwardArgs a
       float rh[Gr];
 #pragma unroll
       for (int g = 0; g < Gr; ++g) rh[g] = acc[g][e];
-      FinishStep<Cell, T, kResiduals>(args, element(e), row[e % 2], pre[e], rh, s[e]);
-      ReloadAtReset<Cell>(args, element(e), reset_next[e % 2], s[e]);
+      float pre[Gt];
+      Preactivations<Cell, T>(bias[e / 2], wx[e], pre);
+      FinishStep<Cell, T, kResiduals>(args, element(e), row[e % 2], pre, rh, s[e]);
+      ReloadAtReset<Cell>(args, element(e), reset_flag[e % 2] != 0, s[e]);
       const int at = row_of(e) * kStride + unit0 + 8 * (e / 2);
       Op::Split(s[e][0], hi_next[at], lo_next[at]);
     }

@@ -106,25 +106,26 @@ __global__ void __launch_bounds__(MmaClusterForwardLayout<T, Cell::kGatesR, D, C
   for (int i = 0; i < S; ++i) initial[i] = s[i];
   const int h_at = batch_row * kStride + u0 + unit;
   // h into buffer `buffer` of every CTA of the cluster.
-  auto broadcast_h = [&](int buffer) {
+  auto broadcast_h = [&](int buffer, float h) {
     const int at = buffer * Layout::kBufferValues + h_at;
 #pragma unroll
-    for (int r = 0; r < C; ++r) Op::Split(s[0], Group::Map(h_hi, r)[at], Group::Map(h_lo, r)[at]);
+    for (int r = 0; r < C; ++r) Op::Split(h, Group::Map(h_hi, r)[at], Group::Map(h_lo, r)[at]);
   };
   // Every CTA of the cluster must be running before its shared memory is written remotely.
   Group::Sync();
-  broadcast_h(0);
+  broadcast_h(0, s[0]);
   Group::Sync();
 
   // The row state, reset flag and inputs of a step are loaded at the end of the step before
-  // (of step 0, here), so that their latency hides behind the barriers and the next matmul.
+  // (of step 0, here) and used only after the barriers and the next matmul, which hide their
+  // latency.
   RowStep row;
-  bool reset_next;
-  float pre[Gt];
+  uint32_t reset_flag;
+  T wx[Cell::kGatesWx];
   auto load_step = [&](int64_t step) {
     row = RowAt(args, el.b, nd, length, step);
-    reset_next = ResetsNext(args, el.b, length, step);
-    LoadPreactivations<Cell, T>(args, el, row, bias, pre);
+    reset_flag = ResetFlagNext(args, el.b, length, step);
+    LoadInputs<Cell, T>(args, el, row, wx);
   };
   load_step(0);
 
@@ -147,13 +148,19 @@ __global__ void __launch_bounds__(MmaClusterForwardLayout<T, Cell::kGatesR, D, C
 #pragma unroll
       for (int q = 0; q < KP; ++q) rh[g] += part[(((q * MT + mt) * Gr + g) * 4 + kp) * 32 + lane];
     }
-    FinishStep<Cell, T, kResiduals>(args, el, row, pre, rh, s);
-    SelectAtReset<Cell>(reset_next, initial, s);
-    broadcast_h(cur ^ 1);
-    if (step + 1 < args.steps) load_step(step + 1);
+    float pre[Gt];
+    Preactivations<Cell, T>(bias, wx, pre);
+    StepCell<Cell>(row, pre, rh, s);
+    const bool reset = reset_flag != 0;
+    broadcast_h(cur ^ 1, reset ? initial[0] : s[0]);
     // Orders this step's h writes before the next step's reads in every CTA, this step's reads
-    // of h and of the partial sums before the next step's writes.
-    Group::Sync();
+    // of h and of the partial sums before the next step's writes. The step's outputs and the
+    // next step's loads go between its halves (cluster_sync.cuh says why).
+    Group::Arrive();
+    StoreStep<Cell, T, kResiduals>(args, el, row, pre, s);
+    SelectAtReset<Cell>(reset, initial, s);
+    if (step + 1 < args.steps) load_step(step + 1);
+    Group::Wait();
   }
 
   StoreLast<Cell, T>(args, el, s);

@@ -1,4 +1,5 @@
-// The sequence options in the kernels: which input a step reads, and the reset flags.
+// The sequence options in the kernels: a row's length and which input a step reads (the
+// reset flags are read where they are used, forward_element.cuh and backward_element.cuh).
 #pragma once
 
 #include <cstdint>
@@ -22,12 +23,6 @@ __device__ __forceinline__ int64_t RowLength(const SequenceArgs& seq, int64_t b,
 __device__ __forceinline__ int64_t InputIndex(const SequenceArgs& seq, int64_t step,
                                               int64_t length) {
   return seq.reverse && step < length ? length - 1 - step : step;
-}
-
-// Whether row `b` goes back to its initial states before reading input `t`.
-__device__ __forceinline__ bool ResetsBefore(const SequenceArgs& seq, int64_t b, int64_t steps,
-                                             int64_t t) {
-  return seq.resets != nullptr && seq.resets[b * steps + t];
 }
 
 }  // namespace flashrnn
