@@ -76,7 +76,7 @@ __device__ __forceinline__ void LoadBackwardInputs(const BackwardArgs& args,
   const T* d_states_all = static_cast<const T*>(args.d_states_all);
 #pragma unroll
   for (int i = 0; i < Cell::kStates; ++i) {
-    in.d_out[i] = T(0.0f);
+    in.d_out[i] = T{};  // all bits zero: +0.0 without a conversion
     in.prev[i] = 0.0f;
     if (real) in.d_out[i] = d_states_all[i * state_stride + row.at + e.hd];
     if (real && !row.first) in.prev[i] = args.states_f32[i * state_stride + row.at_prev + e.hd];

@@ -31,11 +31,12 @@ namespace flashrnn {
 
 // Which calls the tensor-core backward takes: bfloat16 and a head of 32..128 in one CTA. A
 // lane holds its Rᵀ fragments (Gr D / 4 registers) and its four elements' cotangents and
-// prefetched inputs; at D=128 that is 255 registers without spilling for the LSTM and GRU
-// (ptxas -v, sm_90a), while the sLSTM spills 240 bytes (to L1) and still takes this kernel: its FMA backward runs 6 x 128 (B=16, T=1024, H200) in 38 ms forward+backward
-// against ~7 for the LSTM here (NOTES, v2 backward). At D = 16 the FMA kernel is faster (48 x 16
-// LSTM: 4.65 ms forward+backward against 5.38 with this one): a step's product is then too
-// small to repay the hi/lo split and the shared-memory round trip.
+// prefetched inputs; at D=128 (ptxas -v, sm_90a) the LSTM uses 255 registers and the GRU 234
+// without spilling, while the sLSTM spills 240 bytes (to L1) and still takes this kernel: it
+// runs 6 x 128 (B=16, T=1024, H200) in 12.4 ms forward+backward, the FMA backward in 38.1
+// (NOTES, loads a step ahead). At D = 16 the FMA kernel is faster (48 x 16 LSTM: 4.65 ms
+// forward+backward against 5.38 with this one; NOTES, v2 backward): a step's product is then
+// too small to repay the hi/lo split and the shared-memory round trip.
 template <typename Cell, typename T, typename Tile>
 constexpr bool kMmaBackwardSupported =
     std::is_same_v<T, __nv_bfloat16> && Tile::kCluster == 1 && Tile::kHeadSize % 16 == 0 &&
