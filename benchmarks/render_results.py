@@ -36,8 +36,8 @@ def table(results: dict, plot_name: str) -> str:
     lines = [
         f"{results['gpu']}, jax {results['jax']}; median ms, B and T as listed.",
         "",
-        "| function | heads × D | dtype | B | T | fused fwd | scan fwd | fused fwd+bwd "
-        "| scan fwd+bwd | fwd+bwd speed-up |",
+        ("| function | heads × D | dtype | B | T | fused fwd | scan fwd | fused fwd+bwd "
+         "| scan fwd+bwd | fwd+bwd speed-up |"),
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     masks = []
@@ -74,13 +74,13 @@ def suite_table(results: dict) -> str:
         by_case.setdefault((r["function"], r["N"], r["D"]), {})[r["impl"]] = r
     first = heads[0]
     lines = [
-        f"{results['gpu']}, jax {results['jax']}; bf16 (cuDNN float32), B={first['B']}, "
-        f"T={first['T']}, hidden {first['N'] * first['D']}; median ms, forward / "
-        "forward+backward; — where an implementation does not run the case (the fused kernels "
-        "stop at head size 256 in the default build).",
+        (f"{results['gpu']}, jax {results['jax']}; bf16 (cuDNN float32), B={first['B']}, "
+         f"T={first['T']}, hidden {first['N'] * first['D']}; median ms, forward / "
+         "forward+backward; — where an implementation does not run the case (the fused kernels "
+         "stop at head size 256 in the default build)."),
         "",
-        "| function | heads × D | fused | scan | flax LSTM | cuDNN LSTM (f32) | fused peak MiB "
-        "| target |",
+        ("| function | heads × D | fused | scan | flax LSTM | cuDNN LSTM (f32) | fused peak MiB "
+         "| target |"),
         "|---|---|---|---|---|---|---|---|",
     ]
     for (function, N, D), impls in by_case.items():
@@ -88,10 +88,11 @@ def suite_table(results: dict) -> str:
                  if impl in impls else "" for impl in ("fused", "scan", "flax_lstm",
                                                        "cudnn_lstm")]
         fused = impls.get("fused")
-        peak = "—" if fused is None or fused["peak_mem_mb"] is None else f"{fused['peak_mem_mb']:.0f}"
+        peak = ("—" if fused is None or fused["peak_mem_mb"] is None
+                else f"{fused['peak_mem_mb']:.0f}")
         target = TARGETS.get((N, D)) if function in ("lstm", "slstm") else None
-        lines.append(f"| {function} | {N} × {D} | " + " | ".join(cells) +
-                     f" | {peak} | {'' if target is None else '≤ %.1f / ≤ %.1f' % target} |")
+        goal = "" if target is None else f"≤ {target[0]:.1f} / ≤ {target[1]:.1f}"
+        lines.append(f"| {function} | {N} × {D} | " + " | ".join(cells) + f" | {peak} | {goal} |")
     return "\n".join(lines)
 
 
@@ -100,7 +101,7 @@ def replace_block(text: str, markers: tuple[str, str], body: str) -> str:
         raise ValueError(f"README.md has no {markers[0]} block")
     block = f"{markers[0]}\n{body}\n{markers[1]}"
     pattern = re.escape(markers[0]) + ".*?" + re.escape(markers[1])
-    return re.sub(pattern, lambda _: block, text, flags=re.S)
+    return re.sub(pattern, lambda _: block, text, flags=re.DOTALL)
 
 
 def plot(results: dict, path: pathlib.Path) -> None:
