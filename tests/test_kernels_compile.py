@@ -84,8 +84,8 @@ def test_tensor_core_kernels_compile_with_their_mma_count_and_no_spills(tmp_path
     cluster_backward = [name for name in reports if "BackwardMmaClusterKernel" in name]
     assert (len(forward), len(cluster), len(backward), len(cluster_backward)) == (2, 4, 5, 2), \
         list(reports)
-    # The one tensor-core kernel allowed to spill: the sLSTM backward at D=128 (a few registers
-    # to L1; backward_mma.cuh says why it still beats the FMA kernel).
+    # The one tensor-core kernel allowed to spill: the sLSTM backward at D=128 (to L1;
+    # backward_mma.cuh says why it still beats the FMA kernel).
     slstm128 = [name for name in backward if "SlstmCell" in name and "Li128E" in name]
     assert len(slstm128) == 1, backward
     spill = re.search(r"(\d+) bytes spill stores", reports[slstm128[0]])

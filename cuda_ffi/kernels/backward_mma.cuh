@@ -73,21 +73,11 @@ __global__ void __launch_bounds__(2 * D, 1) BackwardMmaKernel(const BackwardArgs
   const int group = lane / 4, tig = lane % 4;
   const int unit0 = 16 * warp + group;  // this lane's first unit; the second is unit0 + 8
 
-  // Rᵀ as A fragments: A[u][k] with k = g D + o is R[g, head, o, u]; register r of k-tile kt
-  // holds row unit0 + 8 (r % 2) and the column pair 16 kt + 2 tig + 8 (r / 2) (+1, the next o
-  // of the same gate, since D is a multiple of 16).
-  // (One "gate" of Gr D columns for MmaHiLo.)
-  const T* R = static_cast<const T*>(args.r);
+  // Rᵀ as A fragments for this warp's 16 units, over (gate, unit) of the whole head: one
+  // "gate" of Gr D columns for MmaHiLo.
   uint32_t a[1][KT][4];
-#pragma unroll
-  for (int kt = 0; kt < KT; ++kt) {
-#pragma unroll
-    for (int r = 0; r < 4; ++r) {
-      const int u = unit0 + 8 * (r % 2), k = 16 * kt + 2 * tig + 8 * (r / 2);
-      const T* at = R + ((int64_t{k / D} * N + head) * D + k % D) * D + u;
-      a[0][kt][r] = Op::Pack(at[0], at[D]);
-    }
-  }
+  LoadTransposedFragments<T, D, D>(static_cast<const T*>(args.r), N, head, 16 * warp, 0, lane,
+                                   a);
 
   // Element e of this lane: unit unit0 + 8 (e / 2), batch row 2 tig + e % 2 (row slot e % 2).
   const LaneRows rows = LaneBatchRows(args.seq, b0, lane, args.batch, args.steps);

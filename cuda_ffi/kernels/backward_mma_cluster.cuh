@@ -82,27 +82,12 @@ __global__ void __launch_bounds__(MmaClusterBackwardLayout<Cell::kGatesR, D, C>:
   const int64_t N = args.heads, head = blockIdx.x / C, nd = N * D;
   const int64_t b0 = int64_t{blockIdx.y} * kMmaBatchTile;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int group = lane / 4, tig = lane % 4;
 
-  // Rᵀ as A fragments: A[u][k] with u = 32 warp + 16 mi + row (a unit of CTA `warp`) and
-  // k = g U + o (unit rank U + o of this CTA) is R[g, head, rank U + o, u]; register r of
-  // k-tile kt holds row group + 8 (r % 2) and the column pair 16 kt + 2 tig + 8 (r / 2) (+1, the
-  // next o of the same gate, since U is a multiple of 16).
-  const T* R = static_cast<const T*>(args.r);
+  // Rᵀ as A fragments for the 32 units of CTA `warp` (two unit tiles), over (gate, unit) of
+  // this CTA's own units.
   uint32_t a[MT][KT][4];
-#pragma unroll
-  for (int mi = 0; mi < MT; ++mi) {
-#pragma unroll
-    for (int kt = 0; kt < KT; ++kt) {
-#pragma unroll
-      for (int r = 0; r < 4; ++r) {
-        const int u = U * warp + 16 * mi + group + 8 * (r % 2);
-        const int k = 16 * kt + 2 * tig + 8 * (r / 2), g = k / U, o = rank * U + k % U;
-        const T* at = R + ((int64_t{g} * N + head) * D + o) * D + u;
-        a[mi][kt][r] = Op::Pack(at[0], at[D]);
-      }
-    }
-  }
+  LoadTransposedFragments<T, D, U>(static_cast<const T*>(args.r), N, head, U * warp, rank * U,
+                                   lane, a);
 
   // This thread's element, named by the accumulator it collects: register c = j % 4 of lane
   // l = j / 4 % 32 in unit tile mi = j / 128 is unit 16 mi + l / 4 + 8 (c / 2) of this CTA and

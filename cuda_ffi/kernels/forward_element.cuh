@@ -65,7 +65,7 @@ template <typename Cell, typename T>
 __device__ __forceinline__ void LoadInputs(const ForwardArgs& args, const Element& e,
                                            const RowStep& row, T (&wx)[Cell::kGatesWx]) {
 #pragma unroll
-  for (int g = 0; g < Cell::kGatesWx; ++g) wx[g] = T{};  // all bits zero: +0.0 without a conversion
+  for (int g = 0; g < Cell::kGatesWx; ++g) wx[g] = T{};  // all bits zero: +0.0, no conversion
   if (row.active) {
     const T* at = static_cast<const T*>(args.wx) + row.at * Cell::kGatesWx + e.hd;
 #pragma unroll
