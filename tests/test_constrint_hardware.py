@@ -15,7 +15,7 @@ from flashrnn_jax.constrint import hardware
 REPO = pathlib.Path(__file__).resolve().parent.parent
 FUNCTIONS = ("lstm", "gru", "slstm", "elman")
 DTYPES = ("bf16", "f16", "f32")
-DEFAULT_HEAD_SIZES = (16, 32, 64, 128, 256)
+DEFAULT_HEAD_SIZES = (6, 16, 24, 32, 64, 128, 256)
 H100 = hardware.DeviceLimits.sm90()
 
 

@@ -22,6 +22,7 @@
 
 #include "dtype.cuh"
 #include "forward_element.cuh"
+#include "input_stage.cuh"
 #include "launch.cuh"
 #include "mma_operand.cuh"
 #include "params.h"
@@ -37,12 +38,15 @@ constexpr bool kMmaForwardSupported =
     Tile::kHeadSize % 16 == 0 && Tile::kHeadSize <= 128;
 
 // Shared memory: h_prev as hi and lo parts, double-buffered, rows padded by 8 values so that
-// the eight lane groups of a B-fragment load fall in distinct banks.
-template <typename T, int D>
+// the eight lane groups of a B-fragment load fall in distinct banks; then the input stages
+// (input_stage.cuh).
+template <typename Cell, typename T, int D>
 struct MmaForwardLayout {
+  using Inputs = InputStage<Cell, T, D, kMmaBatchTile, 2 * D>;
   static constexpr int kRowStride = D + 8;
   static constexpr int kBufferValues = kMmaBatchTile * kRowStride;
-  static constexpr std::size_t kBytes = 2 * 2 * std::size_t{kBufferValues} * sizeof(T);
+  static constexpr std::size_t kHBytes = AlignUp(2 * 2 * std::size_t{kBufferValues} * sizeof(T));
+  static constexpr std::size_t kBytes = kHBytes + Inputs::kBytes;
 };
 
 // kResiduals: also write the residuals of the backward (a forward that is differentiated).
@@ -52,7 +56,8 @@ template <typename Cell, typename T, int D, bool kResiduals>
 __global__ void __launch_bounds__(2 * D, 1) ForwardMmaKernel(const ForwardArgs args) {
   constexpr int BT = kMmaBatchTile;
   using Op = MmaOperand<T>;
-  using Layout = MmaForwardLayout<T, D>;
+  using Layout = MmaForwardLayout<Cell, T, D>;
+  using Inputs = typename Layout::Inputs;
   constexpr int Gr = Cell::kGatesR, Gt = Cell::kGatesB, S = Cell::kStates;
   constexpr int KT = D / 16, E = 4;  // k-tiles, elements per lane
   constexpr int kStride = Layout::kRowStride;
@@ -60,6 +65,7 @@ __global__ void __launch_bounds__(2 * D, 1) ForwardMmaKernel(const ForwardArgs a
   extern __shared__ __align__(128) unsigned char smem[];
   T* h_hi = reinterpret_cast<T*>(smem);              // [2][BT][kStride]
   T* h_lo = h_hi + 2 * Layout::kBufferValues;         // [2][BT][kStride]
+  T* wx_stages = reinterpret_cast<T*>(smem + Layout::kHBytes);
 
   const int64_t N = args.heads, head = blockIdx.x;
   const int64_t b0 = int64_t{blockIdx.y} * BT;
@@ -83,6 +89,10 @@ __global__ void __launch_bounds__(2 * D, 1) ForwardMmaKernel(const ForwardArgs a
   float bias[2][Gt];
   LoadBias<Cell>(args, element(0), bias[0]);
   LoadBias<Cell>(args, element(2), bias[1]);
+  // The inputs of steps 0 and 1 are copied in while the states load.
+  const Inputs inputs(args, b0, head * D, nd);
+  inputs.Issue(args, wx_stages, 0, 0);
+  inputs.Issue(args, wx_stages, 1, 1);
   float s[E][S];
 #pragma unroll
   for (int e = 0; e < E; ++e) {
@@ -90,27 +100,26 @@ __global__ void __launch_bounds__(2 * D, 1) ForwardMmaKernel(const ForwardArgs a
     const int at = row_of(e) * kStride + unit0 + 8 * (e / 2);
     Op::Split(s[e][0], h_hi[at], h_lo[at]);
   }
+  Inputs::WaitAllButNewest();
   __syncthreads();
 
-  // The row state, reset flags and inputs of a step are loaded at the end of the step before
-  // (of step 0, here) and used only after the barrier and the next matmul, which hide their
-  // latency.
+  // The row state and reset flags of a step are computed and loaded at the end of the step
+  // before (of step 0, here); the flags are tested only at the end of their step.
   RowStep row[2];
   uint32_t reset_flag[2];
-  T wx[E][Cell::kGatesWx];
   auto load_step = [&](int64_t step) {
 #pragma unroll
     for (int slot = 0; slot < 2; ++slot) {
       row[slot] = RowAt(args, rows.b[slot], nd, rows.length[slot], step);
       reset_flag[slot] = ResetFlagNext(args, rows.b[slot], rows.length[slot], step);
     }
-#pragma unroll
-    for (int e = 0; e < E; ++e) LoadInputs<Cell, T>(args, element(e), row[e % 2], wx[e]);
   };
   load_step(0);
 
+  int stage = 0;  // the input stage of this step; step + 2 goes to the one read last step
   for (int64_t step = 0; step < args.steps; ++step) {
     const int cur = static_cast<int>(step & 1), next = cur ^ 1;
+    inputs.Issue(args, wx_stages, stage == 0 ? 2 : stage - 1, static_cast<int>(step) + 2);
     float acc[Gr][4] = {};
     MmaHiLo<T, Gr, KT, kStride>(h_hi + cur * Layout::kBufferValues,
                                 h_lo + cur * Layout::kBufferValues, 0, lane, a, acc);
@@ -122,14 +131,19 @@ __global__ void __launch_bounds__(2 * D, 1) ForwardMmaKernel(const ForwardArgs a
       float rh[Gr];
 #pragma unroll
       for (int g = 0; g < Gr; ++g) rh[g] = acc[g][e];
+      T wx[Cell::kGatesWx];
+      StagedInputs<Cell, T, Inputs>(wx_stages, stage, row_of(e), unit0 + 8 * (e / 2), wx);
       float pre[Gt];
-      Preactivations<Cell, T>(bias[e / 2], wx[e], pre);
+      Preactivations<Cell, T>(bias[e / 2], wx, pre);
       FinishStep<Cell, T, kResiduals>(args, element(e), row[e % 2], pre, rh, s[e]);
       ReloadAtReset<Cell>(args, element(e), reset_flag[e % 2] != 0, s[e]);
       const int at = row_of(e) * kStride + unit0 + 8 * (e / 2);
       Op::Split(s[e][0], hi_next[at], lo_next[at]);
     }
     if (step + 1 < args.steps) load_step(step + 1);
+    stage = stage == 2 ? 0 : stage + 1;
+    // The inputs of the next step have landed (this thread's); the barrier publishes them.
+    Inputs::WaitAllButNewest();
     __syncthreads();
   }
 
@@ -144,7 +158,8 @@ cudaError_t LaunchForwardMma(const ForwardArgs& args, cudaStream_t stream) {
   return LaunchOverHeadsAndBatchTiles<Shape>(args.gate_cache != nullptr
                                                  ? ForwardMmaKernel<Cell, T, D, true>
                                                  : ForwardMmaKernel<Cell, T, D, false>,
-                                             args, MmaForwardLayout<T, D>::kBytes, stream);
+                                             args, MmaForwardLayout<Cell, T, D>::kBytes,
+                                             stream);
 }
 
 }  // namespace flashrnn

@@ -24,6 +24,7 @@
 
 #include "cluster_sync.cuh"
 #include "forward_element.cuh"
+#include "input_stage.cuh"
 #include "launch.cuh"
 #include "mma_operand.cuh"
 #include "params.h"
@@ -45,29 +46,32 @@ constexpr int kMmaClusterSize = D / 32;
 
 // Shared memory: h of the whole head as hi and lo parts, double-buffered, rows padded by 8
 // values (distinct banks for the B-fragment loads); then the partial sums
-// [quarter][unit tile][gate][accumulator register][lane] in float32.
-template <typename T, int kGatesR, int D, int C>
+// [quarter][unit tile][gate][accumulator register][lane] in float32; then the input stages of
+// the CTA's units (input_stage.cuh).
+template <typename Cell, typename T, int D, int C>
 struct MmaClusterForwardLayout {
   static constexpr int kBatchTile = kMmaBatchTile, kQuarters = 4;
   static constexpr int kUnitTiles = D / C / 16;
+  static constexpr int kThreads = 32 * kUnitTiles * kQuarters;
+  using Inputs = InputStage<Cell, T, D / C, kBatchTile, kThreads>;
   static constexpr int kRowStride = D + 8;
   static constexpr int kBufferValues = kBatchTile * kRowStride;
   static constexpr std::size_t kHBytes = AlignUp(2 * 2 * std::size_t{kBufferValues} * sizeof(T));
   static constexpr std::size_t kPartBytes =
-      std::size_t{kQuarters} * kUnitTiles * kGatesR * 4 * 32 * sizeof(float);
-  static constexpr std::size_t kBytes = kHBytes + kPartBytes;
-  static constexpr int kThreads = 32 * kUnitTiles * kQuarters;
+      AlignUp(std::size_t{kQuarters} * kUnitTiles * Cell::kGatesR * 4 * 32 * sizeof(float));
+  static constexpr std::size_t kBytes = kHBytes + kPartBytes + Inputs::kBytes;
   static_assert(kBytes <= kMaxSharedBytesPerBlock, "shared memory per block (sm_90 opt-in)");
   static_assert(D / C * kBatchTile == kThreads, "one element per thread");
 };
 
 // Launch bounds (threads, 1): as the other persistent kernels.
 template <typename Cell, typename T, int D, int C, bool kResiduals>
-__global__ void __launch_bounds__(MmaClusterForwardLayout<T, Cell::kGatesR, D, C>::kThreads, 1)
+__global__ void __launch_bounds__(MmaClusterForwardLayout<Cell, T, D, C>::kThreads, 1)
     ForwardMmaClusterKernel(const ForwardArgs args) {
   using Op = MmaOperand<T>;
   using Group = CtaGroup<C>;
-  using Layout = MmaClusterForwardLayout<T, Cell::kGatesR, D, C>;
+  using Layout = MmaClusterForwardLayout<Cell, T, D, C>;
+  using Inputs = typename Layout::Inputs;
   constexpr int Gr = Cell::kGatesR, Gt = Cell::kGatesB, S = Cell::kStates;
   constexpr int BT = Layout::kBatchTile, KP = Layout::kQuarters, MT = Layout::kUnitTiles;
   constexpr int U = D / C, KTP = D / 16 / KP;  // units per CTA, k-tiles per quarter
@@ -78,6 +82,7 @@ __global__ void __launch_bounds__(MmaClusterForwardLayout<T, Cell::kGatesR, D, C
   T* h_hi = reinterpret_cast<T*>(smem);          // [2][BT][kStride]
   T* h_lo = h_hi + 2 * Layout::kBufferValues;      // [2][BT][kStride]
   float* part = reinterpret_cast<float*>(smem + Layout::kHBytes);  // [KP][MT][Gr][4][32]
+  T* wx_stages = reinterpret_cast<T*>(smem + Layout::kHBytes + Layout::kPartBytes);
 
   const int rank = Group::Rank();
   const int64_t N = args.heads, head = blockIdx.x / C, nd = N * D;
@@ -111,26 +116,30 @@ __global__ void __launch_bounds__(MmaClusterForwardLayout<T, Cell::kGatesR, D, C
 #pragma unroll
     for (int r = 0; r < C; ++r) Op::Split(h, Group::Map(h_hi, r)[at], Group::Map(h_lo, r)[at]);
   };
+  // The inputs of steps 0 and 1 are copied in while the cluster starts.
+  const Inputs inputs(args, b0, head * D + u0, nd);
+  inputs.Issue(args, wx_stages, 0, 0);
+  inputs.Issue(args, wx_stages, 1, 1);
   // Every CTA of the cluster must be running before its shared memory is written remotely.
   Group::Sync();
   broadcast_h(0, s[0]);
+  Inputs::WaitAllButNewest();
   Group::Sync();
 
-  // The row state, reset flag and inputs of a step are loaded at the end of the step before
-  // (of step 0, here) and used only after the barriers and the next matmul, which hide their
-  // latency.
+  // The row state and reset flag of a step are computed and loaded at the end of the step
+  // before (of step 0, here) and used only after the barriers and the next matmul.
   RowStep row;
   uint32_t reset_flag;
-  T wx[Cell::kGatesWx];
   auto load_step = [&](int64_t step) {
     row = RowAt(args, el.b, nd, length, step);
     reset_flag = ResetFlagNext(args, el.b, length, step);
-    LoadInputs<Cell, T>(args, el, row, wx);
   };
   load_step(0);
 
+  int stage = 0;  // the input stage of this step; step + 2 goes to the one read last step
   for (int64_t step = 0; step < args.steps; ++step) {
     const int cur = static_cast<int>(step & 1);
+    inputs.Issue(args, wx_stages, stage == 0 ? 2 : stage - 1, static_cast<int>(step) + 2);
     float acc[Gr][4] = {};
     MmaHiLo<T, Gr, KTP, kStride>(h_hi + cur * Layout::kBufferValues,
                                  h_lo + cur * Layout::kBufferValues, kp * KTP, lane, a, acc);
@@ -148,18 +157,24 @@ __global__ void __launch_bounds__(MmaClusterForwardLayout<T, Cell::kGatesR, D, C
 #pragma unroll
       for (int q = 0; q < KP; ++q) rh[g] += part[(((q * MT + mt) * Gr + g) * 4 + kp) * 32 + lane];
     }
+    T wx[Cell::kGatesWx];
+    StagedInputs<Cell, T, Inputs>(wx_stages, stage, batch_row, unit, wx);
     float pre[Gt];
     Preactivations<Cell, T>(bias, wx, pre);
     StepCell<Cell>(row, pre, rh, s);
     const bool reset = reset_flag != 0;
     broadcast_h(cur ^ 1, reset ? initial[0] : s[0]);
+    // The inputs of the next step have landed (this thread's); the barrier publishes them.
+    Inputs::WaitAllButNewest();
     // Orders this step's h writes before the next step's reads in every CTA, this step's reads
-    // of h and of the partial sums before the next step's writes. The step's outputs and the
-    // next step's loads go between its halves (cluster_sync.cuh says why).
+    // of h, of the partial sums and of the input stage before the next step's writes. The
+    // step's outputs and the next step's row state go between its halves (cluster_sync.cuh
+    // says why).
     Group::Arrive();
     StoreStep<Cell, T, kResiduals>(args, el, row, pre, s);
     SelectAtReset<Cell>(reset, initial, s);
     if (step + 1 < args.steps) load_step(step + 1);
+    stage = stage == 2 ? 0 : stage + 1;
     Group::Wait();
   }
 
@@ -170,7 +185,7 @@ __global__ void __launch_bounds__(MmaClusterForwardLayout<T, Cell::kGatesR, D, C
 template <typename Cell, typename T, int D>
 cudaError_t LaunchForwardMmaCluster(const ForwardArgs& args, cudaStream_t stream) {
   constexpr int C = kMmaClusterSize<D>;
-  using Layout = MmaClusterForwardLayout<T, Cell::kGatesR, D, C>;
+  using Layout = MmaClusterForwardLayout<Cell, T, D, C>;
   using Shape = Tiling<D, C, Layout::kBatchTile, Layout::kThreads>;
   return LaunchOverHeadsAndBatchTiles<Shape>(args.gate_cache != nullptr
                                                  ? ForwardMmaClusterKernel<Cell, T, D, C, true>
