@@ -47,7 +47,7 @@ struct InputStage {
   // input row of Wx, Gw * nd values, is far below 2^31 values).
   const T* source[kCopiesPerThread];
   int length[kCopiesPerThread];
-  int at[kCopiesPerThread];
+  int at[kCopiesPerThread];  // -1: this thread has no such copy (kChunks is not a multiple)
   int row_values;  // Gw * nd: the distance between consecutive inputs of a row
 
   __device__ InputStage(const ForwardArgs& args, int64_t b0, int64_t head_unit0, int64_t nd)
@@ -58,14 +58,13 @@ struct InputStage {
       const int row = c / kChunksPerRow, g = c % kChunksPerRow * kChunk / kUnits;
       const int unit = c % kChunksPerRow * kChunk % kUnits;
       const int64_t b = b0 + row;
-      // A thread without this copy (c >= kChunks) gets length 0: it never reads.
-      length[k] = c < kChunks ? static_cast<int>(RowLength(args.seq, b, args.batch, args.steps))
-                              : 0;
+      const bool copies = kChunks % kThreads == 0 || c < kChunks;
+      length[k] = copies ? static_cast<int>(RowLength(args.seq, b, args.batch, args.steps)) : 0;
       source[k] = static_cast<const T*>(args.wx) +
-                  (c < kChunks && b < args.batch ? b * args.steps * kGates * nd + g * nd +
-                                                       head_unit0 + unit
-                                                 : 0);
-      at[k] = row * kRowStride + g * kUnits + unit;
+                  (copies && b < args.batch
+                       ? b * args.steps * kGates * nd + g * nd + head_unit0 + unit
+                       : 0);
+      at[k] = copies ? row * kRowStride + g * kUnits + unit : -1;
     }
   }
 
@@ -75,7 +74,7 @@ struct InputStage {
   __device__ void Issue(const ForwardArgs& args, T* stages, int stage, int step) const {
 #pragma unroll
     for (int k = 0; k < kCopiesPerThread; ++k) {
-      if (step < args.steps) {
+      if ((kChunks % kThreads == 0 || at[k] >= 0) && step < args.steps) {
         const bool active = step < length[k];
         const int t = args.seq.reverse && active ? length[k] - 1 - step : step;
         const T* src = active ? source[k] + static_cast<int64_t>(t) * row_values : source[k];
