@@ -6,6 +6,7 @@
 #          SKIP_BENCH=1 leaves out the benchmark; MMA_FORWARD=0 builds without the
 #          tensor-core forward, MMA_BACKWARD=0 without the tensor-core backward,
 #          MMA_CLUSTER=0 without the cluster tensor-core forward and backward (head size 256);
+#          MMA_SPLIT=1 with the experimental split tensor-core forward (head size 64);
 #          PYTEST_WORKERS sets the test processes, 12 by default; GPU_TESTS the test files,
 #          all GPU tests by default)
 set -uo pipefail
@@ -28,17 +29,20 @@ mma_backward=ON
 [ "${MMA_BACKWARD:-1}" = 0 ] && mma_backward=OFF
 mma_cluster=ON
 [ "${MMA_CLUSTER:-1}" = 0 ] && mma_cluster=OFF
+mma_split=OFF
+[ "${MMA_SPLIT:-0}" = 1 ] && mma_split=ON
 if ! python3 -m pip install --no-build-isolation --no-deps -v . \
     -Ccmake.define.FLASHRNN_CUDA=ON -Ccmake.define.FLASHRNN_MMA_FORWARD=$mma \
     -Ccmake.define.FLASHRNN_MMA_BACKWARD=$mma_backward \
     -Ccmake.define.FLASHRNN_MMA_CLUSTER_FORWARD=$mma_cluster \
     -Ccmake.define.FLASHRNN_MMA_CLUSTER_BACKWARD=$mma_cluster \
+    -Ccmake.define.FLASHRNN_MMA_SPLIT_FORWARD=$mma_split \
     >"$out/build.log" 2>&1; then
   tail -60 "$out/build.log"
   exit 1
 fi
 echo "built in $(( $(date +%s) - start )) s (tensor-core forward: $mma, backward: $mma_backward," \
-  "cluster forward and backward: $mma_cluster)"
+  "cluster forward and backward: $mma_cluster, split forward: $mma_split)"
 
 # From outside the checkout, so that the installed package (with _cuda) is the one imported.
 cd /tmp

@@ -110,3 +110,25 @@ def test_tensor_core_kernels_compile_with_their_mma_count_and_no_spills(tmp_path
     # (hi, lo), once: in the step loop, whose last iteration also sends step 0's product back.
     cluster_counts = [c for name, c in counts.items() if "BackwardMmaClusterKernel" in name]
     assert cluster_counts == [32, 32], counts
+
+
+def test_split_forward_takes_heads_of_64_with_a_quarter_of_k_per_warp(tmp_path):
+    """FLASHRNN_MMA_SPLIT_FORWARD: the LSTM bf16 head of 64 runs the cluster forward's layout on
+    one CTA (C = 1), without spills, each warp multiplying one k-tile of its quarter of K for
+    the 4 gates as hi and lo (8 mma per step); the other heads keep their kernels."""
+    result = _compile(tmp_path, True, "-DFLASHRNN_MMA_SPLIT_FORWARD=1", "-c", "-Xptxas", "-v",
+                      "-o", str(tmp_path / "k.o"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    reports = dict(re.findall(r"Compiling entry function '(\w+)'.*?\n(.*?spill loads)",
+                              result.stderr, re.S))
+    split = [name for name in reports if "ForwardMmaClusterKernel" in name and "Li64ELi1E" in name]
+    assert len(split) == 2, list(reports)  # forward only and with residuals
+    assert not [name for name in reports if "ForwardMmaKernel" in name], list(reports)
+    for name in split:
+        assert "0 bytes spill stores, 0 bytes spill loads" in reports[name], reports[name]
+    ptx = _compile(tmp_path, True, "-DFLASHRNN_MMA_SPLIT_FORWARD=1", "--ptx", "-o",
+                   str(tmp_path / "k.ptx"))
+    assert ptx.returncode == 0, ptx.stderr[-3000:]
+    entries = re.findall(r"\.entry (\w+)\((.*?)\n\}\n", (tmp_path / "k.ptx").read_text(), re.S)
+    counts = [body.count(MMA) for name, body in entries if name in split]
+    assert counts == [8, 8], counts

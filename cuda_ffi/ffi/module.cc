@@ -50,6 +50,10 @@ NB_MODULE(_cuda, m) {
       "Whether the cluster tensor-core backward (CMake FLASHRNN_MMA_CLUSTER_BACKWARD) "
       "is built.");
   m.def(
+      "mma_split_forward", []() { return FLASHRNN_MMA_SPLIT_FORWARD != 0; },
+      "Whether the split tensor-core forward for heads of 64 (CMake FLASHRNN_MMA_SPLIT_FORWARD) "
+      "is built.");
+  m.def(
       "device_properties",
       [](int device) {
         cudaDeviceProp prop;

@@ -105,6 +105,11 @@ __global__ void __launch_bounds__(Tile::kThreads, 1) ForwardKernel(const Forward
 
 template <typename Cell, typename T, typename Tile>
 cudaError_t LaunchForward(const ForwardArgs& args, cudaStream_t stream) {
+#if FLASHRNN_MMA_SPLIT_FORWARD
+  if constexpr (kMmaSplitForwardSupported<T, Tile>) {
+    return LaunchForwardMmaCluster<Cell, T, Tile::kHeadSize, 1>(args, stream);
+  } else
+#endif
 #if FLASHRNN_MMA_FORWARD
   if constexpr (kMmaForwardSupported<T, Tile>) {
     return LaunchForwardMma<Cell, T, Tile::kHeadSize>(args, stream);
@@ -112,7 +117,8 @@ cudaError_t LaunchForward(const ForwardArgs& args, cudaStream_t stream) {
 #endif
 #if FLASHRNN_MMA_CLUSTER_FORWARD
   if constexpr (kMmaClusterForwardSupported<T, Tile>) {
-    return LaunchForwardMmaCluster<Cell, T, Tile::kHeadSize>(args, stream);
+    return LaunchForwardMmaCluster<Cell, T, Tile::kHeadSize, kMmaClusterSize<Tile::kHeadSize>>(
+        args, stream);
   } else
 #endif
   {

@@ -1,6 +1,8 @@
 // The tensor-core forward kernel for heads split over a thread-block cluster (bfloat16 /
 // float16, head size 256). Built with the CMake option FLASHRNN_MMA_CLUSTER_FORWARD (ON by
-// default; sm_90 or newer); benchmarks/NOTES.md has its design and measurements.
+// default; sm_90 or newer); benchmarks/NOTES.md has its design and measurements. With a
+// "cluster" of one CTA it is also the split forward for heads of 64 (FLASHRNN_MMA_SPLIT_FORWARD,
+// below).
 //
 // A head's units are split over the C CTAs of a cluster (U = D / C each). Within a CTA the
 // recurrent matmul is split over K as well: warp (m, p) owns units [16m, 16m + 16) of the CTA
@@ -43,6 +45,18 @@ constexpr bool kMmaClusterForwardSupported =
 // tiles), which may use up to 255 registers per thread (ptxas -v: 91 to 182).
 template <int D>
 constexpr int kMmaClusterSize = D / 32;
+
+// The split forward (CMake FLASHRNN_MMA_SPLIT_FORWARD, experimental: off by default until it is
+// measured): a head of 64 on one CTA of this kernel's layout instead of the single-CTA
+// tensor-core forward. There a step is the dependent chain of one warp per scheduler through
+// four elements per lane (~610 instructions, benchmarks/NOTES.md); here 16 warps (4 unit tiles
+// x 4 quarters of K) run one element per thread (~290 instructions per warp, 80 registers) and
+// four warps share each scheduler, at the price of the partial sums' round trip through
+// shared memory and a second block barrier per step.
+template <typename T, typename Tile>
+constexpr bool kMmaSplitForwardSupported =
+    (std::is_same_v<T, __nv_bfloat16> || std::is_same_v<T, __half>) && Tile::kCluster == 1 &&
+    Tile::kHeadSize == 64;
 
 // Shared memory: h of the whole head as hi and lo parts, double-buffered, rows padded by 8
 // values (distinct banks for the B-fragment loads); then the partial sums
@@ -181,10 +195,10 @@ __global__ void __launch_bounds__(MmaClusterForwardLayout<Cell, T, D, C>::kThrea
   StoreLast<Cell, T>(args, el, s);
 }
 
-// Launches the cluster tensor-core forward over every head and batch tile of 8 rows.
-template <typename Cell, typename T, int D>
+// Launches the cluster tensor-core forward over every head and batch tile of 8 rows, with C
+// CTAs per head.
+template <typename Cell, typename T, int D, int C>
 cudaError_t LaunchForwardMmaCluster(const ForwardArgs& args, cudaStream_t stream) {
-  constexpr int C = kMmaClusterSize<D>;
   using Layout = MmaClusterForwardLayout<Cell, T, D, C>;
   using Shape = Tiling<D, C, Layout::kBatchTile, Layout::kThreads>;
   return LaunchOverHeadsAndBatchTiles<Shape>(args.gate_cache != nullptr
