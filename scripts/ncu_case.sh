@@ -12,6 +12,10 @@ name="$1" kernel="$2"
 shift 2
 mkdir -p "$out"
 cd /tmp  # the installed package, with its compiled module, not the checkout
+# Under ncu every XLA autotuning launch is intercepted: with --grad the GEMM autotuner of the dR
+# contraction ran for over 8 minutes before the backward kernel was reached. The profiled
+# kernel needs no tuning.
+export XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_autotune_level=0"
 # --clock-control none: the clocks stay as the timing runs see them (device/METHOD.md).
 ncu --set full --import-source yes --clock-control none -k "regex:$kernel" -c 1 -f \
   -o "/tmp/$name" python3 "$repo/benchmarks/profile_case.py" "$@" >/dev/null
