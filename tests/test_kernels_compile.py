@@ -132,3 +132,28 @@ def test_split_forward_takes_heads_of_64_with_a_quarter_of_k_per_warp(tmp_path):
     entries = re.findall(r"\.entry (\w+)\((.*?)\n\}\n", (tmp_path / "k.ptx").read_text(), re.S)
     counts = [body.count(MMA) for name, body in entries if name in split]
     assert counts == [8, 8], counts
+
+
+def test_cluster_kernels_store_to_global_memory_only_between_the_barrier_halves(tmp_path):
+    """In the cluster tensor-core kernels the arrive of each step's cluster barrier is a release,
+    which waits for every global memory operation the thread has issued before it. So within the
+    steps every global store (the forward's outputs, the backward's gate cotangents; a reduction
+    or read-modify-write of the initial states' cotangents would show as one too) must sit
+    between an arrive and its wait; only the epilogue after the last wait stores elsewhere."""
+    result = _compile(tmp_path, True, "--ptx", "-o", str(tmp_path / "k.ptx"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    entries = re.findall(r"\.entry (\w+)\((.*?)\n\}\n", (tmp_path / "k.ptx").read_text(), re.S)
+    cluster = {name: body for name, body in entries if "MmaClusterKernel" in name}
+    assert len(cluster) == 6, list(cluster)  # forward (2 cells x with/without residuals), backward
+    for name, body in cluster.items():
+        # (Not the "red.global" in cp.async's "shared.global".)
+        events = re.findall(r"barrier\.cluster\.(arrive|wait)|(?<![\w.])((?:st|red|atom)\.global)",
+                            body)
+        last_wait = max(i for i, (barrier, _) in enumerate(events) if barrier == "wait")
+        between_halves = False
+        for i, (barrier, store) in enumerate(events[:last_wait]):
+            if barrier:
+                between_halves = barrier == "arrive"
+            else:
+                assert between_halves, f"{name}: {store} before a cluster barrier's arrive"
+        assert any(store for _, store in events[:last_wait]), f"{name}: no store in the steps"

@@ -66,6 +66,7 @@ __global__ void __launch_bounds__(Tile::kThreads, 1) BackwardKernel(const Backwa
     return Element{b0 + e / U, head * D + u0 + e % U, N * D};
   };
   float ds[P][S];
+  InitialCotangents<S, true> d0[P];
   int64_t length[P];
   bool after_reset[P];
 #pragma unroll
@@ -73,7 +74,7 @@ __global__ void __launch_bounds__(Tile::kThreads, 1) BackwardKernel(const Backwa
     const Element el = element(p);
     length[p] = RowLength(args.seq, el.b, B, steps);
     after_reset[p] = false;
-    StartCotangents<Cell, T>(args, el, ds[p]);
+    StartCotangents<Cell, T>(args, el, ds[p], d0[p]);
   }
   const bool recurrent = args.recurrent_gradient != RecurrentGradient::kCut;
   // The cotangent reaching this element's h_prev through R @ h_prev, from the partials.
@@ -98,7 +99,8 @@ __global__ void __launch_bounds__(Tile::kThreads, 1) BackwardKernel(const Backwa
       LoadBackwardInputs<Cell, T>(args, el, at, in);
       float dg[Gt];
       BackwardStep<Cell>(args, el, at, in, recurrent_cotangent(part_in, row, u), after_reset[p],
-                         ds[p], dg);
+                         ds[p], d0[p], dg);
+      StoreGateCotangents<Cell>(args, el, at, dg);
       after_reset[p] = at.resets();
 #pragma unroll
       for (int g = 0; g < Gr; ++g) dg_s[(g * BT + row) * U + u] = dg[g];
@@ -130,7 +132,8 @@ __global__ void __launch_bounds__(Tile::kThreads, 1) BackwardKernel(const Backwa
 #pragma unroll
   for (int p = 0; p < P; ++p) {
     const int e = threadIdx.x + p * Tile::kThreads, u = e % U, row = e / U;
-    FinishCotangents<Cell>(args, element(p), recurrent_cotangent(part_in, row, u), ds[p]);
+    FinishCotangents<Cell>(args, element(p), recurrent_cotangent(part_in, row, u), ds[p],
+                           d0[p]);
   }
 }
 

@@ -88,39 +88,73 @@ __device__ __forceinline__ void LoadBackwardInputs(const BackwardArgs& args,
   }
 }
 
-// The state cotangents before step 0: those of the last states; d_states0 starts at zero
-// (this thread alone accumulates its elements' entries).
-template <typename Cell, typename T>
-__device__ __forceinline__ void StartCotangents(const BackwardArgs& args,
-                                                const Element& e,
-                                                float (&ds)[Cell::kStates]) {
+// The cotangents of an element's initial states, which a row's last step (step 0) and every
+// reset add to. kInRegisters: accumulated in registers and written once by Finish, so that no
+// global read-modify-write sits on a step's path (in front of a cluster barrier's release,
+// which waits for it); else accumulated in d_states0 itself, for kernels without the registers
+// to spare (the single-CTA tensor-core backward's four elements per lane).
+template <int S, bool kInRegisters>
+struct InitialCotangents {
+  float d0[kInRegisters ? S : 1];
+
+  __device__ void Start(const BackwardArgs& args, const Element& e, int i) {
+    if constexpr (kInRegisters) {
+      d0[i] = 0.0f;
+    } else if (e.b < args.batch) {
+      args.d_states0[StateAt(e, args.batch, i)] = 0.0f;
+    }
+  }
+  __device__ void Add(const BackwardArgs& args, const Element& e, int i, float value) {
+    if constexpr (kInRegisters) {
+      d0[i] += value;
+    } else {
+      args.d_states0[StateAt(e, args.batch, i)] += value;
+    }
+  }
+  // The last addition, for a real row (e.b < batch).
+  __device__ void Finish(const BackwardArgs& args, const Element& e, int i, float value) const {
+    float* at = args.d_states0 + StateAt(e, args.batch, i);
+    if constexpr (kInRegisters) {
+      *at = d0[i] + value;
+    } else {
+      *at += value;
+    }
+  }
+};
+
+// The state cotangents before step 0 (those of the last states) and the initial states' (zero).
+template <typename Cell, typename T, bool kInRegisters>
+__device__ __forceinline__ void StartCotangents(
+    const BackwardArgs& args, const Element& e, float (&ds)[Cell::kStates],
+    InitialCotangents<Cell::kStates, kInRegisters>& d0) {
   const T* d_last = static_cast<const T*>(args.d_last_states);
 #pragma unroll
   for (int i = 0; i < Cell::kStates; ++i) {
-    const int64_t at = StateAt(e, args.batch, i);
-    ds[i] = e.b < args.batch ? ToFloat(d_last[at]) : 0.0f;
-    if (e.b < args.batch) args.d_states0[at] = 0.0f;
+    ds[i] = e.b < args.batch ? ToFloat(d_last[StateAt(e, args.batch, i)]) : 0.0f;
+    d0.Start(args, e, i);
   }
 }
 
 // One step of the element. dh_rec is the cotangent reaching the h this step produced through
 // R @ h of the step after; it goes to the initial h instead when the step after reset
-// (after_reset). ds: the state cotangents after the step on entry, before it on exit. dg: the
-// cotangent of every bias gate's pre-activation (zeros where the step did not run), also
-// written to d_gates. The cell derivative is computed for every element and selected, so that
-// the elements of a thread interleave in one basic block.
-template <typename Cell, typename T>
+// (after_reset). ds: the state cotangents after the step on entry, before it on exit; d0: the
+// initial states'. dg: the cotangent of every bias gate's pre-activation
+// (zeros where the step did not run), for StoreGateCotangents. The cell derivative is computed
+// for every element and selected, so that the elements of a thread interleave in one basic
+// block.
+template <typename Cell, typename T, bool kInRegisters>
 __device__ __forceinline__ void BackwardStep(const BackwardArgs& args, const Element& e,
                                              const BackwardRowStep& row,
                                              const BackwardInputs<Cell, T>& in, float dh_rec,
                                              bool after_reset, float (&ds)[Cell::kStates],
+                                             InitialCotangents<Cell::kStates, kInRegisters>& d0,
                                              float (&dg)[Cell::kGatesB]) {
   constexpr int S = Cell::kStates, Gt = Cell::kGatesB;
 #pragma unroll
   for (int g = 0; g < Gt; ++g) dg[g] = 0.0f;
   if (e.b >= args.batch) return;
   if (after_reset) {
-    args.d_states0[StateAt(e, args.batch, 0)] += dh_rec;
+    d0.Add(args, e, 0, dh_rec);
   } else {
     ds[0] += dh_rec;
   }
@@ -144,27 +178,34 @@ __device__ __forceinline__ void BackwardStep(const BackwardArgs& args, const Ele
   if (row.resets()) {
 #pragma unroll
     for (int i = 0; i < S; ++i) {
-      args.d_states0[StateAt(e, args.batch, i)] += ds[i];
+      d0.Add(args, e, i, ds[i]);
       ds[i] = 0.0f;
     }
   }
-  float* d_gates = args.d_gates + row.at * Gt + e.hd;
+}
+
+// The gate cotangents of a step (BackwardStep's dg) into d_gates, at the step's input index.
+// Apart from BackwardStep so that a kernel can place these stores where their latency is not
+// waited for (after a cluster barrier's arrive).
+template <typename Cell>
+__device__ __forceinline__ void StoreGateCotangents(const BackwardArgs& args, const Element& e,
+                                                    const BackwardRowStep& row,
+                                                    const float (&dg)[Cell::kGatesB]) {
+  if (e.b >= args.batch) return;
+  float* d_gates = args.d_gates + row.at * Cell::kGatesB + e.hd;
 #pragma unroll
-  for (int g = 0; g < Gt; ++g) d_gates[g * e.nd] = dg[g];
+  for (int g = 0; g < Cell::kGatesB; ++g) d_gates[g * e.nd] = dg[g];
 }
 
 // After the last step (step 0): what it sent back through R reaches the initial h; the state
 // cotangents go to the initial states.
-template <typename Cell>
-__device__ __forceinline__ void FinishCotangents(const BackwardArgs& args,
-                                                 const Element& e, float dh_rec,
-                                                 float (&ds)[Cell::kStates]) {
+template <typename Cell, bool kInRegisters>
+__device__ __forceinline__ void FinishCotangents(
+    const BackwardArgs& args, const Element& e, float dh_rec, const float (&ds)[Cell::kStates],
+    const InitialCotangents<Cell::kStates, kInRegisters>& d0) {
   if (e.b >= args.batch) return;
-  ds[0] += dh_rec;
 #pragma unroll
-  for (int i = 0; i < Cell::kStates; ++i) {
-    args.d_states0[StateAt(e, args.batch, i)] += ds[i];
-  }
+  for (int i = 0; i < Cell::kStates; ++i) d0.Finish(args, e, i, ds[i] + (i == 0 ? dh_rec : 0.0f));
 }
 
 }  // namespace flashrnn

@@ -85,8 +85,9 @@ __global__ void __launch_bounds__(2 * D, 1) BackwardMmaKernel(const BackwardArgs
     return Element{rows.b[e % 2], head * D + unit0 + 8 * (e / 2), nd};
   };
   float ds[E][S];
+  InitialCotangents<S, false> d0[E];
 #pragma unroll
-  for (int e = 0; e < E; ++e) StartCotangents<Cell, T>(args, element(e), ds[e]);
+  for (int e = 0; e < E; ++e) StartCotangents<Cell, T>(args, element(e), ds[e], d0[e]);
   // The step T-1 reads the gate cotangents of a step T that does not exist: zeros.
   for (int idx = threadIdx.x; idx < 4 * Layout::kBufferValues; idx += blockDim.x) {
     dg_hi[idx] = T(0.0f);
@@ -129,7 +130,9 @@ __global__ void __launch_bounds__(2 * D, 1) BackwardMmaKernel(const BackwardArgs
     for (int e = 0; e < E; ++e) {
       float dg[Gt];
       BackwardStep<Cell>(args, element(e), row[e % 2], in[e],
-                         RecurrentCotangent(args, acc[0][e]), after_reset[e % 2], ds[e], dg);
+                         RecurrentCotangent(args, acc[0][e]), after_reset[e % 2], ds[e], d0[e],
+                         dg);
+      StoreGateCotangents<Cell>(args, element(e), row[e % 2], dg);
 #pragma unroll
       for (int g = 0; g < Gr; ++g) {
         const int at = (2 * tig + e % 2) * kStride + g * D + unit0 + 8 * (e / 2);
@@ -147,7 +150,7 @@ __global__ void __launch_bounds__(2 * D, 1) BackwardMmaKernel(const BackwardArgs
   recurrent_product(0, acc);
 #pragma unroll
   for (int e = 0; e < E; ++e) {
-    FinishCotangents<Cell>(args, element(e), RecurrentCotangent(args, acc[0][e]), ds[e]);
+    FinishCotangents<Cell>(args, element(e), RecurrentCotangent(args, acc[0][e]), ds[e], d0[e]);
   }
 }
 

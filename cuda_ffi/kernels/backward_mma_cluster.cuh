@@ -12,7 +12,9 @@
 // (distributed shared memory, two float4 per lane), where each of the 8 partials has its own
 // slot; a thread of CTA w sums its element's 8 partials at the start of the next step. The gate
 // cotangents go through the tensor cores as bfloat16 hi + lo parts, as in backward_mma.cuh.
-// One block barrier (dg complete) and one cluster barrier (partials complete) per step.
+// One block barrier (dg complete) and one cluster barrier (partials complete) per step; the
+// initial states' cotangents stay in registers until the end, so no global read-modify-write
+// sits in front of the barrier at a reset.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -97,7 +99,8 @@ __global__ void __launch_bounds__(MmaClusterBackwardLayout<Cell::kGatesR, D, C>:
   const Element el{b0 + batch_row, head * D + rank * U + unit, nd};
   const int64_t length = RowLength(args.seq, el.b, args.batch, args.steps);
   float ds[S];
-  StartCotangents<Cell, T>(args, el, ds);
+  InitialCotangents<S, true> d0;
+  StartCotangents<Cell, T>(args, el, ds, d0);
   // The step T-1 reads the partials of a step T that does not exist: zeros.
   float* part_first = part + (args.steps & 1) * Layout::kPartValues;
   for (int idx = threadIdx.x; idx < Layout::kPartValues; idx += blockDim.x) part_first[idx] = 0.0f;
@@ -116,7 +119,8 @@ __global__ void __launch_bounds__(MmaClusterBackwardLayout<Cell::kGatesR, D, C>:
   };
 
   // The row state and inputs of a step are loaded at the end of the step after it (in reading
-  // order; of the last step, here), so that their latency hides behind the barriers.
+  // order; of the last step, here), between the halves of the cluster barrier, so that their
+  // latency hides behind its wait.
   BackwardRowStep row;
   BackwardInputs<Cell, T> in;
   auto load_step = [&](int64_t step) {
@@ -131,14 +135,13 @@ __global__ void __launch_bounds__(MmaClusterBackwardLayout<Cell::kGatesR, D, C>:
   for (int64_t step = args.steps - 1; step >= 0; --step) {
     float dg[Gt];
     BackwardStep<Cell>(args, el, row, in, recurrent_cotangent(static_cast<int>((step + 1) & 1)),
-                       after_reset, ds, dg);
+                       after_reset, ds, d0, dg);
     after_reset = row.resets();
 #pragma unroll
     for (int g = 0; g < Gr; ++g) {
       const int at = batch_row * kStride + g * U + unit;
       Op::Split(dg[g], dg_hi[at], dg_lo[at]);
     }
-    if (step > 0) load_step(step - 1);
     __syncthreads();
 
     // This CTA's part of dh for the units of CTA `warp`, into that CTA's slot `rank`.
@@ -155,12 +158,17 @@ __global__ void __launch_bounds__(MmaClusterBackwardLayout<Cell::kGatesR, D, C>:
       }
     }
     // Orders this step's partials before their reads in the next step, and this step's reads
-    // of dg and of the partials before the next step's writes, in every CTA.
-    Group::Sync();
+    // of dg and of the partials before the next step's writes, in every CTA. The step's gate
+    // cotangents and the next step's inputs go between its halves: the arrive is a release
+    // that would wait for them (cluster_sync.cuh).
+    Group::Arrive();
+    StoreGateCotangents<Cell>(args, el, row, dg);
+    if (step > 0) load_step(step - 1);
+    Group::Wait();
   }
 
   // What step 0 sent back (buffer 0) reaches the initial h.
-  FinishCotangents<Cell>(args, el, recurrent_cotangent(0), ds);
+  FinishCotangents<Cell>(args, el, recurrent_cotangent(0), ds, d0);
 }
 
 // Launches the cluster tensor-core backward over every head and batch tile of 8 rows.
