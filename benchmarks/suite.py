@@ -358,8 +358,13 @@ def parse_scale(text: str) -> tuple[Fraction, Fraction, Fraction]:
     return tuple(parts)
 
 
+def device_file_name(device) -> str:
+    """The device kind as a file name: ``NVIDIA H200`` -> ``NVIDIA_H200``."""
+    return re.sub(r"[^A-Za-z0-9.-]+", "_", device.device_kind).strip("_")
+
+
 def default_out(device) -> pathlib.Path:
-    return RESULTS / (re.sub(r"[^A-Za-z0-9.-]+", "_", device.device_kind).strip("_") + ".json")
+    return RESULTS / (device_file_name(device) + ".json")
 
 
 def write_json(path: pathlib.Path, results: dict) -> None:

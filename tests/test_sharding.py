@@ -263,13 +263,17 @@ def test_fused_backend_goes_through_the_same_split(monkeypatch, axis_type):
 @pytest.mark.gpu
 @pytest.mark.parametrize("split", ["batch", "heads"])
 def test_fused_split_over_the_gpus_equals_one_gpu(split):
+    """Split over every GPU JAX sees (scripts/multi_gpu_check.sh runs it on several)."""
     gpus = jax.devices("cuda")
     shape = (len(gpus), 1) if split == "batch" else (1, len(gpus))
     mesh = jax.make_mesh(shape, ("data", "heads"), devices=gpus)
+    # 4 rows or 4 heads per GPU along the split axis, so that any GPU count divides the sizes.
+    batch, heads = (4 * len(gpus), 4) if split == "batch" else (4, 4 * len(gpus))
     rng = np.random.default_rng(0)
-    Wx, R, b = (x.astype(np.float32) for x in random_inputs(rng, "slstm", 4, 64, 4, 32))
-    states = random_states(rng, "slstm", 4, 4, 32).astype(np.float32)
-    w_all, w_last = (w.astype(np.float32) for w in loss_weights(rng, "slstm", 4, 64, 4, 32))
+    Wx, R, b = (x.astype(np.float32) for x in random_inputs(rng, "slstm", batch, 64, heads, 32))
+    states = random_states(rng, "slstm", batch, heads, 32).astype(np.float32)
+    w_all, w_last = (w.astype(np.float32)
+                     for w in loss_weights(rng, "slstm", batch, 64, heads, 32))
 
     def fused_loss(*args):
         return project(*flashrnn(*args, function="slstm", backend="fused"), (w_all, w_last))
