@@ -3,6 +3,7 @@ the binding limit when nothing fits, and it picks among compiled tilings by devi
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import pathlib
 import shutil
@@ -15,12 +16,21 @@ from flashrnn_jax.constrint import hardware
 REPO = pathlib.Path(__file__).resolve().parent.parent
 FUNCTIONS = ("lstm", "gru", "slstm", "elman")
 DTYPES = ("bf16", "f16", "f32")
-DEFAULT_HEAD_SIZES = (6, 16, 24, 32, 64, 128, 256)
+DEFAULT_HEAD_SIZES = (6, 16, 24, 32, 64, 128, 256, 512, 768, 1024, 1536)
 H100 = hardware.DeviceLimits.sm90()
+
+
+# The default grid's combinations that fit no tiling (CMake skips them): float32 heads of 1536
+# with more than one R gate, whose R exceeds the shared memory of 128 CTAs.
+INFEASIBLE = {(function, "f32", 1536) for function in ("lstm", "gru", "slstm")}
 
 
 def _grid():
     for function, dtype, head_size in itertools.product(FUNCTIONS, DTYPES, DEFAULT_HEAD_SIZES):
+        if (function, dtype, head_size) in INFEASIBLE:
+            with pytest.raises(hardware.InfeasibleTilingError):
+                hardware.choose_tiling(function, dtype, head_size)
+            continue
         yield function, dtype, head_size, hardware.choose_tiling(function, dtype, head_size)
 
 
@@ -40,8 +50,10 @@ def test_tilings_pass_the_kernels_static_checks(tmp_path):
     for function, dtype, head_size, t in _grid():
         tile = f"Tiling<{head_size}, {t.cluster}, {t.batch_tile}, {t.threads}>"
         gates, size = hardware.RECURRENT_GATES[function], hardware.DTYPE_BYTES[dtype]
-        lines += [f"template struct ForwardLayout<{gates}, {size}, {tile}>;",
-                  f"template struct BackwardLayout<{gates}, {size}, {tile}>;"]
+        # Groups beyond a cluster run the grid kernels, with their own layouts.
+        grid = "Grid" if t.cluster > H100.max_cluster_size else ""
+        lines += [f"template struct Forward{grid}Layout<{gates}, {size}, {tile}>;",
+                  f"template struct Backward{grid}Layout<{gates}, {size}, {tile}>;"]
     lines.append("}")
     source = tmp_path / "tilings.cc"
     # Cells sharing a gate count and dtypes sharing a width give the same instantiation once.
@@ -63,19 +75,39 @@ def test_static_checks_reject_an_oversized_tiling(tmp_path):
 
 
 def test_too_large_head_names_the_binding_limit():
+    # An LSTM head of 2560 in bf16 has 52 MB of R: more than the shared memory of 128 CTAs.
     with pytest.raises(hardware.InfeasibleTilingError, match="shared memory per block"):
-        hardware.choose_tiling("lstm", "bf16", 1024)
+        hardware.choose_tiling("lstm", "bf16", 2560)
+
+
+def test_heads_beyond_a_cluster_take_the_largest_group_that_meets_through_global_memory():
+    """R of an LSTM head of 768 in bf16 (4.7 MB) does not fit 16 CTAs' shared memory. Groups
+    of 32 or more CTAs fit; the model takes the largest, 128 (fewer warps per SM, a shorter
+    step: hardware.GRID_PREFERENCE_ORDER), and no more CTAs than the device has SMs."""
+    assert 16 * H100.shared_memory_per_block_optin < 4 * 768 * 768 * 2
+    assert 4 * 768 * (768 // 32) * 2 + 8 * 768 * 4 <= H100.shared_memory_per_block_optin
+    tiling = hardware.choose_tiling("lstm", "bf16", 768)
+    assert tiling == hardware.Tiling(128, 16, 96), tiling
+    hardware.check_tiling("lstm", "bf16", 768, hardware.Tiling(32, 8, 192), H100)
+    assert hardware.pick_compiled("lstm", "bf16", 768, [hardware.Tiling(32, 8, 192), tiling],
+                                  H100) == tiling
+    few_sms = dataclasses.replace(H100, name="small GPU", sm_count=100)
+    assert hardware.choose_tiling("lstm", "bf16", 768, few_sms).cluster == 64
+    no_group = dataclasses.replace(H100, name="small GPU", sm_count=24)
+    with pytest.raises(hardware.InfeasibleTilingError, match="streaming multiprocessors"):
+        hardware.choose_tiling("lstm", "bf16", 768, no_group)
 
 
 def test_cluster_limit_binds_on_a_device_without_clusters():
-    no_clusters = hardware.DeviceLimits("old GPU", 232448, 65536, 1024, 1)
+    # 16 SMs: no group beyond a cluster either.
+    no_clusters = hardware.DeviceLimits("old GPU", 232448, 65536, 1024, 1, 16)
     with pytest.raises(hardware.InfeasibleTilingError, match="cluster size"):
         hardware.choose_tiling("lstm", "f32", 256, no_clusters)
 
 
 def test_compiled_tiling_refused_on_a_smaller_device():
     tiling = hardware.choose_tiling("lstm", "bf16", 128)  # 128 KiB of R in one CTA
-    small = hardware.DeviceLimits("small GPU", 100 * 1024, 65536, 1024, 16)
+    small = hardware.DeviceLimits("small GPU", 100 * 1024, 65536, 1024, 16, 132)
     with pytest.raises(hardware.InfeasibleTilingError, match="shared memory per block"):
         hardware.check_tiling("lstm", "bf16", 128, tiling, small)
 
@@ -84,14 +116,14 @@ def test_pick_compiled_prefers_the_model_order_among_fitting_tilings():
     one_cta = hardware.Tiling(1, 16, 512)
     cluster = hardware.Tiling(2, 16, 512)
     assert hardware.pick_compiled("lstm", "bf16", 128, [cluster, one_cta], H100) == one_cta
-    small = hardware.DeviceLimits("small GPU", 100 * 1024, 65536, 1024, 16)
+    small = hardware.DeviceLimits("small GPU", 100 * 1024, 65536, 1024, 16, 132)
     assert hardware.pick_compiled("lstm", "bf16", 128, [cluster, one_cta], small) == cluster
 
 
 def test_cmake_listing(capsys):
-    hardware.main(["--functions=lstm;elman", "--dtypes=bf16", "--head-sizes=64;1024"])
+    hardware.main(["--functions=lstm;elman", "--dtypes=bf16", "--head-sizes=64;2560"])
     lines = capsys.readouterr().out.splitlines()
     t = hardware.choose_tiling("lstm", "bf16", 64)
     assert f"lstm bf16 64 {t.cluster} {t.batch_tile} {t.threads}" in lines
-    assert any(line.startswith("# skipped:") and "'lstm'" in line and "1024" in line
+    assert any(line.startswith("# skipped:") and "'lstm'" in line and "2560" in line
                for line in lines)

@@ -21,6 +21,7 @@ from reference import CELL_SHAPES, random_inputs, random_states, reference_flash
 
 from flashrnn_jax import flashrnn
 from flashrnn_jax import fused
+from flashrnn_jax.constrint import hardware
 
 pytestmark = pytest.mark.gpu
 
@@ -30,13 +31,32 @@ HEAD_SIZES = (6, 16, 24, 32, 64, 128, 256)
 # (B, T, N): every odd batch, length and head count of the issue appears for every cell and
 # dtype as the head sizes rotate through these.
 SHAPES = ((1, 7, 3), (3, 1000, 1), (17, 7, 12), (3, 1, 3), (17, 1000, 1))
+# Heads beyond the tensor-core kernels: 512 on a 16-CTA cluster (float32: 128 CTAs), the others
+# on groups of up to 128 CTAs that meet through global memory (forward_grid.cuh; Elman up to
+# 1024 on clusters), where the hardware model fits them (not float32 heads of 1536 with several
+# R gates). Shorter sequences keep the float64
+# reference affordable; 3 heads of 1536 (128 CTAs each) take one launch per head, 17 rows two
+# or three batch tiles.
+LARGE_HEAD_SIZES = (512, 768, 1024, 1536)
+LARGE_SHAPES = ((3, 20, 2), (17, 5, 1), (2, 9, 3))
+MODEL_DTYPES = {"bfloat16": "bf16", "float16": "f16", "float32": "f32"}
 
+
+
+def _fits(function, dtype, head_size):
+    try:
+        hardware.choose_tiling(function, MODEL_DTYPES[jnp.dtype(dtype).name], head_size)
+    except hardware.InfeasibleTilingError:
+        return False
+    return True
 
 
 def _cases():
     for function, dtype in itertools.product(FUNCTIONS, DTYPES):
-        for i, head_size in enumerate(HEAD_SIZES):
-            B, T, N = SHAPES[(i + FUNCTIONS.index(function)) % len(SHAPES)]
+        sizes = [(d, SHAPES) for d in HEAD_SIZES] + [
+            (d, LARGE_SHAPES) for d in LARGE_HEAD_SIZES if _fits(function, dtype, d)]
+        for i, (head_size, shapes) in enumerate(sizes):
+            B, T, N = shapes[(i + FUNCTIONS.index(function)) % len(shapes)]
             yield pytest.param(
                 function, dtype, head_size, B, T, N,
                 id=f"{function}-{jnp.dtype(dtype).name}-D{head_size}-B{B}-T{T}-N{N}",

@@ -4,7 +4,8 @@ Forward outputs against the float64 reference of the options (tests/reference.py
 against the scan backend run in float64 with the same options (checked against finite
 differences in test_sequence_options.py); DESIGN §4's rule: a fused error is at most twice the
 scan backend's at the same input dtype, plus a small floor. Outputs are poisoned with NaN before
-every launch. Batch 17 spans two batch tiles with padding; head size 256 runs as a cluster.
+every launch. Batch 17 spans two batch tiles with padding; head size 256 runs as a cluster, 768 as
+groups of 128 CTAs meeting through global memory (one (head, batch tile) group per launch).
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ def _fns(function, backend, static):
 
 
 @pytest.mark.parametrize("combo", COMBOS)
-@pytest.mark.parametrize("head_size", (16, 256))
+@pytest.mark.parametrize("head_size", (16, 256, 768))
 @pytest.mark.parametrize("dtype", (jnp.bfloat16, jnp.float32))
 @pytest.mark.parametrize("function", FUNCTIONS)
 def test_fused_options_match_reference(function, dtype, head_size, combo, rng, gpu_case):

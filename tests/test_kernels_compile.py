@@ -34,6 +34,11 @@ INSTANTIATIONS = [
     ("Backward", "SlstmCell", "__nv_bfloat16", (128, 1, 16, 512)),
     ("Backward", "LstmCell", "__nv_bfloat16", (256, 4, 16, 512)),
     ("Backward", "SlstmCell", "__nv_bfloat16", (256, 4, 16, 512)),
+    # Heads beyond a cluster: groups of 32 and 128 CTAs that meet through global memory.
+    ("Forward", "LstmCell", "__nv_bfloat16", (768, 32, 16, 384)),
+    ("Backward", "LstmCell", "__nv_bfloat16", (768, 32, 16, 384)),
+    ("Forward", "GruCell", "float", (1024, 64, 8, 128)),
+    ("Backward", "SlstmCell", "__half", (1536, 128, 8, 96)),
 ]
 
 SOURCE = "".join(
@@ -157,3 +162,28 @@ def test_cluster_kernels_store_to_global_memory_only_between_the_barrier_halves(
             else:
                 assert between_halves, f"{name}: {store} before a cluster barrier's arrive"
         assert any(store for _, store in events[:last_wait]), f"{name}: no store in the steps"
+
+
+def test_grid_kernels_meet_at_a_release_acquire_counter_and_read_the_exchange_from_l2(tmp_path):
+    """The kernels of groups beyond a cluster (forward_grid.cuh, backward_grid.cuh): without
+    spills; their barrier publishes with a release add and waits with acquire loads at GPU
+    scope; the exchanged h or partials are read with ld.global.cg, so that no SM can serve a
+    line of an earlier step from its L1."""
+    result = _compile(tmp_path, True, "-c", "-Xptxas", "-v", "-o", str(tmp_path / "k.o"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    reports = dict(re.findall(r"Compiling entry function '(\w+)'.*?\n(.*?spill loads)",
+                              result.stderr, re.S))
+    grid = [name for name in reports if "GridKernel" in name]
+    # Forwards with and without residuals.
+    assert len(grid) == 2 * 2 + 2, list(reports)
+    for name in grid:
+        assert "0 bytes spill stores, 0 bytes spill loads" in reports[name], reports[name]
+    ptx = _compile(tmp_path, True, "--ptx", "-o", str(tmp_path / "k.ptx"))
+    assert ptx.returncode == 0, ptx.stderr[-3000:]
+    entries = dict(re.findall(r"\.entry (\w+)\((.*?)\n\}\n", (tmp_path / "k.ptx").read_text(),
+                              re.S))
+    for name in grid:
+        body = entries[name]
+        assert "red.release.gpu.global.add.u32" in body, name
+        assert "ld.acquire.gpu.global.u32" in body, name
+        assert re.search(r"ld\.global\.cg\.f32", body), name

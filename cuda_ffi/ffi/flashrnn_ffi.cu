@@ -6,7 +6,9 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <tuple>
@@ -14,6 +16,7 @@
 #include <vector>
 
 #include "kernels/elman_pointwise.cuh"
+#include "kernels/grid_workspace.h"
 #include "kernels/gru_pointwise.cuh"
 #include "kernels/lstm_pointwise.cuh"
 #include "kernels/params.h"
@@ -123,6 +126,25 @@ ffi::Error PoisonOutputs(cudaStream_t stream, std::initializer_list<ffi::AnyBuff
     if (ffi::Error e = (expr); e.failure()) return e; \
   } while (0)
 
+// The global memory a kernel's CTA groups exchange through when they are larger than a
+// cluster (grid_workspace.h), from XLA's scratch allocator; null when it needs none.
+ffi::Error AllocateWorkspace(ffi::ScratchAllocator& scratch, const CompiledKernel& k,
+                             bool backward, int64_t batch, int64_t heads, void** workspace) {
+  *workspace = nullptr;
+  const std::size_t bytes =
+      GridWorkspaceBytes(backward, k.cluster, k.batch_tile, k.head_size, batch, heads);
+  if (bytes == 0) return ffi::Error::Success();
+  std::optional<void*> allocated = scratch.Allocate(bytes, kGridCounterBytes);
+  if (!allocated.has_value()) {
+    return ffi::Error(ffi::ErrorCode::kResourceExhausted,
+                      "flashrnn_jax: could not allocate the " + std::to_string(bytes) +
+                          " bytes of scratch memory that the CTA groups of head size " +
+                          std::to_string(k.head_size) + " exchange through");
+  }
+  *workspace = *allocated;
+  return ffi::Error::Success();
+}
+
 // Shapes shared by forward and backward, read off R [Gr, N, D, D] and states0 [S, B, N, D].
 struct Problem {
   const CompiledKernel* kernel;
@@ -171,7 +193,8 @@ ffi::Error ResolveSequence(const Problem& p, int64_t steps, ffi::AnyBuffer seq_l
   return ffi::Error::Success();
 }
 
-ffi::Error Forward(cudaStream_t stream, const Variant& variant, ffi::AnyBuffer wx,
+ffi::Error Forward(cudaStream_t stream, ffi::ScratchAllocator& scratch, const Variant& variant,
+                   ffi::AnyBuffer wx,
                    ffi::AnyBuffer r, ffi::AnyBuffer bias, ffi::AnyBuffer states0,
                    ffi::AnyBuffer seq_lengths, ffi::AnyBuffer resets, bool has_resets,
                    bool reverse, ffi::AnyBuffer states_all, ffi::AnyBuffer last_states,
@@ -218,6 +241,8 @@ ffi::Error Forward(cudaStream_t stream, const Variant& variant, ffi::AnyBuffer w
   args.batch = p.batch;
   args.steps = steps;
   args.heads = p.heads;
+  FLASHRNN_RETURN_IF_ERROR(
+      AllocateWorkspace(scratch, k, false, p.batch, p.heads, &args.workspace));
   if (poison) {
     FLASHRNN_RETURN_IF_ERROR(PoisonOutputs(stream, {states_all, last_states}));
     if (gate_cache != nullptr) {
@@ -230,18 +255,18 @@ ffi::Error Forward(cudaStream_t stream, const Variant& variant, ffi::AnyBuffer w
   return ffi::Error::Success();
 }
 
-ffi::Error ForwardImpl(cudaStream_t stream, ffi::AnyBuffer wx, ffi::AnyBuffer r,
+ffi::Error ForwardImpl(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::AnyBuffer wx, ffi::AnyBuffer r,
                        ffi::AnyBuffer bias, ffi::AnyBuffer states0, ffi::AnyBuffer seq_lengths,
                        ffi::AnyBuffer resets, ffi::Result<ffi::AnyBuffer> states_all,
                        ffi::Result<ffi::AnyBuffer> last_states, std::string_view function,
                        bool poison, int32_t cluster, int32_t batch_tile, int32_t threads,
                        bool has_resets, bool reverse) {
-  return Forward(stream, {function, cluster, batch_tile, threads}, wx, r, bias, states0,
+  return Forward(stream, scratch, {function, cluster, batch_tile, threads}, wx, r, bias, states0,
                  seq_lengths, resets, has_resets, reverse, *states_all, *last_states, nullptr,
                  nullptr, poison);
 }
 
-ffi::Error ForwardTrainImpl(cudaStream_t stream, ffi::AnyBuffer wx, ffi::AnyBuffer r,
+ffi::Error ForwardTrainImpl(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::AnyBuffer wx, ffi::AnyBuffer r,
                             ffi::AnyBuffer bias, ffi::AnyBuffer states0,
                             ffi::AnyBuffer seq_lengths, ffi::AnyBuffer resets,
                             ffi::Result<ffi::AnyBuffer> states_all,
@@ -251,12 +276,12 @@ ffi::Error ForwardTrainImpl(cudaStream_t stream, ffi::AnyBuffer wx, ffi::AnyBuff
                             bool poison, int32_t cluster, int32_t batch_tile, int32_t threads,
                             bool has_resets, bool reverse) {
   ffi::AnyBuffer cache = *gate_cache, states = *states_f32;
-  return Forward(stream, {function, cluster, batch_tile, threads}, wx, r, bias, states0,
+  return Forward(stream, scratch, {function, cluster, batch_tile, threads}, wx, r, bias, states0,
                  seq_lengths, resets, has_resets, reverse, *states_all, *last_states, &cache,
                  &states, poison);
 }
 
-ffi::Error BackwardImpl(cudaStream_t stream, ffi::AnyBuffer r, ffi::AnyBuffer states0,
+ffi::Error BackwardImpl(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::AnyBuffer r, ffi::AnyBuffer states0,
                         ffi::AnyBuffer gate_cache, ffi::AnyBuffer states_f32,
                         ffi::AnyBuffer d_states_all, ffi::AnyBuffer d_last_states,
                         ffi::AnyBuffer seq_lengths, ffi::AnyBuffer resets,
@@ -324,6 +349,7 @@ ffi::Error BackwardImpl(cudaStream_t stream, ffi::AnyBuffer r, ffi::AnyBuffer st
   args.batch = p.batch;
   args.steps = steps;
   args.heads = p.heads;
+  FLASHRNN_RETURN_IF_ERROR(AllocateWorkspace(scratch, k, true, p.batch, p.heads, &args.workspace));
   if (poison) FLASHRNN_RETURN_IF_ERROR(PoisonOutputs(stream, {*d_gates, *d_states0}));
   if (cudaError_t err = k.backward(args, stream); err != cudaSuccess) {
     return CudaError("fused backward kernel launch", err);
@@ -347,6 +373,7 @@ std::vector<CompiledTiling> CompiledGrid() {
 XLA_FFI_DEFINE_HANDLER_SYMBOL(FlashrnnForward, flashrnn::ForwardImpl,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::PlatformStream<cudaStream_t>>()
+                                  .Ctx<ffi::ScratchAllocator>()
                                   .Arg<ffi::AnyBuffer>()  // Wx
                                   .Arg<ffi::AnyBuffer>()  // R
                                   .Arg<ffi::AnyBuffer>()  // b
@@ -366,6 +393,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(FlashrnnForward, flashrnn::ForwardImpl,
 XLA_FFI_DEFINE_HANDLER_SYMBOL(FlashrnnForwardTrain, flashrnn::ForwardTrainImpl,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::PlatformStream<cudaStream_t>>()
+                                  .Ctx<ffi::ScratchAllocator>()
                                   .Arg<ffi::AnyBuffer>()  // Wx
                                   .Arg<ffi::AnyBuffer>()  // R
                                   .Arg<ffi::AnyBuffer>()  // b
@@ -387,6 +415,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(FlashrnnForwardTrain, flashrnn::ForwardTrainImpl,
 XLA_FFI_DEFINE_HANDLER_SYMBOL(FlashrnnBackward, flashrnn::BackwardImpl,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::PlatformStream<cudaStream_t>>()
+                                  .Ctx<ffi::ScratchAllocator>()
                                   .Arg<ffi::AnyBuffer>()  // R
                                   .Arg<ffi::AnyBuffer>()  // states0
                                   .Arg<ffi::AnyBuffer>()  // gate_cache

@@ -15,6 +15,7 @@
 #include <cuda_runtime.h>
 
 #include "backward_element.cuh"
+#include "backward_grid.cuh"
 #include "backward_mma.cuh"
 #include "backward_mma_cluster.cuh"
 #include "cluster_sync.cuh"
@@ -149,7 +150,11 @@ cudaError_t LaunchBackward(const BackwardArgs& args, cudaStream_t stream) {
     return LaunchBackwardMma<Cell, T, Tile::kHeadSize>(args, stream);
   } else
 #endif
-  {
+  if constexpr (IsGridGroup(Tile::kCluster)) {
+    using Layout = BackwardGridLayout<Cell::kGatesR, sizeof(T), Tile>;
+    return LaunchGridGroups<Tile>(BackwardGridKernel<Cell, T, Tile>, args, Layout::kBytes,
+                                  stream);
+  } else {
     using Layout = BackwardLayout<Cell::kGatesR, sizeof(T), Tile>;
     return LaunchOverHeadsAndBatchTiles<Tile>(BackwardKernel<Cell, T, Tile>, args,
                                               Layout::kBytes, stream);

@@ -14,6 +14,7 @@
 #include "cluster_sync.cuh"
 #include "dtype.cuh"
 #include "forward_element.cuh"
+#include "forward_grid.cuh"
 #include "forward_mma.cuh"
 #include "forward_mma_cluster.cuh"
 #include "launch.cuh"
@@ -121,7 +122,13 @@ cudaError_t LaunchForward(const ForwardArgs& args, cudaStream_t stream) {
         args, stream);
   } else
 #endif
-  {
+  if constexpr (IsGridGroup(Tile::kCluster)) {
+    using Layout = ForwardGridLayout<Cell::kGatesR, sizeof(T), Tile>;
+    return LaunchGridGroups<Tile>(args.gate_cache != nullptr
+                                      ? ForwardGridKernel<Cell, T, Tile, true>
+                                      : ForwardGridKernel<Cell, T, Tile, false>,
+                                  args, Layout::kBytes, stream);
+  } else {
     using Layout = ForwardLayout<Cell::kGatesR, sizeof(T), Tile>;
     return LaunchOverHeadsAndBatchTiles<Tile>(args.gate_cache != nullptr
                                                   ? ForwardKernel<Cell, T, Tile, true>

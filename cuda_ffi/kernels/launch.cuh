@@ -1,10 +1,15 @@
 // Launch of a persistent kernel over every head and batch tile: grid (heads * kCluster,
-// batch tiles), thread-block clusters of kCluster CTAs along x, opt-in dynamic shared memory.
+// batch tiles), thread-block clusters of kCluster CTAs along x, opt-in dynamic shared memory;
+// and of the grid kernels of groups larger than a cluster, cooperatively.
 #pragma once
 
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstddef>
+#include <cstdint>
+
+#include "grid_workspace.h"
 
 namespace flashrnn {
 
@@ -39,6 +44,59 @@ cudaError_t LaunchOverHeadsAndBatchTiles(void (*kernel)(Args), const Args& args,
   config.numAttrs = Tile::kCluster > 1 ? 1 : 0;
   if (cudaError_t err = cudaLaunchKernelEx(&config, kernel, args); err != cudaSuccess) {
     return err;
+  }
+  return cudaGetLastError();
+}
+
+// Launches a grid kernel (forward_grid.cuh, backward_grid.cuh) over every (head, batch tile)
+// group of Tile::kCluster CTAs. Its barrier needs all CTAs of a group resident at once, so the
+// groups go in chunks of as many as the device holds (one launch each, in stream order), each
+// launched cooperatively: a launch that cannot be resident fails instead of deadlocking. The
+// workspace's barrier counters are zeroed first (grid_workspace.h).
+template <typename Tile, typename Args>
+cudaError_t LaunchGridGroups(void (*kernel)(Args, int64_t), const Args& args,
+                             std::size_t smem_bytes, cudaStream_t stream) {
+  constexpr int C = Tile::kCluster;
+  if (cudaError_t err = cudaFuncSetAttribute(
+          kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem_bytes));
+      err != cudaSuccess) {
+    return err;
+  }
+  int device = 0, sms = 0, per_sm = 0;
+  if (cudaError_t err = cudaStreamGetDevice(stream, &device); err != cudaSuccess) return err;
+  if (cudaError_t err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+      err != cudaSuccess) {
+    return err;
+  }
+  if (cudaError_t err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel,
+                                                                      Tile::kThreads, smem_bytes);
+      err != cudaSuccess) {
+    return err;
+  }
+  const int64_t chunk = int64_t{per_sm} * sms / C;
+  if (chunk == 0) return cudaErrorCooperativeLaunchTooLarge;
+  const int64_t groups = GridGroups(Tile::kBatchTile, args.batch, args.heads);
+  if (groups == 0) return cudaSuccess;
+  if (cudaError_t err =
+          cudaMemsetAsync(args.workspace, 0, static_cast<std::size_t>(groups) * kGridCounterBytes,
+                          stream);
+      err != cudaSuccess) {
+    return err;
+  }
+  cudaLaunchAttribute cooperative = {};
+  cooperative.id = cudaLaunchAttributeCooperative;
+  cooperative.val.cooperative = 1;
+  for (int64_t group0 = 0; group0 < groups; group0 += chunk) {
+    cudaLaunchConfig_t config = {};
+    config.gridDim = dim3(static_cast<unsigned>(std::min(chunk, groups - group0) * C));
+    config.blockDim = dim3(Tile::kThreads);
+    config.dynamicSmemBytes = smem_bytes;
+    config.stream = stream;
+    config.attrs = &cooperative;
+    config.numAttrs = 1;
+    if (cudaError_t err = cudaLaunchKernelEx(&config, kernel, args, group0); err != cudaSuccess) {
+      return err;
+    }
   }
   return cudaGetLastError();
 }

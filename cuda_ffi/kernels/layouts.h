@@ -37,4 +37,25 @@ struct BackwardLayout {
   static_assert(kBytes <= kMaxSharedBytesPerBlock, "shared memory per block (sm_90 opt-in)");
 };
 
+// The grid kernels (forward_grid.cuh, backward_grid.cuh) keep the same R slices; the forward
+// stages one step's h_prev [kBatchTile][D] float (the exchange buffers are in global memory),
+// the backward only its gate cotangents dg_s [Gr][kBatchTile][kUnits] float.
+template <int kGatesR, std::size_t kElementBytes, typename Tile>
+struct ForwardGridLayout {
+  static constexpr std::size_t kRBytes =
+      AlignUp(std::size_t{kGatesR} * Tile::kHeadSize * Tile::kUnits * kElementBytes);
+  static constexpr std::size_t kBytes =
+      kRBytes + std::size_t{Tile::kBatchTile} * Tile::kHeadSize * sizeof(float);
+  static_assert(kBytes <= kMaxSharedBytesPerBlock, "shared memory per block (sm_90 opt-in)");
+};
+
+template <int kGatesR, std::size_t kElementBytes, typename Tile>
+struct BackwardGridLayout {
+  static constexpr std::size_t kRBytes =
+      AlignUp(std::size_t{kGatesR} * Tile::kUnits * Tile::kHeadSize * kElementBytes);
+  static constexpr std::size_t kBytes =
+      kRBytes + std::size_t{kGatesR} * Tile::kBatchTile * Tile::kUnits * sizeof(float);
+  static_assert(kBytes <= kMaxSharedBytesPerBlock, "shared memory per block (sm_90 opt-in)");
+};
+
 }  // namespace flashrnn

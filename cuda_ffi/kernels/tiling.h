@@ -2,9 +2,10 @@
 // (flashrnn_jax/constrint/hardware.py) and passed in by the generated instantiation files; the
 // static checks below are the kernel's own guard that a tiling it is given is one it can run.
 //
-// A head's recurrent matrix is split by output rows ("units") over a group of kCluster CTAs (a
-// thread-block cluster, or one CTA) so that every CTA keeps its slice of R in shared memory for
-// the whole sequence. Each CTA serves kBatchTile batch rows with kThreads threads; each thread
+// A head's recurrent matrix is split by output rows ("units") over a group of kCluster CTAs (one
+// CTA, a thread-block cluster of up to 16, or beyond that a group that meets through global
+// memory: forward_grid.cuh) so that every CTA keeps its slice of R in shared memory for the
+// whole sequence. Each CTA serves kBatchTile batch rows with kThreads threads; each thread
 // owns kPerThread (unit, batch row) elements and keeps their cell states in registers.
 #pragma once
 
@@ -18,8 +19,9 @@ struct Tiling {
   static constexpr int kCluster = kCluster_;
   static constexpr int kBatchTile = kBatchTile_;
   static constexpr int kThreads = kThreads_;
-  static_assert(kCluster >= 1 && kCluster <= 16 && (kCluster & (kCluster - 1)) == 0,
-                "a cluster is a power of two of at most 16 CTAs (sm_90)");
+  static_assert(kCluster >= 1 && kCluster <= 128 && (kCluster & (kCluster - 1)) == 0,
+                "a CTA group is a power of two of at most 128 CTAs: a cluster up to 16 (sm_90), "
+                "a cooperatively launched group beyond (grid_workspace.h)");
   static_assert(kHeadSize % kCluster == 0, "a head's units split evenly over its CTAs");
   static constexpr int kUnits = kHeadSize / kCluster;
   static constexpr int kElements = kUnits * kBatchTile;

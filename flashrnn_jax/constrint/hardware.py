@@ -1,7 +1,9 @@
 """The fused kernels' hardware model: their tiling as a ConstrINT model of the GPU's limits.
 
 A kernel instantiation is a (cell, dtype, head size ``D``) with a tiling: ``C`` CTAs per head (a
-thread-block cluster when ``C > 1``) that split the head's ``D`` output units, ``BT`` batch rows
+thread-block cluster when ``1 < C <= 16``; beyond, a cooperatively launched group that exchanges
+through global memory, ``cuda_ffi/kernels/forward_grid.cuh``) that split the head's ``D`` output
+units, ``BT`` batch rows
 per CTA, ``NT`` threads per CTA, each owning ``P`` (unit, batch row) elements. The model states
 the kernels' invariants and the device's limits as constraints (each with a comment naming the
 limit), and prefers the fewest CTAs per head (the cheapest per-step barrier), then the largest
@@ -36,6 +38,8 @@ _ALIGNMENT_SLACK = 256
 _REGISTERS_PER_THREAD = 128
 # The kernels keep at most this many elements' states per thread in registers (tiling.h).
 _MAX_ELEMENTS_PER_THREAD = 8
+# The smallest group of CTAs per head that the grid kernels run (tiling.h: clusters up to 16).
+_MIN_GRID_GROUP = 32
 # Threads per CTA the kernels are tuned for (more only adds barrier cost at one CTA per SM).
 _MAX_THREADS = 512
 
@@ -49,11 +53,12 @@ class DeviceLimits:
     registers_per_sm: int
     max_threads_per_block: int
     max_cluster_size: int
+    sm_count: int
 
     @classmethod
     def sm90(cls) -> DeviceLimits:
         """Hopper (H100, H200): the target the build compiles for."""
-        return cls("sm_90", 232448, 65536, 1024, 16)
+        return cls("sm_90", 232448, 65536, 1024, 16, 132)
 
     @classmethod
     def from_properties(cls, props: Mapping) -> DeviceLimits:
@@ -65,6 +70,7 @@ class DeviceLimits:
             int(props["registers_per_sm"]),
             int(props["max_threads_per_block"]),
             16 if major >= 9 else 1,
+            int(props["sm_count"]),
         )
 
 
@@ -88,7 +94,8 @@ def _constraints(function: str, dtype: str, head_size: int, device: DeviceLimits
     return [
         (f"D == {D}; G == {G}; E == {E};", "the problem: head size, R gates, bytes per element",
          False),
-        ("C == [1, 2, 4, 8, 16];", "CTAs per head: a power of two (tiling.h)", False),
+        ("C == [1, 2, 4, 8, 16, 32, 64, 128];", "CTAs per head: a power of two (tiling.h)",
+         False),
         ("U * C == D;", "a head's units split evenly over its CTAs (tiling.h)", False),
         ("BT == [8, 16];", "batch rows per CTA (tiling.h); more only idles rows at small batch",
          False),
@@ -97,23 +104,46 @@ def _constraints(function: str, dtype: str, head_size: int, device: DeviceLimits
         ("NT == 32 * W;", "whole warps (tiling.h)", False),
         (f"P <= {_MAX_ELEMENTS_PER_THREAD};", "per-thread cell states stay in registers", False),
         (f"NT <= {_MAX_THREADS};", "threads per CTA the kernels are written for", False),
-        (f"C <= {device.max_cluster_size};", "maximum thread-block cluster size of the device",
-         True),
+        (f"C <= {device.max_cluster_size} | {_MIN_GRID_GROUP} <= C;",
+         "maximum thread-block cluster size of the device (larger groups meet through global "
+         "memory)", True),
+        (f"C <= {device.sm_count};",
+         "streaming multiprocessors: a group's CTAs must be resident at once, one per SM", True),
         (f"NT <= {device.max_threads_per_block};", "maximum threads per block", True),
         (f"NT * {_REGISTERS_PER_THREAD} <= {device.registers_per_sm};",
          "registers per SM (one CTA per SM)", True),
         (f"G * D * U * E + 2 * BT * D * 4 + {_ALIGNMENT_SLACK} "
-         f"<= {device.shared_memory_per_block_optin};",
+         f"<= {device.shared_memory_per_block_optin} | {_MIN_GRID_GROUP} <= C;",
          "shared memory per block, forward: R slice + double-buffered h (forward.cuh)", True),
         (f"G * U * D * E + 2 * BT * D * 4 + G * BT * U * 4 + {_ALIGNMENT_SLACK} "
-         f"<= {device.shared_memory_per_block_optin};",
+         f"<= {device.shared_memory_per_block_optin} | {_MIN_GRID_GROUP} <= C;",
          "shared memory per block, backward: R slice + partial cotangents + gate cotangents "
          "(backward.cuh)", True),
+        (f"G * D * U * E + BT * D * 4 + {_ALIGNMENT_SLACK} "
+         f"<= {device.shared_memory_per_block_optin};",
+         "shared memory per block, forward of a group beyond a cluster: R slice + the step's h "
+         "(forward_grid.cuh; less than the cluster kernels need)", True),
+        (f"G * U * D * E + G * BT * U * 4 + {_ALIGNMENT_SLACK} "
+         f"<= {device.shared_memory_per_block_optin};",
+         "shared memory per block, backward of a group beyond a cluster: R slice + gate "
+         "cotangents (backward_grid.cuh)", True),
     ]
 
 
 # Fewest CTAs per head (cheapest per-step barrier), then the largest batch tile, most threads.
 PREFERENCE_ORDER = (("C", "smallest"), ("BT", "largest"), ("NT", "largest"))
+# Where only a group beyond a cluster fits: the largest. Every thread of the grid kernels runs
+# its elements' whole dot product over D, so their step is that chain times the warps per
+# scheduler: more CTAs for the same head mean fewer warps each (at 768, 128 CTAs of 3 warps
+# against 32 of 12), while a device full of groups does the same work either way.
+GRID_PREFERENCE_ORDER = (("C", "largest"), ("BT", "largest"), ("NT", "largest"))
+
+
+def preference_key(tiling: Tiling) -> tuple:
+    """Sort key of the preference among tilings (PREFERENCE_ORDER, GRID_PREFERENCE_ORDER)."""
+    grid = tiling.cluster >= _MIN_GRID_GROUP
+    return (grid, -tiling.cluster if grid else tiling.cluster, -tiling.batch_tile,
+            -tiling.threads)
 
 
 def model_text(function: str, dtype: str, head_size: int, device: DeviceLimits) -> str:
@@ -149,6 +179,9 @@ def choose_tiling(function: str, dtype: str, head_size: int,
     if not solutions:
         raise _infeasible(function, dtype, head_size, device, "", "no fused-kernel tiling fits")
     best = solutions[0]
+    if best["C"] >= _MIN_GRID_GROUP:
+        best = solve(model_text(function, dtype, head_size, device),
+                     order=GRID_PREFERENCE_ORDER)[0]
     return Tiling(best["C"], best["BT"], best["NT"])
 
 
@@ -165,7 +198,7 @@ def pick_compiled(function: str, dtype: str, head_size: int, compiled: Iterable[
                   device: DeviceLimits) -> Tiling:
     """Among compiled tilings of one (cell, dtype, head size), the first in the model's
     preference order that fits ``device``; :class:`InfeasibleTilingError` when none does."""
-    candidates = sorted(compiled, key=lambda t: (t.cluster, -t.batch_tile, -t.threads))
+    candidates = sorted(compiled, key=preference_key)
     error = None
     for tiling in candidates:
         try:

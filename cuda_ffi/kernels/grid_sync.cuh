@@ -1,0 +1,40 @@
+// The per-step barrier of a CTA group larger than a cluster (grid_workspace.h): a counter in
+// global memory that every CTA of the group adds one to per step; the k-th barrier is passed
+// when the counter reaches k * C. All C CTAs must be resident at once: the launcher
+// (launch.cuh) launches cooperatively, which fails instead of deadlocking when they cannot be.
+#pragma once
+
+#include <cstdint>
+
+namespace flashrnn {
+
+class GroupCounterBarrier {
+ public:
+  __device__ GroupCounterBarrier(unsigned* counter, unsigned ctas)
+      : counter_(counter), ctas_(ctas) {}
+
+  // Orders every global write of this CTA's threads before the barrier before every read of
+  // the group's threads after it. Readers of the exchanged data use ld.global.cg (L2), so no
+  // line of an earlier step can be served from this SM's L1.
+  __device__ void Sync() {
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      target_ += ctas_;
+      __threadfence();
+      asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(counter_) : "memory");
+      unsigned seen;
+      do {
+        asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(seen) : "l"(counter_) : "memory");
+      } while (seen < target_);
+      __threadfence();
+    }
+    __syncthreads();
+  }
+
+ private:
+  unsigned* counter_;
+  unsigned ctas_;
+  unsigned target_ = 0;
+};
+
+}  // namespace flashrnn
