@@ -32,7 +32,7 @@ HEAD_SIZES = (6, 16, 24, 32, 64, 128, 256)
 # dtype as the head sizes rotate through these.
 SHAPES = ((1, 7, 3), (3, 1000, 1), (17, 7, 12), (3, 1, 3), (17, 1000, 1))
 # Heads beyond the tensor-core kernels: 512 on a 16-CTA cluster (float32: 128 CTAs), the others
-# on groups of up to 128 CTAs that meet through global memory (forward_grid.cuh; Elman up to
+# on groups of up to 128 CTAs that meet through global memory (fma_exchange.cuh; Elman up to
 # 1024 on clusters), where the hardware model fits them (not float32 heads of 1536 with several
 # R gates). Shorter sequences keep the float64
 # reference affordable; 3 heads of 1536 (128 CTAs each) take one launch per head, 17 rows two

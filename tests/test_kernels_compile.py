@@ -165,7 +165,7 @@ def test_cluster_kernels_store_to_global_memory_only_between_the_barrier_halves(
 
 
 def test_grid_kernels_meet_at_a_release_acquire_counter_and_read_the_exchange_from_l2(tmp_path):
-    """The kernels of groups beyond a cluster (forward_grid.cuh, backward_grid.cuh): without
+    """The kernels of groups beyond a cluster (ForwardGridKernel, BackwardGridKernel): without
     spills; their barrier publishes with a release add and waits with acquire loads at GPU
     scope; the exchanged h or partials are read with ld.global.cg, so that no SM can serve a
     line of an earlier step from its L1."""

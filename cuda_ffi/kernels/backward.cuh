@@ -15,10 +15,9 @@
 #include <cuda_runtime.h>
 
 #include "backward_element.cuh"
-#include "backward_grid.cuh"
 #include "backward_mma.cuh"
 #include "backward_mma_cluster.cuh"
-#include "cluster_sync.cuh"
+#include "fma_exchange.cuh"
 #include "dtype.cuh"
 #include "launch.cuh"
 #include "layouts.h"
@@ -28,36 +27,27 @@
 
 namespace flashrnn {
 
-// Launch bounds (threads, 1): a persistent CTA needs no second CTA beside it on its SM, and
-// without the 1 ptxas held some of these kernels to 64 registers and spilled (NOTES, v2).
-template <typename Cell, typename T, typename Tile>
-__global__ void __launch_bounds__(Tile::kThreads, 1) BackwardKernel(const BackwardArgs args) {
-  using Layout = BackwardLayout<Cell::kGatesR, sizeof(T), Tile>;
+// The FMA backward of one CTA: the same rows of R as its forward in shared memory, dg_s its
+// gate cotangents of a step, the partial recurrent cotangents through its group's Exchange
+// (fma_exchange.cuh); the kernels below differ only in the Exchange.
+template <typename Cell, typename T, typename Tile, typename Exchange>
+__device__ __forceinline__ void FmaBackward(const BackwardArgs& args, T* r_s, float* dg_s,
+                                            Exchange& ex) {
   constexpr int D = Tile::kHeadSize;
-  using Group = CtaGroup<Tile::kCluster>;
-  constexpr int C = Tile::kCluster, U = Tile::kUnits, BT = Tile::kBatchTile;
+  constexpr int U = Tile::kUnits, BT = Tile::kBatchTile;
   constexpr int P = Tile::kPerThread;
   constexpr int Gr = Cell::kGatesR, Gt = Cell::kGatesB, S = Cell::kStates;
-  constexpr int kPartStride = C * BT * U;  // floats per part_s buffer
-
-  extern __shared__ __align__(128) unsigned char smem[];
-  T* r_s = reinterpret_cast<T*>(smem);
-  float* part_s = reinterpret_cast<float*>(smem + Layout::kRBytes);
-  float* dg_s = reinterpret_cast<float*>(smem + Layout::kRBytes + Layout::kPartBytes);
 
   const int64_t B = args.batch, steps = args.steps, N = args.heads;
-  const int rank = Group::Rank();
-  const int64_t head = blockIdx.x / C;
-  const int64_t b0 = int64_t{blockIdx.y} * BT;
-  const int u0 = rank * U;
+  const int64_t head = ex.head, b0 = ex.b0;
+  const int u0 = ex.rank * U;
   const T* R = static_cast<const T*>(args.r);
   for (int idx = threadIdx.x; idx < Gr * U * D; idx += blockDim.x) {
     const int g = idx / (U * D), o = idx / D % U, i = idx % D;
     r_s[idx] = R[((g * N + head) * D + u0 + o) * D + i];
   }
   // The step T-1 reads the partials of a step T that does not exist: zeros.
-  float* part_first = part_s + (steps & 1) * kPartStride;
-  for (int idx = threadIdx.x; idx < kPartStride; idx += blockDim.x) part_first[idx] = 0.0f;
+  ex.ZeroPartials(steps & 1);
 
   // Per element: the cotangent of the states after the current step, carried backwards; the
   // row's length; whether the step after the current one (the previous iteration) reset, so
@@ -79,18 +69,13 @@ __global__ void __launch_bounds__(Tile::kThreads, 1) BackwardKernel(const Backwa
   }
   const bool recurrent = args.recurrent_gradient != RecurrentGradient::kCut;
   // The cotangent reaching this element's h_prev through R @ h_prev, from the partials.
-  auto recurrent_cotangent = [&](const float* part_in, int row, int u) {
-    float acc = 0.0f;
-    if (recurrent) {
-      for (int src = 0; src < C; ++src) acc += part_in[(src * BT + row) * U + u];
-    }
-    return RecurrentCotangent(args, acc);
+  auto recurrent_cotangent = [&](int64_t buffer, int row, int u) {
+    return RecurrentCotangent(args, recurrent ? ex.SumPartials(buffer, row, u) : 0.0f);
   };
-  // Every CTA of the group must be running (and part_first zeroed) before remote writes.
-  Group::Sync();
+  // Every CTA of the group must be running (and the zeros written) before remote writes.
+  ex.BeforeFirstExchange();
 
   for (int64_t step = steps - 1; step >= 0; --step) {
-    const float* part_in = part_s + ((step + 1) & 1) * kPartStride;
 #pragma unroll
     for (int p = 0; p < P; ++p) {
       const int e = threadIdx.x + p * Tile::kThreads, u = e % U, row = e / U;
@@ -99,8 +84,8 @@ __global__ void __launch_bounds__(Tile::kThreads, 1) BackwardKernel(const Backwa
       BackwardInputs<Cell, T> in;
       LoadBackwardInputs<Cell, T>(args, el, at, in);
       float dg[Gt];
-      BackwardStep<Cell>(args, el, at, in, recurrent_cotangent(part_in, row, u), after_reset[p],
-                         ds[p], d0[p], dg);
+      BackwardStep<Cell>(args, el, at, in, recurrent_cotangent((step + 1) & 1, row, u),
+                         after_reset[p], ds[p], d0[p], dg);
       StoreGateCotangents<Cell>(args, el, at, dg);
       after_reset[p] = at.resets();
 #pragma unroll
@@ -110,7 +95,6 @@ __global__ void __launch_bounds__(Tile::kThreads, 1) BackwardKernel(const Backwa
 
     // Partial recurrent cotangent of every unit i of the head from this CTA's output rows:
     // sum over gates g and owned units o of R[g, o, i] * dg[g, o]; sent to i's owner.
-    float* part_out = part_s + (step & 1) * kPartStride;
     if (recurrent) {
       for (int e = threadIdx.x; e < D * BT; e += blockDim.x) {
         const int i = e % D, row = e / D;
@@ -122,20 +106,41 @@ __global__ void __launch_bounds__(Tile::kThreads, 1) BackwardKernel(const Backwa
             acc += ToFloat(r_s[(g * U + o) * D + i]) * dg_s[(g * BT + row) * U + o];
           }
         }
-        Group::Map(part_out, i / U)[(rank * BT + row) * U + i % U] = acc;
+        ex.PublishPartial(step & 1, row, i, acc);
       }
     }
-    Group::Sync();
+    ex.Sync();
   }
 
   // What step 0 sent back reaches its h_prev: the initial h.
-  const float* part_in = part_s;
 #pragma unroll
   for (int p = 0; p < P; ++p) {
     const int e = threadIdx.x + p * Tile::kThreads, u = e % U, row = e / U;
-    FinishCotangents<Cell>(args, element(p), recurrent_cotangent(part_in, row, u), ds[p],
-                           d0[p]);
+    FinishCotangents<Cell>(args, element(p), recurrent_cotangent(0, row, u), ds[p], d0[p]);
   }
+}
+
+// Launch bounds (threads, 1): a persistent CTA needs no second CTA beside it on its SM, and
+// without the 1 ptxas held some of these kernels to 64 registers and spilled (NOTES, v2).
+template <typename Cell, typename T, typename Tile>
+__global__ void __launch_bounds__(Tile::kThreads, 1) BackwardKernel(const BackwardArgs args) {
+  using Layout = BackwardLayout<Cell::kGatesR, sizeof(T), Tile>;
+  extern __shared__ __align__(128) unsigned char smem[];
+  ClusterExchange<Tile> ex(args, 0, true, reinterpret_cast<float*>(smem + Layout::kRBytes));
+  FmaBackward<Cell, T, Tile>(
+      args, reinterpret_cast<T*>(smem),
+      reinterpret_cast<float*>(smem + Layout::kRBytes + Layout::kPartBytes), ex);
+}
+
+// A group beyond a cluster: blocks of the launch's groups from group0 on (fma_exchange.cuh).
+template <typename Cell, typename T, typename Tile>
+__global__ void __launch_bounds__(Tile::kThreads, 1)
+    BackwardGridKernel(const BackwardArgs args, const int64_t group0) {
+  using Layout = BackwardGridLayout<Cell::kGatesR, sizeof(T), Tile>;
+  extern __shared__ __align__(128) unsigned char smem[];
+  GridExchange<Tile> ex(args, group0, true, nullptr);
+  FmaBackward<Cell, T, Tile>(args, reinterpret_cast<T*>(smem),
+                             reinterpret_cast<float*>(smem + Layout::kRBytes), ex);
 }
 
 template <typename Cell, typename T, typename Tile>

@@ -3,7 +3,9 @@
 // (head, batch tile); each CTA keeps its rows of R in shared memory for the whole sequence and
 // its units' cell states and biases in registers, in float32. h_prev lives in shared memory
 // (double-buffered; cluster members write their slice of h into each other's buffers), so a
-// step costs one barrier and never round-trips h through global memory.
+// step costs one barrier and never round-trips h through global memory — except for heads
+// whose R needs more CTAs than a cluster holds, whose groups exchange h through global memory
+// (fma_exchange.cuh).
 // Sequence options are masks in the pointwise stage: a row past its length keeps its states
 // and writes zeros; a reset loads the initial states into the registers and h_prev before the
 // step that reads the flagged input; reverse changes only the input index a step reads.
@@ -11,10 +13,9 @@
 
 #include <cuda_runtime.h>
 
-#include "cluster_sync.cuh"
 #include "dtype.cuh"
+#include "fma_exchange.cuh"
 #include "forward_element.cuh"
-#include "forward_grid.cuh"
 #include "forward_mma.cuh"
 #include "forward_mma_cluster.cuh"
 #include "launch.cuh"
@@ -25,35 +26,26 @@
 
 namespace flashrnn {
 
-// kResiduals: also write the residuals of the backward (a forward that is differentiated).
-// Launch bounds (threads, 1): a persistent CTA needs no second CTA beside it on its SM, and
-// without the 1 ptxas held some of these kernels to 64 registers and spilled (NOTES, v2).
-template <typename Cell, typename T, typename Tile, bool kResiduals>
-__global__ void __launch_bounds__(Tile::kThreads, 1) ForwardKernel(const ForwardArgs args) {
-  using Layout = ForwardLayout<Cell::kGatesR, sizeof(T), Tile>;
+// The FMA forward of one CTA: its units' rows of R in shared memory, its elements' states and
+// biases in registers, h_prev from its group through Exchange (fma_exchange.cuh); the kernels
+// below differ only in the Exchange. kResiduals: also write the residuals of the backward (a
+// forward that is differentiated).
+template <typename Cell, typename T, typename Tile, bool kResiduals, typename Exchange>
+__device__ __forceinline__ void FmaForward(const ForwardArgs& args, T* r_s, Exchange& ex) {
   constexpr int D = Tile::kHeadSize;
-  using Group = CtaGroup<Tile::kCluster>;
-  constexpr int U = Tile::kUnits, BT = Tile::kBatchTile, P = Tile::kPerThread;
+  constexpr int U = Tile::kUnits, P = Tile::kPerThread;
   constexpr int Gr = Cell::kGatesR, Gt = Cell::kGatesB, S = Cell::kStates;
 
-  extern __shared__ __align__(128) unsigned char smem[];
-  T* r_s = reinterpret_cast<T*>(smem);
-  float* h_s = reinterpret_cast<float*>(smem + Layout::kRBytes);
-
   const int64_t steps = args.steps, N = args.heads;
-  const int rank = Group::Rank();
-  const int64_t head = blockIdx.x / Tile::kCluster;
-  const int64_t b0 = int64_t{blockIdx.y} * BT;
-  const int u0 = rank * U;
+  const int64_t head = ex.head, b0 = ex.b0;
+  const int u0 = ex.rank * U;
   const T* R = static_cast<const T*>(args.r);
 
   for (int idx = threadIdx.x; idx < Gr * U * D; idx += blockDim.x) {
     const int g = idx / (U * D), u = idx / D % U, k = idx % D;
     r_s[(g * D + k) * U + u] = R[((g * N + head) * D + u0 + u) * D + k];
   }
-
-  // Every CTA of the group must be running before its shared memory is written remotely.
-  Group::Sync();
+  ex.BeforeFirstExchange();
 
   // Element p of this thread: unit u0 + u of the head, batch row b0 + row.
   auto element = [&](int p) {
@@ -69,13 +61,12 @@ __global__ void __launch_bounds__(Tile::kThreads, 1) ForwardKernel(const Forward
     length[p] = RowLength(args.seq, b0 + row, args.batch, steps);
     LoadBias<Cell>(args, element(p), bias[p]);
     LoadStates<Cell>(args, element(p), s[p]);
-    for (int r = 0; r < Tile::kCluster; ++r) Group::Map(h_s, r)[row * D + u0 + u] = s[p][0];
+    ex.PublishH(0, row, u0 + u, s[p][0]);
   }
-  Group::Sync();
+  ex.Sync();
 
   for (int64_t step = 0; step < steps; ++step) {
-    const float* h_cur = h_s + (step & 1) * BT * D;
-    float* h_next = h_s + ((step + 1) & 1) * BT * D;
+    const float* h_cur = ex.H(step & 1);
 #pragma unroll
     for (int p = 0; p < P; ++p) {
       const int e = threadIdx.x + p * Tile::kThreads, u = e % U, row = e / U;
@@ -95,13 +86,33 @@ __global__ void __launch_bounds__(Tile::kThreads, 1) ForwardKernel(const Forward
       }
       FinishStep<Cell, T, kResiduals>(args, el, at, pre, rh, s[p]);
       ReloadAtReset<Cell>(args, el, reset_next, s[p]);
-      for (int r = 0; r < Tile::kCluster; ++r) Group::Map(h_next, r)[row * D + u0 + u] = s[p][0];
+      ex.PublishH((step + 1) & 1, row, u0 + u, s[p][0]);
     }
-    Group::Sync();
+    ex.Sync();
   }
 
 #pragma unroll
   for (int p = 0; p < P; ++p) StoreLast<Cell, T>(args, element(p), s[p]);
+}
+
+// Launch bounds (threads, 1): a persistent CTA needs no second CTA beside it on its SM, and
+// without the 1 ptxas held some of these kernels to 64 registers and spilled (NOTES, v2).
+template <typename Cell, typename T, typename Tile, bool kResiduals>
+__global__ void __launch_bounds__(Tile::kThreads, 1) ForwardKernel(const ForwardArgs args) {
+  using Layout = ForwardLayout<Cell::kGatesR, sizeof(T), Tile>;
+  extern __shared__ __align__(128) unsigned char smem[];
+  ClusterExchange<Tile> ex(args, 0, false, reinterpret_cast<float*>(smem + Layout::kRBytes));
+  FmaForward<Cell, T, Tile, kResiduals>(args, reinterpret_cast<T*>(smem), ex);
+}
+
+// A group beyond a cluster: blocks of the launch's groups from group0 on (fma_exchange.cuh).
+template <typename Cell, typename T, typename Tile, bool kResiduals>
+__global__ void __launch_bounds__(Tile::kThreads, 1)
+    ForwardGridKernel(const ForwardArgs args, const int64_t group0) {
+  using Layout = ForwardGridLayout<Cell::kGatesR, sizeof(T), Tile>;
+  extern __shared__ __align__(128) unsigned char smem[];
+  GridExchange<Tile> ex(args, group0, false, reinterpret_cast<float*>(smem + Layout::kRBytes));
+  FmaForward<Cell, T, Tile, kResiduals>(args, reinterpret_cast<T*>(smem), ex);
 }
 
 template <typename Cell, typename T, typename Tile>

@@ -48,7 +48,7 @@ cudaError_t LaunchOverHeadsAndBatchTiles(void (*kernel)(Args), const Args& args,
   return cudaGetLastError();
 }
 
-// Launches a grid kernel (forward_grid.cuh, backward_grid.cuh) over every (head, batch tile)
+// Launches a grid kernel (ForwardGridKernel, BackwardGridKernel) over every (head, batch tile)
 // group of Tile::kCluster CTAs. Its barrier needs all CTAs of a group resident at once, so the
 // groups go in chunks of as many as the device holds (one launch each, in stream order), each
 // launched cooperatively: a launch that cannot be resident fails instead of deadlocking. The

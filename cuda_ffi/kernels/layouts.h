@@ -37,7 +37,7 @@ struct BackwardLayout {
   static_assert(kBytes <= kMaxSharedBytesPerBlock, "shared memory per block (sm_90 opt-in)");
 };
 
-// The grid kernels (forward_grid.cuh, backward_grid.cuh) keep the same R slices; the forward
+// The grid kernels (ForwardGridKernel, BackwardGridKernel) keep the same R slices; the forward
 // stages one step's h_prev [kBatchTile][D] float (the exchange buffers are in global memory),
 // the backward only its gate cotangents dg_s [Gr][kBatchTile][kUnits] float.
 template <int kGatesR, std::size_t kElementBytes, typename Tile>

@@ -4,7 +4,7 @@
 //
 // A head's recurrent matrix is split by output rows ("units") over a group of kCluster CTAs (one
 // CTA, a thread-block cluster of up to 16, or beyond that a group that meets through global
-// memory: forward_grid.cuh) so that every CTA keeps its slice of R in shared memory for the
+// memory: fma_exchange.cuh) so that every CTA keeps its slice of R in shared memory for the
 // whole sequence. Each CTA serves kBatchTile batch rows with kThreads threads; each thread
 // owns kPerThread (unit, batch row) elements and keeps their cell states in registers.
 #pragma once

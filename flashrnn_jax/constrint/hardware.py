@@ -2,7 +2,7 @@
 
 A kernel instantiation is a (cell, dtype, head size ``D``) with a tiling: ``C`` CTAs per head (a
 thread-block cluster when ``1 < C <= 16``; beyond, a cooperatively launched group that exchanges
-through global memory, ``cuda_ffi/kernels/forward_grid.cuh``) that split the head's ``D`` output
+through global memory, ``cuda_ffi/kernels/fma_exchange.cuh``) that split the head's ``D`` output
 units, ``BT`` batch rows
 per CTA, ``NT`` threads per CTA, each owning ``P`` (unit, batch row) elements. The model states
 the kernels' invariants and the device's limits as constraints (each with a comment naming the
@@ -122,11 +122,11 @@ def _constraints(function: str, dtype: str, head_size: int, device: DeviceLimits
         (f"G * D * U * E + BT * D * 4 + {_ALIGNMENT_SLACK} "
          f"<= {device.shared_memory_per_block_optin};",
          "shared memory per block, forward of a group beyond a cluster: R slice + the step's h "
-         "(forward_grid.cuh; less than the cluster kernels need)", True),
+         "(fma_exchange.cuh; less than the cluster kernels need)", True),
         (f"G * U * D * E + G * BT * U * 4 + {_ALIGNMENT_SLACK} "
          f"<= {device.shared_memory_per_block_optin};",
          "shared memory per block, backward of a group beyond a cluster: R slice + gate "
-         "cotangents (backward_grid.cuh)", True),
+         "cotangents (fma_exchange.cuh)", True),
     ]
 
 

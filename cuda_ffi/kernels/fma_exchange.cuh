@@ -1,0 +1,162 @@
+// Where a CTA of the FMA kernels (forward.cuh, backward.cuh) stands in its head's group, and how
+// the group's CTAs exchange what a step needs from each other: h_prev in the forward, the
+// partial recurrent cotangents in the backward. Two ways, one per group size (tiling.h):
+//
+// ClusterExchange: one CTA or a thread-block cluster of up to 16. Each CTA keeps the head's
+// whole h_prev, and the partials sent to it, in its shared memory (double-buffered); a CTA
+// writes its values into every member's buffer (distributed shared memory), and the group meets
+// at the cluster barrier. Grid (heads * C, batch tiles).
+//
+// GridExchange: a group of 32 to 128 CTAs, beyond a cluster. The buffers are in global memory
+// (grid_workspace.h), written once and read through L2 (ld.global.cg: no SM may serve a line
+// of an earlier step from its L1), the forward staging each step's h_prev into shared memory;
+// the group meets at a counter barrier (grid_sync.cuh). Groups are numbered head-fastest from
+// the launch's first one (launch.cuh LaunchGridGroups launches them in chunks).
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <type_traits>
+
+#include "cluster_sync.cuh"
+#include "grid_sync.cuh"
+#include "grid_workspace.h"
+#include "params.h"
+
+namespace flashrnn {
+
+template <typename Tile>
+class ClusterExchange {
+  using Group = CtaGroup<Tile::kCluster>;
+  static constexpr int C = Tile::kCluster, D = Tile::kHeadSize, U = Tile::kUnits;
+  static constexpr int BT = Tile::kBatchTile;
+  static constexpr int kHValues = BT * D;         // floats per h buffer
+  static constexpr int kPartValues = C * BT * U;  // floats per partials buffer: [source][row][unit]
+
+ public:
+  // buffers: this CTA's shared memory after its slice of R (layouts.h).
+  template <typename Args>
+  __device__ ClusterExchange(const Args& /*args*/, int64_t /*group0*/, bool /*backward*/,
+                             float* buffers)
+      : rank(Group::Rank()),
+        head(blockIdx.x / C),
+        b0(int64_t{blockIdx.y} * BT),
+        buffers_(buffers) {}
+
+  const int rank;
+  const int64_t head, b0;
+
+  // Every CTA of the group must be running before its shared memory is written remotely.
+  __device__ void BeforeFirstExchange() { Group::Sync(); }
+  __device__ void Sync() { Group::Sync(); }
+
+  // Forward: h of unit `unit` of the head for batch row `row` into buffer `buffer` of every CTA.
+  __device__ void PublishH(int64_t buffer, int row, int unit, float h) {
+    for (int r = 0; r < C; ++r) Group::Map(buffers_ + buffer * kHValues, r)[row * D + unit] = h;
+  }
+  // Forward: the head's h in `buffer`, [BT][D], after the Sync that completed it.
+  __device__ const float* H(int64_t buffer) { return buffers_ + buffer * kHValues; }
+
+  // Backward: the partials of a step T that does not exist (read by step T - 1) are zeros.
+  __device__ void ZeroPartials(int64_t buffer) {
+    float* first = buffers_ + buffer * kPartValues;
+    for (int idx = threadIdx.x; idx < kPartValues; idx += blockDim.x) first[idx] = 0.0f;
+  }
+  // Backward: this CTA's partial cotangent of unit i of the head, batch row `row`, into the
+  // slot of this CTA in the buffer of i's owner.
+  __device__ void PublishPartial(int64_t buffer, int row, int i, float partial) {
+    Group::Map(buffers_ + buffer * kPartValues, i / U)[(rank * BT + row) * U + i % U] = partial;
+  }
+  // Backward: the sum of the C partials of this CTA's unit u, batch row `row`, in `buffer`.
+  __device__ float SumPartials(int64_t buffer, int row, int u) const {
+    const float* in = buffers_ + buffer * kPartValues;
+    float sum = 0.0f;
+    for (int src = 0; src < C; ++src) sum += in[(src * BT + row) * U + u];
+    return sum;
+  }
+
+ private:
+  float* const buffers_;
+};
+
+template <typename Tile>
+class GridExchange {
+  static constexpr int C = Tile::kCluster, D = Tile::kHeadSize, U = Tile::kUnits;
+  static constexpr int BT = Tile::kBatchTile;
+  static constexpr int64_t kHValues = int64_t{BT} * D;
+  static constexpr int64_t kPartValues = int64_t{C} * BT * D;  // [source][row][unit of the head]
+
+ public:
+  // group0: the launch's first group; stage: this CTA's shared memory after its slice of R,
+  // for the forward's h_prev.
+  template <typename Args>
+  __device__ GridExchange(const Args& args, int64_t group0, bool backward, float* stage)
+      : rank(static_cast<int>(blockIdx.x % C)),
+        head(GroupOf(group0) % args.heads),
+        b0(GroupOf(group0) / args.heads * BT),
+        barrier_(Counter(args, GroupOf(group0)), C),
+        exchange_(Exchange(args, GroupOf(group0), backward)),
+        stage_(stage) {}
+
+  const int rank;
+  const int64_t head, b0;
+
+  // (A barrier: the backward's zeroed slots must be complete before step T - 1 reads them.)
+  __device__ void BeforeFirstExchange() { barrier_.Sync(); }
+  __device__ void Sync() { barrier_.Sync(); }
+
+  __device__ void PublishH(int64_t buffer, int row, int unit, float h) {
+    exchange_[buffer * kHValues + row * D + unit] = h;
+  }
+  // Stages the head's h in `buffer` into shared memory (its readers follow the barrier inside).
+  __device__ const float* H(int64_t buffer) {
+    const float* h = exchange_ + buffer * kHValues;
+    for (int idx = threadIdx.x; idx < kHValues; idx += blockDim.x) stage_[idx] = __ldcg(h + idx);
+    __syncthreads();
+    return stage_;
+  }
+
+  // Each CTA zeroes its own slot; the barrier before the first step publishes them.
+  __device__ void ZeroPartials(int64_t buffer) {
+    float* slot = exchange_ + buffer * kPartValues + rank * kHValues;
+    for (int idx = threadIdx.x; idx < kHValues; idx += blockDim.x) slot[idx] = 0.0f;
+  }
+  __device__ void PublishPartial(int64_t buffer, int row, int i, float partial) {
+    exchange_[buffer * kPartValues + rank * kHValues + row * D + i] = partial;
+  }
+  __device__ float SumPartials(int64_t buffer, int row, int u) const {
+    const float* in = exchange_ + buffer * kPartValues + row * D + rank * U + u;
+    float sum = 0.0f;
+#pragma unroll 8
+    for (int src = 0; src < C; ++src) sum += __ldcg(in + src * kHValues);
+    return sum;
+  }
+
+ private:
+  __device__ static int64_t GroupOf(int64_t group0) { return group0 + blockIdx.x / C; }
+
+  template <typename Args>
+  __device__ static unsigned* Counter(const Args& args, int64_t group) {
+    return reinterpret_cast<unsigned*>(static_cast<unsigned char*>(args.workspace) +
+                                       group * kGridCounterBytes);
+  }
+  template <typename Args>
+  __device__ static float* Exchange(const Args& args, int64_t group, bool backward) {
+    const int64_t groups = GridGroups(BT, args.batch, args.heads);
+    return reinterpret_cast<float*>(static_cast<unsigned char*>(args.workspace) +
+                                    groups * kGridCounterBytes) +
+           group * static_cast<int64_t>(GridExchangeFloats(backward, C, BT, D));
+  }
+
+  GroupCounterBarrier barrier_;
+  float* const exchange_;
+  float* const stage_;
+};
+
+// The exchange of a tiling's group.
+template <typename Tile>
+using FmaExchange = std::conditional_t<IsGridGroup(Tile::kCluster), GridExchange<Tile>,
+                                       ClusterExchange<Tile>>;
+
+}  // namespace flashrnn
