@@ -170,6 +170,18 @@ def test_unsupported_head_size_says_why(rng):
     np.testing.assert_array_equal(np.asarray(auto_all), np.asarray(scan_all))
 
 
+def test_head_beyond_the_chip_says_why(rng):
+    """An LSTM head of 2560 in bfloat16 (52 MB of R) fits no tiling: "fused" names the binding
+    limit, "auto" runs the scan."""
+    Wx, R, b = (jnp.asarray(x, jnp.bfloat16) for x in random_inputs(rng, "lstm", 1, 2, 1, 2560))
+    with pytest.raises(fused.FusedBackendUnavailableError,
+                       match="head size 2560 does not fit on chip.*shared memory per block"):
+        flashrnn(Wx, R, b, function="lstm", backend="fused")
+    auto_all, _ = flashrnn(Wx, R, b, function="lstm", backend="auto")
+    scan_all, _ = flashrnn(Wx, R, b, function="lstm", backend="scan")
+    np.testing.assert_array_equal(np.asarray(auto_all), np.asarray(scan_all))
+
+
 def test_flax_layer_grad_fused(rng):
     """A loss through the linen layer with backend='fused' has the scan backend's gradient."""
     from flashrnn_jax.linen import FlashRNN
