@@ -127,21 +127,36 @@ ffi::Error PoisonOutputs(cudaStream_t stream, std::initializer_list<ffi::AnyBuff
   } while (0)
 
 // The global memory a kernel's CTA groups exchange through when they are larger than a
-// cluster (grid_workspace.h), from XLA's scratch allocator; null when it needs none.
+// cluster (grid_workspace.h: for the groups the device holds at once), from XLA's scratch
+// allocator; null when it needs none.
+template <typename Args>
 ffi::Error AllocateWorkspace(ffi::ScratchAllocator& scratch, const CompiledKernel& k,
-                             bool backward, int64_t batch, int64_t heads, void** workspace) {
-  *workspace = nullptr;
+                             bool backward, Args* args) {
+  args->workspace = nullptr;
+  args->workspace_groups = 0;
+  if (!IsGridGroup(k.cluster)) return ffi::Error::Success();
+  int device = 0, sms = 0;
+  if (cudaError_t err = cudaGetDevice(&device); err != cudaSuccess) {
+    return CudaError("cudaGetDevice", err);
+  }
+  if (cudaError_t err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+      err != cudaSuccess) {
+    return CudaError("reading the SM count", err);
+  }
+  const int64_t held = GridGroupsHeld(k.cluster, k.batch_tile, args->batch, args->heads, sms);
   const std::size_t bytes =
-      GridWorkspaceBytes(backward, k.cluster, k.batch_tile, k.head_size, batch, heads);
+      GridWorkspaceBytes(backward, k.cluster, k.batch_tile, k.head_size, held);
   if (bytes == 0) return ffi::Error::Success();
-  std::optional<void*> allocated = scratch.Allocate(bytes, kGridCounterBytes);
+  // XLA's FFI scratch allocations take an alignment of at most 16 bytes.
+  std::optional<void*> allocated = scratch.Allocate(bytes, 16);
   if (!allocated.has_value()) {
     return ffi::Error(ffi::ErrorCode::kResourceExhausted,
                       "flashrnn_jax: could not allocate the " + std::to_string(bytes) +
                           " bytes of scratch memory that the CTA groups of head size " +
                           std::to_string(k.head_size) + " exchange through");
   }
-  *workspace = *allocated;
+  args->workspace = *allocated;
+  args->workspace_groups = held;
   return ffi::Error::Success();
 }
 
@@ -241,8 +256,7 @@ ffi::Error Forward(cudaStream_t stream, ffi::ScratchAllocator& scratch, const Va
   args.batch = p.batch;
   args.steps = steps;
   args.heads = p.heads;
-  FLASHRNN_RETURN_IF_ERROR(
-      AllocateWorkspace(scratch, k, false, p.batch, p.heads, &args.workspace));
+  FLASHRNN_RETURN_IF_ERROR(AllocateWorkspace(scratch, k, false, &args));
   if (poison) {
     FLASHRNN_RETURN_IF_ERROR(PoisonOutputs(stream, {states_all, last_states}));
     if (gate_cache != nullptr) {
@@ -255,9 +269,10 @@ ffi::Error Forward(cudaStream_t stream, ffi::ScratchAllocator& scratch, const Va
   return ffi::Error::Success();
 }
 
-ffi::Error ForwardImpl(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::AnyBuffer wx, ffi::AnyBuffer r,
-                       ffi::AnyBuffer bias, ffi::AnyBuffer states0, ffi::AnyBuffer seq_lengths,
-                       ffi::AnyBuffer resets, ffi::Result<ffi::AnyBuffer> states_all,
+ffi::Error ForwardImpl(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::AnyBuffer wx,
+                       ffi::AnyBuffer r, ffi::AnyBuffer bias, ffi::AnyBuffer states0,
+                       ffi::AnyBuffer seq_lengths, ffi::AnyBuffer resets,
+                       ffi::Result<ffi::AnyBuffer> states_all,
                        ffi::Result<ffi::AnyBuffer> last_states, std::string_view function,
                        bool poison, int32_t cluster, int32_t batch_tile, int32_t threads,
                        bool has_resets, bool reverse) {
@@ -266,8 +281,9 @@ ffi::Error ForwardImpl(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::
                  nullptr, poison);
 }
 
-ffi::Error ForwardTrainImpl(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::AnyBuffer wx, ffi::AnyBuffer r,
-                            ffi::AnyBuffer bias, ffi::AnyBuffer states0,
+ffi::Error ForwardTrainImpl(cudaStream_t stream, ffi::ScratchAllocator scratch,
+                            ffi::AnyBuffer wx, ffi::AnyBuffer r, ffi::AnyBuffer bias,
+                            ffi::AnyBuffer states0,
                             ffi::AnyBuffer seq_lengths, ffi::AnyBuffer resets,
                             ffi::Result<ffi::AnyBuffer> states_all,
                             ffi::Result<ffi::AnyBuffer> last_states,
@@ -281,7 +297,8 @@ ffi::Error ForwardTrainImpl(cudaStream_t stream, ffi::ScratchAllocator scratch, 
                  &states, poison);
 }
 
-ffi::Error BackwardImpl(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::AnyBuffer r, ffi::AnyBuffer states0,
+ffi::Error BackwardImpl(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::AnyBuffer r,
+                        ffi::AnyBuffer states0,
                         ffi::AnyBuffer gate_cache, ffi::AnyBuffer states_f32,
                         ffi::AnyBuffer d_states_all, ffi::AnyBuffer d_last_states,
                         ffi::AnyBuffer seq_lengths, ffi::AnyBuffer resets,
@@ -349,7 +366,7 @@ ffi::Error BackwardImpl(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi:
   args.batch = p.batch;
   args.steps = steps;
   args.heads = p.heads;
-  FLASHRNN_RETURN_IF_ERROR(AllocateWorkspace(scratch, k, true, p.batch, p.heads, &args.workspace));
+  FLASHRNN_RETURN_IF_ERROR(AllocateWorkspace(scratch, k, true, &args));
   if (poison) FLASHRNN_RETURN_IF_ERROR(PoisonOutputs(stream, {*d_gates, *d_states0}));
   if (cudaError_t err = k.backward(args, stream); err != cudaSuccess) {
     return CudaError("fused backward kernel launch", err);

@@ -11,7 +11,8 @@
 // (grid_workspace.h), written once and read through L2 (ld.global.cg: no SM may serve a line
 // of an earlier step from its L1), the forward staging each step's h_prev into shared memory;
 // the group meets at a counter barrier (grid_sync.cuh). Groups are numbered head-fastest from
-// the launch's first one (launch.cuh LaunchGridGroups launches them in chunks).
+// the launch's first one (launch.cuh LaunchGridGroups launches them in chunks); within the
+// workspace a group has the place of its CTAs' blocks in the launch.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -95,8 +96,8 @@ class GridExchange {
       : rank(static_cast<int>(blockIdx.x % C)),
         head(GroupOf(group0) % args.heads),
         b0(GroupOf(group0) / args.heads * BT),
-        barrier_(Counter(args, GroupOf(group0)), C),
-        exchange_(Exchange(args, GroupOf(group0), backward)),
+        barrier_(Counter(args), C),
+        exchange_(Exchange(args, backward)),
         stage_(stage) {}
 
   const int rank;
@@ -137,16 +138,15 @@ class GridExchange {
   __device__ static int64_t GroupOf(int64_t group0) { return group0 + blockIdx.x / C; }
 
   template <typename Args>
-  __device__ static unsigned* Counter(const Args& args, int64_t group) {
+  __device__ static unsigned* Counter(const Args& args) {
     return reinterpret_cast<unsigned*>(static_cast<unsigned char*>(args.workspace) +
-                                       group * kGridCounterBytes);
+                                       blockIdx.x / C * kGridCounterBytes);
   }
   template <typename Args>
-  __device__ static float* Exchange(const Args& args, int64_t group, bool backward) {
-    const int64_t groups = GridGroups(BT, args.batch, args.heads);
+  __device__ static float* Exchange(const Args& args, bool backward) {
     return reinterpret_cast<float*>(static_cast<unsigned char*>(args.workspace) +
-                                    groups * kGridCounterBytes) +
-           group * static_cast<int64_t>(GridExchangeFloats(backward, C, BT, D));
+                                    GridCounterBytes(args.workspace_groups)) +
+           blockIdx.x / C * static_cast<int64_t>(GridExchangeFloats(backward, C, BT, D));
   }
 
   GroupCounterBarrier barrier_;

@@ -20,13 +20,11 @@ class GroupCounterBarrier {
     __syncthreads();
     if (threadIdx.x == 0) {
       target_ += ctas_;
-      __threadfence();
       asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(counter_) : "memory");
       unsigned seen;
       do {
         asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(seen) : "l"(counter_) : "memory");
-      } while (seen < target_);
-      __threadfence();
+      } while (static_cast<int>(seen - target_) < 0);  // wrap-around safe
     }
     __syncthreads();
   }

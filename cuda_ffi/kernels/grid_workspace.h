@@ -3,9 +3,12 @@
 // memory and meet at a barrier counter there. Plain C++: the FFI handler sizes the scratch
 // buffer with it, the launchers lay it out.
 //
-// Layout: one counter per (head, batch tile) group, each on its own 128-byte line (zeroed
-// before every launch), then each group's exchange buffer in float32: [2][BT][D] in the
-// forward (double-buffered h), [2][C][BT][D] in the backward (each source CTA's partials).
+// The groups of a call run in chunks of at most `held` groups at once (launch.cuh: as many as
+// the SMs hold, one CTA each); the workspace serves one chunk and is reused by the next, which
+// runs after it on the stream. Layout: one barrier counter per group of a chunk, each on its own
+// 128-byte line (zeroed before every chunk), then each group's exchange buffer in float32:
+// [2][BT][D] in the forward (double-buffered h), [2][C][BT][D] in the backward (each source
+// CTA's partials).
 #pragma once
 
 #include <cstddef>
@@ -29,13 +32,27 @@ constexpr int64_t GridGroups(int batch_tile, int64_t batch, int64_t heads) {
   return heads * ((batch + batch_tile - 1) / batch_tile);
 }
 
-// Bytes of scratch a call needs: 0 unless the tiling is a grid group.
+// The groups a chunk holds: the call's groups, at most as many as `sms` SMs hold at one CTA
+// each (at least one: a launch that cannot hold it fails with the CUDA error).
+constexpr int64_t GridGroupsHeld(int cluster, int batch_tile, int64_t batch, int64_t heads,
+                                 int sms) {
+  const int64_t groups = GridGroups(batch_tile, batch, heads);
+  const int64_t fit = sms / cluster > 0 ? sms / cluster : 1;
+  return groups < fit ? groups : fit;
+}
+
+// Bytes of the counters at the start of a workspace for `held` groups.
+constexpr std::size_t GridCounterBytes(int64_t held) {
+  return static_cast<std::size_t>(held) * kGridCounterBytes;
+}
+
+// Bytes of scratch for `held` groups: 0 unless the tiling is a grid group.
 constexpr std::size_t GridWorkspaceBytes(bool backward, int cluster, int batch_tile,
-                                         int head_size, int64_t batch, int64_t heads) {
+                                         int head_size, int64_t held) {
   if (!IsGridGroup(cluster)) return 0;
-  const auto groups = static_cast<std::size_t>(GridGroups(batch_tile, batch, heads));
-  return groups * (kGridCounterBytes +
-                   GridExchangeFloats(backward, cluster, batch_tile, head_size) * sizeof(float));
+  return GridCounterBytes(held) + static_cast<std::size_t>(held) *
+                                      GridExchangeFloats(backward, cluster, batch_tile, head_size) *
+                                      sizeof(float);
 }
 
 }  // namespace flashrnn

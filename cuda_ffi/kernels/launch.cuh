@@ -50,9 +50,9 @@ cudaError_t LaunchOverHeadsAndBatchTiles(void (*kernel)(Args), const Args& args,
 
 // Launches a grid kernel (ForwardGridKernel, BackwardGridKernel) over every (head, batch tile)
 // group of Tile::kCluster CTAs. Its barrier needs all CTAs of a group resident at once, so the
-// groups go in chunks of as many as the device holds (one launch each, in stream order), each
-// launched cooperatively: a launch that cannot be resident fails instead of deadlocking. The
-// workspace's barrier counters are zeroed first (grid_workspace.h).
+// groups go in chunks of as many as the device and the workspace hold (one launch each, in
+// stream order), each launched cooperatively: a launch that cannot be resident fails instead of
+// deadlocking. The workspace's barrier counters are zeroed before each (grid_workspace.h).
 template <typename Tile, typename Args>
 cudaError_t LaunchGridGroups(void (*kernel)(Args, int64_t), const Args& args,
                              std::size_t smem_bytes, cudaStream_t stream) {
@@ -62,8 +62,9 @@ cudaError_t LaunchGridGroups(void (*kernel)(Args, int64_t), const Args& args,
       err != cudaSuccess) {
     return err;
   }
+  // XLA makes the stream's device current on the thread that runs the FFI handler.
   int device = 0, sms = 0, per_sm = 0;
-  if (cudaError_t err = cudaStreamGetDevice(stream, &device); err != cudaSuccess) return err;
+  if (cudaError_t err = cudaGetDevice(&device); err != cudaSuccess) return err;
   if (cudaError_t err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
       err != cudaSuccess) {
     return err;
@@ -73,20 +74,17 @@ cudaError_t LaunchGridGroups(void (*kernel)(Args, int64_t), const Args& args,
       err != cudaSuccess) {
     return err;
   }
-  const int64_t chunk = int64_t{per_sm} * sms / C;
+  const int64_t chunk = std::min(int64_t{per_sm} * sms / C, args.workspace_groups);
   if (chunk == 0) return cudaErrorCooperativeLaunchTooLarge;
   const int64_t groups = GridGroups(Tile::kBatchTile, args.batch, args.heads);
-  if (groups == 0) return cudaSuccess;
-  if (cudaError_t err =
-          cudaMemsetAsync(args.workspace, 0, static_cast<std::size_t>(groups) * kGridCounterBytes,
-                          stream);
-      err != cudaSuccess) {
-    return err;
-  }
   cudaLaunchAttribute cooperative = {};
   cooperative.id = cudaLaunchAttributeCooperative;
   cooperative.val.cooperative = 1;
   for (int64_t group0 = 0; group0 < groups; group0 += chunk) {
+    if (cudaError_t err = cudaMemsetAsync(args.workspace, 0, GridCounterBytes(chunk), stream);
+        err != cudaSuccess) {
+      return err;
+    }
     cudaLaunchConfig_t config = {};
     config.gridDim = dim3(static_cast<unsigned>(std::min(chunk, groups - group0) * C));
     config.blockDim = dim3(Tile::kThreads);

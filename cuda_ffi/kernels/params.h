@@ -42,7 +42,9 @@ struct ForwardArgs {
   float* states_f32;  // null with gate_cache
   SequenceArgs seq;
   int64_t batch, steps, heads;
-  void* workspace;  // grid_workspace.h: for groups larger than a cluster, else null
+  // grid_workspace.h: for groups larger than a cluster (else null), holding workspace_groups.
+  void* workspace;
+  int64_t workspace_groups;
 };
 
 // d_states_all [S, B, T, N, D] and d_last_states [S, B, N, D] in the call's dtype; the rest
@@ -61,7 +63,9 @@ struct BackwardArgs {
   RecurrentGradient recurrent_gradient;
   float clipval;  // with RecurrentGradient::kClip: the cotangent is clipped to [-clipval, clipval]
   int64_t batch, steps, heads;
-  void* workspace;  // grid_workspace.h: for groups larger than a cluster, else null
+  // grid_workspace.h: for groups larger than a cluster (else null), holding workspace_groups.
+  void* workspace;
+  int64_t workspace_groups;
 };
 
 // Tile is a Tiling<head size, cluster, batch tile, threads> (tiling.h).
