@@ -17,8 +17,9 @@ peak device memory of the forward+backward step. Implementations:
 Sweeps (``--sweep``):
 
 * ``heads``  B=16, T=1024, hidden 768, (N, D) in (48,16) (24,32) (12,64) (6,128) (3,256) (1,768)
-* ``batch``  B in 2..256 (powers of two), 12 x 64, T=1024
-* ``length`` T in 256..4096 (powers of two), 12 x 64, B=16
+* ``batch``  B in 1..256 (powers of two), 12 x 64, T=1024 (issue 5: throughput grows with B)
+* ``length`` T in 1..16384 (1, 16, 256, 1024, 4096, 16384), 12 x 64, B=16 (issue 5: time per
+             step flat in T)
 * ``all``    the three
 
 Peak memory (``peak_mem_mb``, MiB): JAX cannot reset the allocator's peak between cases, so the
@@ -75,13 +76,13 @@ SWEEPS = ("heads", "batch", "length")
 # The paper's grid (FlashRNN, arXiv 2412.07752, §5).
 HIDDEN = 768
 HEAD_GRID = ((48, 16), (24, 32), (12, 64), (6, 128), (3, 256), (1, 768))
-BATCHES = (2, 4, 8, 16, 32, 64, 128, 256)
-LENGTHS = (256, 512, 1024, 2048, 4096)
+BATCHES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+LENGTHS = (1, 16, 256, 1024, 4096, 16384)
 BASE_B, BASE_T, BASE_N = 16, 1024, 12
 
 # --tiny: B <= 2, T <= 8, hidden 32, keeping every sweep's points (those that collapse onto the
 # same size are measured once).
-TINY_SCALE = (Fraction(1, 128), Fraction(1, 512), Fraction(1, 24))
+TINY_SCALE = (Fraction(1, 128), Fraction(1, 2048), Fraction(1, 24))
 
 MEM_METHOD = (
     "MiB; max of XLA's buffer assignment of the compiled fwd+bwd executable (arguments + "
