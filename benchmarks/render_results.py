@@ -76,8 +76,8 @@ def suite_table(results: dict) -> str:
     lines = [
         (f"{results['gpu']}, jax {results['jax']}; bf16 (cuDNN float32), B={first['B']}, "
          f"T={first['T']}, hidden {first['N'] * first['D']}; median ms, forward / "
-         "forward+backward; — where an implementation does not run the case (the fused kernels "
-         "stop at head size 256 in the default build)."),
+         "forward+backward; — where an implementation did not run the case (the JSON records "
+         "why: for the fused kernels, the build's head sizes at the time)."),
         "",
         ("| function | heads × D | fused | scan | flax LSTM | cuDNN LSTM (f32) | fused peak MiB "
          "| target |"),
