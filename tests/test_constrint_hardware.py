@@ -31,7 +31,8 @@ def _grid():
             with pytest.raises(hardware.InfeasibleTilingError):
                 hardware.choose_tiling(function, dtype, head_size)
             continue
-        yield function, dtype, head_size, hardware.choose_tiling(function, dtype, head_size)
+        for tiling in hardware.compiled_tilings(function, dtype, head_size):
+            yield function, dtype, head_size, tiling
 
 
 def test_default_grid_fits_and_prefers_single_ctas():
@@ -96,6 +97,19 @@ def test_heads_beyond_a_cluster_take_the_largest_group_that_meets_through_global
     no_group = dataclasses.replace(H100, name="small GPU", sm_count=24)
     with pytest.raises(hardware.InfeasibleTilingError, match="streaming multiprocessors"):
         hardware.choose_tiling("lstm", "bf16", 768, no_group)
+
+
+def test_a_smaller_group_is_compiled_beside_the_largest_for_devices_with_fewer_sms():
+    tilings = hardware.compiled_tilings("lstm", "bf16", 768)
+    assert [t.cluster for t in tilings] == [128, 32], tilings
+    for tiling in tilings:
+        hardware.check_tiling("lstm", "bf16", 768, tiling, H100)
+    h100_pcie = dataclasses.replace(H100, name="H100 PCIe", sm_count=114)
+    assert hardware.pick_compiled("lstm", "bf16", 768, tilings, H100) == tilings[0]
+    assert hardware.pick_compiled("lstm", "bf16", 768, tilings, h100_pcie) == tilings[1]
+    # Heads that fit a cluster compile that tiling alone.
+    assert hardware.compiled_tilings("lstm", "bf16", 256) == [
+        hardware.choose_tiling("lstm", "bf16", 256)]
 
 
 def test_cluster_limit_binds_on_a_device_without_clusters():

@@ -9,6 +9,7 @@ every kernel launch, so an element a kernel does not write fails the comparison.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 
@@ -87,6 +88,33 @@ def _forward_fn(function, backend):
 
 @pytest.mark.parametrize("function,dtype,head_size,B,T,N", list(_cases()))
 def test_fused_matches_reference(function, dtype, head_size, B, T, N, rng, gpu_case):
+    _check_against_reference(function, dtype, head_size, B, T, N, rng, gpu_case)
+
+
+def test_fewer_sms_take_the_smallest_group_compiled_beside(rng, gpu_case, monkeypatch):
+    """On a GPU with fewer SMs than the preferred group of 128 CTAs holds (H100 PCIe: 114), the
+    smallest group compiled beside it runs: 32 CTAs for an LSTM head of 768 in bf16, four
+    groups per launch here."""
+    limits = dataclasses.replace(fused._device_limits(), sm_count=114)
+    monkeypatch.setattr(fused, "_device_limits", lambda: limits)
+    fused._select_tiling.cache_clear()
+    try:
+        preferred, fallback = hardware.compiled_tilings("lstm", "bf16", 768)
+        assert (preferred.cluster, fallback.cluster) == (128, 32)
+        assert fused._select_tiling("lstm", "BF16", 768) == fallback
+        _forward_fn.cache_clear()
+        _grad_fn.cache_clear()
+        _check_against_reference("lstm", jnp.bfloat16, 768, 17, 9, 2, rng, gpu_case)
+    finally:
+        fused._select_tiling.cache_clear()
+        _forward_fn.cache_clear()
+        _grad_fn.cache_clear()
+
+
+def _check_against_reference(function, dtype, head_size, B, T, N, rng, gpu_case):
+    """Forward outputs against the float64 reference and gradients against the scan backend in
+    float64, each fused error at most twice the scan backend's at the same dtype plus a floor
+    (DESIGN §4); outputs poisoned with NaN before every launch."""
     Wx, R, b = random_inputs(rng, function, B, T, N, head_size)
     states = random_states(rng, function, B, N, head_size)
     low = [jnp.asarray(x, dtype) for x in (Wx, R, b, states)]

@@ -185,6 +185,21 @@ def choose_tiling(function: str, dtype: str, head_size: int,
     return Tiling(best["C"], best["BT"], best["NT"])
 
 
+def compiled_tilings(function: str, dtype: str, head_size: int,
+                     device: DeviceLimits | None = None) -> list[Tiling]:
+    """The tilings to compile: the preferred one and, where that is a group beyond a cluster,
+    also the smallest such group, which devices with fewer SMs than the preferred one hold
+    (H100 PCIe: 114); :class:`InfeasibleTilingError` as choose_tiling."""
+    device = device or DeviceLimits.sm90()
+    best = choose_tiling(function, dtype, head_size, device)
+    if best.cluster < _MIN_GRID_GROUP:
+        return [best]
+    smallest = solve(model_text(function, dtype, head_size, device) + f"\n{_MIN_GRID_GROUP} <= C;",
+                     order=PREFERENCE_ORDER)[0]
+    fallback = Tiling(smallest["C"], smallest["BT"], smallest["NT"])
+    return [best] if fallback == best else [best, fallback]
+
+
 def check_tiling(function: str, dtype: str, head_size: int, tiling: Tiling,
                  device: DeviceLimits) -> None:
     """Raise :class:`InfeasibleTilingError` when a (compiled) tiling does not fit ``device``."""
@@ -212,7 +227,8 @@ def pick_compiled(function: str, dtype: str, head_size: int, compiled: Iterable[
 
 
 def main(argv=None) -> None:
-    """Print ``function dtype head_size cluster batch_tile threads`` for CMake, one per line."""
+    """Print ``function dtype head_size cluster batch_tile threads`` for CMake, one line per
+    tiling to compile (compiled_tilings)."""
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--functions", required=True, help="';'-separated, e.g. 'lstm;gru'")
     parser.add_argument("--dtypes", required=True, help="';'-separated, e.g. 'bf16;f32'")
@@ -222,11 +238,12 @@ def main(argv=None) -> None:
         for dtype in args.dtypes.split(";"):
             for head_size in args.head_sizes.split(";"):
                 try:
-                    t = choose_tiling(function, dtype, int(head_size))
+                    tilings = compiled_tilings(function, dtype, int(head_size))
                 except InfeasibleTilingError as err:
                     print(f"# skipped: {err}")
                     continue
-                print(function, dtype, head_size, t.cluster, t.batch_tile, t.threads)
+                for t in tilings:
+                    print(function, dtype, head_size, t.cluster, t.batch_tile, t.threads)
 
 
 if __name__ == "__main__":
