@@ -18,12 +18,10 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
-#include <type_traits>
 
 #include "cluster_sync.cuh"
 #include "grid_sync.cuh"
 #include "grid_workspace.h"
-#include "params.h"
 
 namespace flashrnn {
 
@@ -153,10 +151,5 @@ class GridExchange {
   float* const exchange_;
   float* const stage_;
 };
-
-// The exchange of a tiling's group.
-template <typename Tile>
-using FmaExchange = std::conditional_t<IsGridGroup(Tile::kCluster), GridExchange<Tile>,
-                                       ClusterExchange<Tile>>;
 
 }  // namespace flashrnn
