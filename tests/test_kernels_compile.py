@@ -164,11 +164,11 @@ def test_cluster_kernels_store_to_global_memory_only_between_the_barrier_halves(
         assert any(store for _, store in events[:last_wait]), f"{name}: no store in the steps"
 
 
-def test_grid_kernels_meet_at_a_release_acquire_counter_and_read_the_exchange_from_l2(tmp_path):
+def test_grid_kernels_meet_at_a_release_acquire_counter_and_stage_the_exchange_from_l2(tmp_path):
     """The kernels of groups beyond a cluster (ForwardGridKernel, BackwardGridKernel): without
     spills; their barrier publishes with a release add and waits with acquire loads at GPU
-    scope; the exchanged h or partials are read with ld.global.cg, so that no SM can serve a
-    line of an earlier step from its L1."""
+    scope; the exchanged h or partials are staged by cp.async.cg (from L2, so that no SM can
+    serve a line of an earlier step from its L1), all copies issued before one wait."""
     result = _compile(tmp_path, True, "-c", "-Xptxas", "-v", "-o", str(tmp_path / "k.o"))
     assert result.returncode == 0, result.stderr[-3000:]
     reports = dict(re.findall(r"Compiling entry function '(\w+)'.*?\n(.*?spill loads)",
@@ -186,4 +186,4 @@ def test_grid_kernels_meet_at_a_release_acquire_counter_and_read_the_exchange_fr
         body = entries[name]
         assert "red.release.gpu.global.add.u32" in body, name
         assert "ld.acquire.gpu.global.u32" in body, name
-        assert re.search(r"ld\.global\.cg\.f32", body), name
+        assert "cp.async.cg.shared.global" in body and "cp.async.wait_group 0" in body, name

@@ -17,6 +17,7 @@
 #include "backward_element.cuh"
 #include "backward_mma.cuh"
 #include "backward_mma_cluster.cuh"
+#include "block_copy.cuh"
 #include "fma_exchange.cuh"
 #include "dtype.cuh"
 #include "launch.cuh"
@@ -42,10 +43,13 @@ __device__ __forceinline__ void FmaBackward(const BackwardArgs& args, T* r_s, fl
   const int64_t head = ex.head, b0 = ex.b0;
   const int u0 = ex.rank * U;
   const T* R = static_cast<const T*>(args.r);
-  for (int idx = threadIdx.x; idx < Gr * U * D; idx += blockDim.x) {
-    const int g = idx / (U * D), o = idx / D % U, i = idx % D;
-    r_s[idx] = R[((g * N + head) * D + u0 + o) * D + i];
-  }
+  BlockCopy<8>(
+      Gr * U * D,
+      [&](int idx) {
+        const int g = idx / (U * D), o = idx / D % U, i = idx % D;
+        return R[((g * N + head) * D + u0 + o) * D + i];
+      },
+      [&](int idx, T value) { r_s[idx] = value; });
   // The step T-1 reads the partials of a step T that does not exist: zeros.
   ex.ZeroPartials(steps & 1);
 
@@ -76,6 +80,7 @@ __device__ __forceinline__ void FmaBackward(const BackwardArgs& args, T* r_s, fl
   ex.BeforeFirstExchange();
 
   for (int64_t step = steps - 1; step >= 0; --step) {
+    if (recurrent) ex.ReceivePartials((step + 1) & 1);
 #pragma unroll
     for (int p = 0; p < P; ++p) {
       const int e = threadIdx.x + p * Tile::kThreads, u = e % U, row = e / U;
@@ -113,6 +118,7 @@ __device__ __forceinline__ void FmaBackward(const BackwardArgs& args, T* r_s, fl
   }
 
   // What step 0 sent back reaches its h_prev: the initial h.
+  if (recurrent) ex.ReceivePartials(0);
 #pragma unroll
   for (int p = 0; p < P; ++p) {
     const int e = threadIdx.x + p * Tile::kThreads, u = e % U, row = e / U;
@@ -138,7 +144,8 @@ __global__ void __launch_bounds__(Tile::kThreads, 1)
     BackwardGridKernel(const BackwardArgs args, const int64_t group0) {
   using Layout = BackwardGridLayout<Cell::kGatesR, sizeof(T), Tile>;
   extern __shared__ __align__(128) unsigned char smem[];
-  GridExchange<Tile> ex(args, group0, true, nullptr);
+  GridExchange<Tile> ex(args, group0, true,
+                        reinterpret_cast<float*>(smem + Layout::kRBytes + Layout::kGateBytes));
   FmaBackward<Cell, T, Tile>(args, reinterpret_cast<T*>(smem),
                              reinterpret_cast<float*>(smem + Layout::kRBytes), ex);
 }

@@ -8,9 +8,12 @@
 // at the cluster barrier. Grid (heads * C, batch tiles).
 //
 // GridExchange: a group of 32 to 128 CTAs, beyond a cluster. The buffers are in global memory
-// (grid_workspace.h), written once and read through L2 (ld.global.cg: no SM may serve a line
-// of an earlier step from its L1), the forward staging each step's h_prev into shared memory;
-// the group meets at a counter barrier (grid_sync.cuh). Groups are numbered head-fastest from
+// (grid_workspace.h), written once and staged each step into shared memory by cp.async.cg:
+// from L2, so that no SM may serve a line of an earlier step from its L1, and all copies of a
+// CTA in flight at once (a load-then-store loop waits an L2 round trip per element: ~40 µs a
+// step for h at 768). The backward's partials are laid out by owner, so that a CTA stages its
+// own C x BT x U block and sums it there as the cluster kernels do. The group meets at a
+// counter barrier (grid_sync.cuh). Groups are numbered head-fastest from
 // the launch's first one (launch.cuh LaunchGridGroups launches them in chunks); within the
 // workspace a group has the place of its CTAs' blocks in the launch.
 #pragma once
@@ -56,6 +59,8 @@ class ClusterExchange {
   }
   // Forward: the head's h in `buffer`, [BT][D], after the Sync that completed it.
   __device__ const float* H(int64_t buffer) { return buffers_ + buffer * kHValues; }
+  // Backward: the partials sent to this CTA are in its shared memory already.
+  __device__ void ReceivePartials(int64_t /*buffer*/) {}
 
   // Backward: the partials of a step T that does not exist (read by step T - 1) are zeros.
   __device__ void ZeroPartials(int64_t buffer) {
@@ -84,11 +89,14 @@ class GridExchange {
   static constexpr int C = Tile::kCluster, D = Tile::kHeadSize, U = Tile::kUnits;
   static constexpr int BT = Tile::kBatchTile;
   static constexpr int64_t kHValues = int64_t{BT} * D;
-  static constexpr int64_t kPartValues = int64_t{C} * BT * D;  // [source][row][unit of the head]
+  // Partials buffer: [owner][source][row][unit of the owner], an owner's block as large as h.
+  static constexpr int64_t kPartValues = int64_t{C} * BT * D;
+  static constexpr int64_t kOwnerValues = int64_t{C} * BT * U;
+  static_assert(kHValues % 4 == 0 && kOwnerValues % 4 == 0, "16-byte copies");
 
  public:
-  // group0: the launch's first group; stage: this CTA's shared memory after its slice of R,
-  // for the forward's h_prev.
+  // group0: the launch's first group; stage: shared memory for kHValues floats (the forward's
+  // h_prev, the backward's partials of this CTA's units).
   template <typename Args>
   __device__ GridExchange(const Args& args, int64_t group0, bool backward, float* stage)
       : rank(static_cast<int>(blockIdx.x % C)),
@@ -110,30 +118,50 @@ class GridExchange {
   }
   // Stages the head's h in `buffer` into shared memory (its readers follow the barrier inside).
   __device__ const float* H(int64_t buffer) {
-    const float* h = exchange_ + buffer * kHValues;
-    for (int idx = threadIdx.x; idx < kHValues; idx += blockDim.x) stage_[idx] = __ldcg(h + idx);
-    __syncthreads();
+    StageFromL2(exchange_ + buffer * kHValues, kHValues);
     return stage_;
   }
 
-  // Each CTA zeroes its own slot; the barrier before the first step publishes them.
+  // Each CTA zeroes its own slot in every owner's block; the barrier before the first step
+  // publishes them.
   __device__ void ZeroPartials(int64_t buffer) {
-    float* slot = exchange_ + buffer * kPartValues + rank * kHValues;
-    for (int idx = threadIdx.x; idx < kHValues; idx += blockDim.x) slot[idx] = 0.0f;
+    float* part = exchange_ + buffer * kPartValues;
+    for (int idx = threadIdx.x; idx < kHValues; idx += blockDim.x) {
+      const int owner = idx / (BT * U), at = idx % (BT * U);
+      part[owner * kOwnerValues + rank * BT * U + at] = 0.0f;
+    }
   }
   __device__ void PublishPartial(int64_t buffer, int row, int i, float partial) {
-    exchange_[buffer * kPartValues + rank * kHValues + row * D + i] = partial;
+    exchange_[buffer * kPartValues + i / U * kOwnerValues + (rank * BT + row) * U + i % U] =
+        partial;
   }
-  __device__ float SumPartials(int64_t buffer, int row, int u) const {
-    const float* in = exchange_ + buffer * kPartValues + row * D + rank * U + u;
+  // Stages the partials sent to this CTA in `buffer` (its readers follow the barrier inside).
+  __device__ void ReceivePartials(int64_t buffer) {
+    StageFromL2(exchange_ + buffer * kPartValues + rank * kOwnerValues, kOwnerValues);
+  }
+  __device__ float SumPartials(int64_t /*buffer*/, int row, int u) const {
     float sum = 0.0f;
-#pragma unroll 8
-    for (int src = 0; src < C; ++src) sum += __ldcg(in + src * kHValues);
+    for (int src = 0; src < C; ++src) sum += stage_[(src * BT + row) * U + u];
     return sum;
   }
 
  private:
   __device__ static int64_t GroupOf(int64_t group0) { return group0 + blockIdx.x / C; }
+
+  // `values` floats from global memory into stage_, 16 bytes per cp.async.cg, every copy of the
+  // CTA issued before one wait, then the block barrier that publishes them.
+  __device__ void StageFromL2(const float* source, int64_t values) {
+    const uint32_t stage = static_cast<uint32_t>(__cvta_generic_to_shared(stage_));
+    for (int64_t chunk = threadIdx.x; chunk < values / 4; chunk += blockDim.x) {
+      asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(
+                       stage + static_cast<uint32_t>(16 * chunk)),
+                   "l"(source + 4 * chunk)
+                   : "memory");
+    }
+    asm volatile("cp.async.commit_group;\n" ::: "memory");
+    asm volatile("cp.async.wait_group 0;\n" ::: "memory");
+    __syncthreads();
+  }
 
   template <typename Args>
   __device__ static unsigned* Counter(const Args& args) {

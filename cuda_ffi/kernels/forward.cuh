@@ -13,6 +13,7 @@
 
 #include <cuda_runtime.h>
 
+#include "block_copy.cuh"
 #include "dtype.cuh"
 #include "fma_exchange.cuh"
 #include "forward_element.cuh"
@@ -41,10 +42,16 @@ __device__ __forceinline__ void FmaForward(const ForwardArgs& args, T* r_s, Exch
   const int u0 = ex.rank * U;
   const T* R = static_cast<const T*>(args.r);
 
-  for (int idx = threadIdx.x; idx < Gr * U * D; idx += blockDim.x) {
-    const int g = idx / (U * D), u = idx / D % U, k = idx % D;
-    r_s[(g * D + k) * U + u] = R[((g * N + head) * D + u0 + u) * D + k];
-  }
+  BlockCopy<8>(
+      Gr * U * D,
+      [&](int idx) {
+        const int g = idx / (U * D), u = idx / D % U, k = idx % D;
+        return R[((g * N + head) * D + u0 + u) * D + k];
+      },
+      [&](int idx, T value) {
+        const int g = idx / (U * D), u = idx / D % U, k = idx % D;
+        r_s[(g * D + k) * U + u] = value;
+      });
   ex.BeforeFirstExchange();
 
   // Element p of this thread: unit u0 + u of the head, batch row b0 + row.

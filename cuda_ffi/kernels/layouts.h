@@ -37,15 +37,17 @@ struct BackwardLayout {
   static_assert(kBytes <= kMaxSharedBytesPerBlock, "shared memory per block (sm_90 opt-in)");
 };
 
-// The grid kernels (ForwardGridKernel, BackwardGridKernel) keep the same R slices; the forward
-// stages one step's h_prev [kBatchTile][D] float (the exchange buffers are in global memory),
-// the backward only its gate cotangents dg_s [Gr][kBatchTile][kUnits] float.
+// The grid kernels (ForwardGridKernel, BackwardGridKernel) keep the same R slices and stage
+// [kBatchTile][D] floats a step from the exchange in global memory (fma_exchange.cuh): the
+// forward its h_prev, the backward the partial cotangents of its units ([kCluster][kBatchTile]
+// [kUnits], as many); the backward also keeps its gate cotangents dg_s [Gr][kBatchTile][kUnits].
 template <int kGatesR, std::size_t kElementBytes, typename Tile>
 struct ForwardGridLayout {
   static constexpr std::size_t kRBytes =
       AlignUp(std::size_t{kGatesR} * Tile::kHeadSize * Tile::kUnits * kElementBytes);
-  static constexpr std::size_t kBytes =
-      kRBytes + std::size_t{Tile::kBatchTile} * Tile::kHeadSize * sizeof(float);
+  static constexpr std::size_t kStageBytes =
+      std::size_t{Tile::kBatchTile} * Tile::kHeadSize * sizeof(float);
+  static constexpr std::size_t kBytes = kRBytes + kStageBytes;
   static_assert(kBytes <= kMaxSharedBytesPerBlock, "shared memory per block (sm_90 opt-in)");
 };
 
@@ -53,8 +55,11 @@ template <int kGatesR, std::size_t kElementBytes, typename Tile>
 struct BackwardGridLayout {
   static constexpr std::size_t kRBytes =
       AlignUp(std::size_t{kGatesR} * Tile::kUnits * Tile::kHeadSize * kElementBytes);
-  static constexpr std::size_t kBytes =
-      kRBytes + std::size_t{kGatesR} * Tile::kBatchTile * Tile::kUnits * sizeof(float);
+  static constexpr std::size_t kGateBytes =
+      AlignUp(std::size_t{kGatesR} * Tile::kBatchTile * Tile::kUnits * sizeof(float));
+  static constexpr std::size_t kStageBytes =
+      std::size_t{Tile::kBatchTile} * Tile::kHeadSize * sizeof(float);
+  static constexpr std::size_t kBytes = kRBytes + kGateBytes + kStageBytes;
   static_assert(kBytes <= kMaxSharedBytesPerBlock, "shared memory per block (sm_90 opt-in)");
 };
 

@@ -123,10 +123,10 @@ def _constraints(function: str, dtype: str, head_size: int, device: DeviceLimits
          f"<= {device.shared_memory_per_block_optin};",
          "shared memory per block, forward of a group beyond a cluster: R slice + the step's h "
          "(fma_exchange.cuh; less than the cluster kernels need)", True),
-        (f"G * U * D * E + G * BT * U * 4 + {_ALIGNMENT_SLACK} "
+        (f"G * U * D * E + G * BT * U * 4 + BT * D * 4 + {_ALIGNMENT_SLACK} "
          f"<= {device.shared_memory_per_block_optin};",
          "shared memory per block, backward of a group beyond a cluster: R slice + gate "
-         "cotangents (fma_exchange.cuh)", True),
+         "cotangents + the step's partials (fma_exchange.cuh)", True),
     ]
 
 
