@@ -13,9 +13,9 @@
 // CTA in flight at once (a load-then-store loop waits an L2 round trip per element: ~40 µs a
 // step for h at 768). The backward's partials are laid out by owner, so that a CTA stages its
 // own C x BT x U block and sums it there as the cluster kernels do. The group meets at a
-// counter barrier (grid_sync.cuh). Groups are numbered head-fastest from
-// the launch's first one (launch.cuh LaunchGridGroups launches them in chunks); within the
-// workspace a group has the place of its CTAs' blocks in the launch.
+// counter barrier (grid_sync.cuh). Groups are numbered head-fastest from the launch's first one
+// (launch.cuh LaunchGridGroups launches them in chunks); within the workspace a group has the
+// place of its CTAs' blocks in the launch.
 #pragma once
 
 #include <cuda_runtime.h>
