@@ -4,8 +4,6 @@
 // (launch.cuh) launches cooperatively, which fails instead of deadlocking when they cannot be.
 #pragma once
 
-#include <cstdint>
-
 namespace flashrnn {
 
 class GroupCounterBarrier {
@@ -14,8 +12,8 @@ class GroupCounterBarrier {
       : counter_(counter), ctas_(ctas) {}
 
   // Orders every global write of this CTA's threads before the barrier before every read of
-  // the group's threads after it. Readers of the exchanged data use ld.global.cg (L2), so no
-  // line of an earlier step can be served from this SM's L1.
+  // the group's threads after it. Readers of the exchanged data copy it with cp.async.cg (from
+  // L2), so no line of an earlier step can be served from this SM's L1.
   __device__ void Sync() {
     __syncthreads();
     if (threadIdx.x == 0) {

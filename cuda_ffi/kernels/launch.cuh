@@ -50,9 +50,10 @@ cudaError_t LaunchOverHeadsAndBatchTiles(void (*kernel)(Args), const Args& args,
 
 // Launches a grid kernel (ForwardGridKernel, BackwardGridKernel) over every (head, batch tile)
 // group of Tile::kCluster CTAs. Its barrier needs all CTAs of a group resident at once, so the
-// groups go in chunks of as many as the device and the workspace hold (one launch each, in
-// stream order), each launched cooperatively: a launch that cannot be resident fails instead of
-// deadlocking. The workspace's barrier counters are zeroed before each (grid_workspace.h).
+// groups go in chunks of args.workspace_groups (as many as the SMs hold: the FFI handler sized
+// the workspace so), one launch each in stream order, each launched cooperatively: a launch that
+// cannot be resident fails instead of deadlocking. The workspace's barrier counters are zeroed
+// before each (grid_workspace.h).
 template <typename Tile, typename Args>
 cudaError_t LaunchGridGroups(void (*kernel)(Args, int64_t), const Args& args,
                              std::size_t smem_bytes, cudaStream_t stream) {
@@ -62,20 +63,7 @@ cudaError_t LaunchGridGroups(void (*kernel)(Args, int64_t), const Args& args,
       err != cudaSuccess) {
     return err;
   }
-  // XLA makes the stream's device current on the thread that runs the FFI handler.
-  int device = 0, sms = 0, per_sm = 0;
-  if (cudaError_t err = cudaGetDevice(&device); err != cudaSuccess) return err;
-  if (cudaError_t err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
-      err != cudaSuccess) {
-    return err;
-  }
-  if (cudaError_t err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel,
-                                                                      Tile::kThreads, smem_bytes);
-      err != cudaSuccess) {
-    return err;
-  }
-  const int64_t chunk = std::min(int64_t{per_sm} * sms / C, args.workspace_groups);
-  if (chunk == 0) return cudaErrorCooperativeLaunchTooLarge;
+  const int64_t chunk = args.workspace_groups;
   const int64_t groups = GridGroups(Tile::kBatchTile, args.batch, args.heads);
   cudaLaunchAttribute cooperative = {};
   cooperative.id = cudaLaunchAttributeCooperative;

@@ -9,26 +9,35 @@
 
 namespace flashrnn {
 
+// A CTA's slice of R in shared memory: Gr gates x kUnits units x D inputs, in the order each
+// kernel reads it (below).
+template <int kGatesR, std::size_t kElementBytes, typename Tile>
+constexpr std::size_t RSliceBytes() {
+  return AlignUp(std::size_t{kGatesR} * Tile::kHeadSize * Tile::kUnits * kElementBytes);
+}
+
+// One float per (batch row of the tile, unit of the head): h_prev of a step.
+template <typename Tile>
+constexpr std::size_t HeadRowsBytes() {
+  return std::size_t{Tile::kBatchTile} * Tile::kHeadSize * sizeof(float);
+}
+
 template <int kGatesR, std::size_t kElementBytes, typename Tile>
 struct ForwardLayout {
-  static constexpr int D = Tile::kHeadSize;
   // r_s [Gr][D (input k)][kUnits (output u)]: lanes with consecutive units read consecutive
   // words. h_s [2][kBatchTile][D] float: h_prev of the whole head, double-buffered.
-  static constexpr std::size_t kRBytes =
-      AlignUp(std::size_t{kGatesR} * D * Tile::kUnits * kElementBytes);
-  static constexpr std::size_t kHBytes = 2 * std::size_t{Tile::kBatchTile} * D * sizeof(float);
+  static constexpr std::size_t kRBytes = RSliceBytes<kGatesR, kElementBytes, Tile>();
+  static constexpr std::size_t kHBytes = 2 * HeadRowsBytes<Tile>();
   static constexpr std::size_t kBytes = kRBytes + kHBytes;
   static_assert(kBytes <= kMaxSharedBytesPerBlock, "shared memory per block (sm_90 opt-in)");
 };
 
 template <int kGatesR, std::size_t kElementBytes, typename Tile>
 struct BackwardLayout {
-  static constexpr int D = Tile::kHeadSize;
   // r_s [Gr][kUnits (output o)][D (input i)] as in global memory: lanes with consecutive i
   // read consecutive words. part_s [2][kCluster (source)][kBatchTile][kUnits] float.
   // dg_s [Gr][kBatchTile][kUnits] float: this CTA's recurrent gate cotangents of one step.
-  static constexpr std::size_t kRBytes =
-      AlignUp(std::size_t{kGatesR} * Tile::kUnits * D * kElementBytes);
+  static constexpr std::size_t kRBytes = RSliceBytes<kGatesR, kElementBytes, Tile>();
   static constexpr std::size_t kPartBytes =
       AlignUp(2 * std::size_t{Tile::kCluster} * Tile::kBatchTile * Tile::kUnits * sizeof(float));
   static constexpr std::size_t kGateBytes =
@@ -43,23 +52,17 @@ struct BackwardLayout {
 // [kUnits], as many); the backward also keeps its gate cotangents dg_s [Gr][kBatchTile][kUnits].
 template <int kGatesR, std::size_t kElementBytes, typename Tile>
 struct ForwardGridLayout {
-  static constexpr std::size_t kRBytes =
-      AlignUp(std::size_t{kGatesR} * Tile::kHeadSize * Tile::kUnits * kElementBytes);
-  static constexpr std::size_t kStageBytes =
-      std::size_t{Tile::kBatchTile} * Tile::kHeadSize * sizeof(float);
-  static constexpr std::size_t kBytes = kRBytes + kStageBytes;
+  static constexpr std::size_t kRBytes = RSliceBytes<kGatesR, kElementBytes, Tile>();
+  static constexpr std::size_t kBytes = kRBytes + HeadRowsBytes<Tile>();
   static_assert(kBytes <= kMaxSharedBytesPerBlock, "shared memory per block (sm_90 opt-in)");
 };
 
 template <int kGatesR, std::size_t kElementBytes, typename Tile>
 struct BackwardGridLayout {
-  static constexpr std::size_t kRBytes =
-      AlignUp(std::size_t{kGatesR} * Tile::kUnits * Tile::kHeadSize * kElementBytes);
+  static constexpr std::size_t kRBytes = RSliceBytes<kGatesR, kElementBytes, Tile>();
   static constexpr std::size_t kGateBytes =
       AlignUp(std::size_t{kGatesR} * Tile::kBatchTile * Tile::kUnits * sizeof(float));
-  static constexpr std::size_t kStageBytes =
-      std::size_t{Tile::kBatchTile} * Tile::kHeadSize * sizeof(float);
-  static constexpr std::size_t kBytes = kRBytes + kGateBytes + kStageBytes;
+  static constexpr std::size_t kBytes = kRBytes + kGateBytes + HeadRowsBytes<Tile>();
   static_assert(kBytes <= kMaxSharedBytesPerBlock, "shared memory per block (sm_90 opt-in)");
 };
 

@@ -3,8 +3,7 @@
 A kernel instantiation is a (cell, dtype, head size ``D``) with a tiling: ``C`` CTAs per head (a
 thread-block cluster when ``1 < C <= 16``; beyond, a cooperatively launched group that exchanges
 through global memory, ``cuda_ffi/kernels/fma_exchange.cuh``) that split the head's ``D`` output
-units, ``BT`` batch rows
-per CTA, ``NT`` threads per CTA, each owning ``P`` (unit, batch row) elements. The model states
+units, ``BT`` batch rows per CTA, ``NT`` threads per CTA, each owning ``P`` (unit, batch row) elements. The model states
 the kernels' invariants and the device's limits as constraints (each with a comment naming the
 limit), and prefers the fewest CTAs per head (the cheapest per-step barrier), then the largest
 batch tile, then the most threads. The numbers mirror ``cuda_ffi/kernels/tiling.h`` and the
@@ -171,33 +170,29 @@ def _infeasible(function, dtype, head_size, device, fixed: str, what: str):
     )
 
 
+def compiled_tilings(function: str, dtype: str, head_size: int,
+                     device: DeviceLimits | None = None) -> list[Tiling]:
+    """The tilings to compile, preferred first: the model's first in PREFERENCE_ORDER and, where
+    that is a group beyond a cluster (no cluster fits), the first in GRID_PREFERENCE_ORDER before
+    it, the smallest group staying as the fallback for devices with fewer SMs (H100 PCIe: 114);
+    :class:`InfeasibleTilingError` naming the binding limit where none fits."""
+    device = device or DeviceLimits.sm90()
+    model = model_text(function, dtype, head_size, device)
+    solutions = solve(model, order=PREFERENCE_ORDER)
+    if not solutions:
+        raise _infeasible(function, dtype, head_size, device, "", "no fused-kernel tiling fits")
+    first = Tiling(solutions[0]["C"], solutions[0]["BT"], solutions[0]["NT"])
+    if first.cluster < _MIN_GRID_GROUP:
+        return [first]
+    largest = solve(model, order=GRID_PREFERENCE_ORDER)[0]
+    preferred = Tiling(largest["C"], largest["BT"], largest["NT"])
+    return [preferred] if preferred == first else [preferred, first]
+
+
 def choose_tiling(function: str, dtype: str, head_size: int,
                   device: DeviceLimits | None = None) -> Tiling:
     """The preferred tiling, or :class:`InfeasibleTilingError` naming the binding limit."""
-    device = device or DeviceLimits.sm90()
-    solutions = solve(model_text(function, dtype, head_size, device), order=PREFERENCE_ORDER)
-    if not solutions:
-        raise _infeasible(function, dtype, head_size, device, "", "no fused-kernel tiling fits")
-    best = solutions[0]
-    if best["C"] >= _MIN_GRID_GROUP:
-        best = solve(model_text(function, dtype, head_size, device),
-                     order=GRID_PREFERENCE_ORDER)[0]
-    return Tiling(best["C"], best["BT"], best["NT"])
-
-
-def compiled_tilings(function: str, dtype: str, head_size: int,
-                     device: DeviceLimits | None = None) -> list[Tiling]:
-    """The tilings to compile: the preferred one and, where that is a group beyond a cluster,
-    also the smallest such group, which devices with fewer SMs than the preferred one hold
-    (H100 PCIe: 114); :class:`InfeasibleTilingError` as choose_tiling."""
-    device = device or DeviceLimits.sm90()
-    best = choose_tiling(function, dtype, head_size, device)
-    if best.cluster < _MIN_GRID_GROUP:
-        return [best]
-    smallest = solve(model_text(function, dtype, head_size, device) + f"\n{_MIN_GRID_GROUP} <= C;",
-                     order=PREFERENCE_ORDER)[0]
-    fallback = Tiling(smallest["C"], smallest["BT"], smallest["NT"])
-    return [best] if fallback == best else [best, fallback]
+    return compiled_tilings(function, dtype, head_size, device)[0]
 
 
 def check_tiling(function: str, dtype: str, head_size: int, tiling: Tiling,
