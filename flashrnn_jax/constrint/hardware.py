@@ -3,10 +3,11 @@
 A kernel instantiation is a (cell, dtype, head size ``D``) with a tiling: ``C`` CTAs per head (a
 thread-block cluster when ``1 < C <= 16``; beyond, a cooperatively launched group that exchanges
 through global memory, ``cuda_ffi/kernels/fma_exchange.cuh``) that split the head's ``D`` output
-units, ``BT`` batch rows per CTA, ``NT`` threads per CTA, each owning ``P`` (unit, batch row) elements. The model states
-the kernels' invariants and the device's limits as constraints (each with a comment naming the
-limit), and prefers the fewest CTAs per head (the cheapest per-step barrier), then the largest
-batch tile, then the most threads. The numbers mirror ``cuda_ffi/kernels/tiling.h`` and the
+units, ``BT`` batch rows per CTA, ``NT`` threads per CTA, each owning ``P`` (unit, batch row)
+elements. The model states the kernels' invariants and the device's limits as constraints (each
+with a comment naming the limit), and prefers the fewest CTAs per head (the cheapest per-step
+barrier), then the largest batch tile, then the most threads; where only a group beyond a
+cluster fits, the largest group (GRID_PREFERENCE_ORDER). The numbers mirror ``cuda_ffi/kernels/tiling.h`` and the
 ``*Layout`` structs of ``forward.cuh``/``backward.cuh``, whose static checks reject a tiling the
 kernels cannot run.
 
