@@ -56,8 +56,10 @@ def check_schema(results):
         assert set(r) >= RECORD_KEYS, r
         if r["skipped"] is None:
             for key in ("fwd_ms", "fwdbwd_ms"):
+                # No relation between the two timings is asserted: at tiny sizes on two shared
+                # CPU cores, three runs' medians are noise (a forward once read 20x its
+                # forward+backward while the three suite processes ran side by side).
                 assert math.isfinite(r[key]) and r[key] > 0, r
-            assert r["fwd_ms"] <= 10 * r["fwdbwd_ms"], r
         else:
             assert isinstance(r["skipped"], str) and r["skipped"], r
             assert r["fwd_ms"] is None and r["fwdbwd_ms"] is None, r
