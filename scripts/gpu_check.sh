@@ -8,7 +8,8 @@
 #          MMA_CLUSTER=0 without the cluster tensor-core forward and backward (head size 256);
 #          MMA_SPLIT=1 with the experimental split tensor-core forward (head size 64);
 #          PYTEST_WORKERS sets the test processes, 12 by default; GPU_TESTS the test files,
-#          all GPU tests by default)
+#          all GPU tests by default; TEST_TIMEOUT_S, SANITIZER_TIMEOUT_S and BENCH_TIMEOUT_S
+#          bound one test, each sanitizer run and the benchmark: 240, 300 and 300 s)
 set -uo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 out="${OUT:-$repo/build/gpu_check_out}"
@@ -47,15 +48,23 @@ echo "built in $(( $(date +%s) - start )) s (tensor-core forward: $mma, backward
 # From outside the checkout, so that the installed package (with _cuda) is the one imported.
 cd /tmp
 # The sanitizers run beside the tests (they only check, timing does not matter to either).
+# Each is bounded (exit 124 when cut): a kernel that hung under a tool must not take the
+# whole call, and the benchmark after it, with it.
+declare -A sanitizer_pid
 for tool in memcheck racecheck; do
-  env "$sanitizer_env" compute-sanitizer --tool "$tool" --kernel-name kns=flashrnn --error-exitcode 3 \
-    python3 "$repo/scripts/sanitize_case.py" >"$out/sanitizer_$tool.log" 2>&1 &
+  timeout -k 10 "${SANITIZER_TIMEOUT_S:-300}" env "$sanitizer_env" compute-sanitizer \
+    --tool "$tool" --kernel-name kns=flashrnn --error-exitcode 3 python3 "$repo/scripts/sanitize_case.py" >"$out/sanitizer_$tool.log" 2>&1 &
+  sanitizer_pid[$tool]=$!
 done
 
 echo "== GPU tests"
 # Workers share the GPU: the run is bound by XLA compiles on the host, not by the GPU. The
 # summary JSON is rewritten after every test, so a run cut short still says what passed.
 # GPU_TESTS narrows the run (test files or node ids under tests/, space-separated).
+# pytest-timeout (in the device image) ends a hung test's worker instead of the whole call.
+timeout_args=()
+python3 -c "import pytest_timeout" 2>/dev/null &&
+  timeout_args=(--timeout "${TEST_TIMEOUT_S:-240}" --timeout-method thread)
 tests=()
 for t in ${GPU_TESTS:-test_fused_options_gpu.py test_fused_gpu.py test_sharding.py}; do
   tests+=("$repo/tests/$t")
@@ -63,12 +72,14 @@ done
 FLASHRNN_GPU_SUMMARY="$out/gpu_summary.json" python3 -m pytest "${tests[@]}" \
   --rootdir "$repo" -c "$repo/pyproject.toml" -p gpu_summary -p no:benchmark -m gpu -q \
   -n "${PYTEST_WORKERS:-12}" --maxfail=20 \
+  "${timeout_args[@]}" \
   --durations=5 2>&1 | tee "$out/pytest.log" | tail -25
 tests_rc=${PIPESTATUS[0]}
 
 echo "== compute-sanitizer"
-for job in $(jobs -p); do wait "$job"; done
 for tool in memcheck racecheck; do
+  wait "${sanitizer_pid[$tool]}"
+  [ $? = 124 ] && echo "$tool: cut after ${SANITIZER_TIMEOUT_S:-300} s"
   log="$out/sanitizer_$tool.log"
   echo "$tool: $(grep -v SUMMARY "$log" | grep -c -E 'hazard|Invalid|Error:') reports; $(grep 'ERROR SUMMARY\|RACECHECK SUMMARY' "$log")"
 done
@@ -77,5 +88,5 @@ if [ "${SKIP_BENCH:-0}" = 1 ]; then
   exit "$tests_rc"
 fi
 echo "== quick benchmark"
-python3 "$repo/benchmarks/quick_bench.py" --json "$out/quick_bench.json"
+timeout -k 10 "${BENCH_TIMEOUT_S:-300}" python3 "$repo/benchmarks/quick_bench.py" --json "$out/quick_bench.json"
 exit "$tests_rc"
