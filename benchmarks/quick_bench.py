@@ -96,22 +96,38 @@ def bench_mask_cost(function, dtype, B, T, N, D, key):
     return record("fused+masks", function, dtype, B, T, N, D, **fields)
 
 
+def heads_by_size(text: str) -> tuple[int, int]:
+    """``"12x64"`` -> ``(12, 64)``."""
+    try:
+        N, D = (int(part) for part in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected heads x head size such as 12x64, got {text!r}") from None
+    return N, D
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--json", help="write the records here")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--steps", type=int, default=1024)
+    # 1 x 768: a head beyond a cluster, on a group of CTAs that meets through global memory.
+    parser.add_argument("--shapes", nargs="+", type=heads_by_size,
+                        default=[(12, 64), (3, 256), (1, 768)],
+                        help="heads x head size of the cases, e.g. 12x64 (default: 12x64 3x256 "
+                             "1x768); the mask cost is measured at those of 64 and 256")
+    parser.add_argument("--no-masks", action="store_true", help="leave out the mask cost")
     args = parser.parse_args()
     key = jax.random.key(0)
     records = []
     for function in ("lstm", "slstm"):
-        # 1 x 768: a head beyond a cluster, on a group of CTAs that meets through global memory.
-        for N, D in ((12, 64), (3, 256), (1, 768)):
+        for N, D in args.shapes:
             for backend in ("fused", "scan"):
                 records.append(bench_case(function, backend, jnp.bfloat16, args.batch,
                                           args.steps, N, D, key))
-    mask_records = [bench_mask_cost("lstm", jnp.bfloat16, args.batch, args.steps, N, D, key)
-                    for N, D in ((12, 64), (3, 256))]
+    mask_records = [] if args.no_masks else [
+        bench_mask_cost("lstm", jnp.bfloat16, args.batch, args.steps, N, D, key)
+        for N, D in args.shapes if D in (64, 256)]
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"gpu": jax.devices()[0].device_kind, "jax": jax.__version__,

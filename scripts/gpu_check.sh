@@ -2,18 +2,26 @@
 # One call of the lent GPU machine: build the CUDA kernels, run the GPU tests (writing the
 # summary JSON), run compute-sanitizer (memcheck, racecheck) on a small case of every kernel,
 # and run the quick benchmark, printing its table last.
-#   usage: scripts/gpu_check.sh   (logs and JSON go to $OUT, or build/gpu_check_out;
-#          SKIP_BENCH=1 leaves out the benchmark; MMA_FORWARD=0 builds without the
-#          tensor-core forward, MMA_BACKWARD=0 without the tensor-core backward,
-#          MMA_CLUSTER=0 without the cluster tensor-core forward and backward (head size 256);
-#          MMA_SPLIT=1 with the experimental split tensor-core forward (head size 64);
-#          PYTEST_WORKERS sets the test processes, 12 by default; GPU_TESTS the test files,
-#          all GPU tests by default; TEST_TIMEOUT_S, SANITIZER_TIMEOUT_S and BENCH_TIMEOUT_S
-#          bound one test, each sanitizer run and the benchmark: 240, 300 and 300 s)
+#   usage: scripts/gpu_check.sh   (logs and JSON go to $OUT, or build/gpu_check_out)
+#   STEPS: the parts to run, of "build tests bench split", default "build tests bench":
+#     build  the default grid, in build/cmake (a second call on a warm machine rebuilds only
+#            what changed); MMA_FORWARD=0 builds without the tensor-core forward,
+#            MMA_BACKWARD=0 without the tensor-core backward, MMA_CLUSTER=0 without the
+#            cluster tensor-core forward and backward (head size 256), MMA_SPLIT=1 with the
+#            experimental split tensor-core forward (head size 64)
+#     tests  the GPU tests and, beside them, the sanitizers; PYTEST_WORKERS sets the test
+#            processes, 12 by default; GPU_TESTS the test files, all GPU tests by default
+#     bench  the quick benchmark (BENCH_ARGS adds arguments, e.g. "--shapes 12x64")
+#     split  an A/B of the split forward in the same call: a narrow build with it (head size
+#            64, bf16 and f16, in build/split_ab), the GPU tests of head size 64 on it, and the
+#            quick benchmark at 12x64 on it, to compare with the bench step's rows
+#   TEST_TIMEOUT_S, SANITIZER_TIMEOUT_S and BENCH_TIMEOUT_S bound one test, each sanitizer run
+#   and each benchmark: 240, 300 and 300 s, so that a hung kernel cannot take the whole call.
 set -uo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 out="${OUT:-$repo/build/gpu_check_out}"
 mkdir -p "$out"
+steps=" ${STEPS:-build tests bench} "
 export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
 # XLA's GEMM autotuner crashed compute-sanitizer once; the kernels under test need no tuning.
 sanitizer_env="XLA_FLAGS=--xla_gpu_autotune_level=0"
@@ -21,72 +29,109 @@ export CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}"
 cd "$repo"
 gpu="$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | tr ' ' '_')"
 echo "== GPU: $gpu"
+rc=0
 
-echo "== build"
-start=$(date +%s)
-mma=ON
-[ "${MMA_FORWARD:-1}" = 0 ] && mma=OFF
-mma_backward=ON
-[ "${MMA_BACKWARD:-1}" = 0 ] && mma_backward=OFF
-mma_cluster=ON
-[ "${MMA_CLUSTER:-1}" = 0 ] && mma_cluster=OFF
-mma_split=OFF
-[ "${MMA_SPLIT:-0}" = 1 ] && mma_split=ON
-if ! python3 -m pip install --no-build-isolation --no-deps -v . \
-    -Ccmake.define.FLASHRNN_CUDA=ON -Ccmake.define.FLASHRNN_MMA_FORWARD=$mma \
-    -Ccmake.define.FLASHRNN_MMA_BACKWARD=$mma_backward \
-    -Ccmake.define.FLASHRNN_MMA_CLUSTER_FORWARD=$mma_cluster \
-    -Ccmake.define.FLASHRNN_MMA_CLUSTER_BACKWARD=$mma_cluster \
-    -Ccmake.define.FLASHRNN_MMA_SPLIT_FORWARD=$mma_split \
-    >"$out/build.log" 2>&1; then
-  tail -60 "$out/build.log"
-  exit 1
+on_off() { [ "$1" = 1 ] && echo ON || echo OFF; }
+
+# build LOG BUILD_DIR [pip arguments...]: one pip build of the extension, its log to LOG.
+build() {
+  local log="$1" build_dir="$2" start
+  shift 2
+  start=$(date +%s)
+  if ! python3 -m pip install --no-build-isolation --no-deps -v . \
+      -Ccmake.define.FLASHRNN_CUDA=ON -Cbuild-dir="$build_dir" "$@" >"$log" 2>&1; then
+    tail -60 "$log"
+    return 1
+  fi
+  echo "built in $(( $(date +%s) - start )) s"
+}
+
+# gpu_tests SUMMARY LOG [pytest arguments...]: the GPU tests, from outside the checkout so that
+# the installed package (with _cuda) is the one imported. Workers share the GPU: the run is
+# bound by XLA compiles on the host, not by the GPU. The summary JSON is rewritten after every
+# test, so a run cut short still says what passed.
+gpu_tests() {
+  local summary="$1" log="$2" timeout_args=()
+  shift 2
+  # pytest-timeout (in the device image) ends a hung test's worker instead of the whole call.
+  python3 -c "import pytest_timeout" 2>/dev/null &&
+    timeout_args=(--timeout "${TEST_TIMEOUT_S:-240}" --timeout-method thread)
+  (cd /tmp && FLASHRNN_GPU_SUMMARY="$summary" python3 -m pytest "$@" \
+    --rootdir "$repo" -c "$repo/pyproject.toml" -p gpu_summary -p no:benchmark -m gpu -q \
+    -n "${PYTEST_WORKERS:-12}" --maxfail=20 "${timeout_args[@]}" \
+    --durations=5 2>&1 | tee "$log" | tail -25; exit "${PIPESTATUS[0]}")
+}
+
+# quick_bench JSON [arguments...]
+quick_bench() {
+  local json="$1"
+  shift
+  # BENCH_ARGS unquoted on purpose: split into its words.
+  # shellcheck disable=SC2086
+  (cd /tmp && timeout -k 10 "${BENCH_TIMEOUT_S:-300}" \
+    python3 "$repo/benchmarks/quick_bench.py" --json "$json" "$@" ${BENCH_ARGS:-})
+}
+
+if [[ $steps == *" build "* ]]; then
+  echo "== build"
+  mma=$(on_off "${MMA_FORWARD:-1}") mma_backward=$(on_off "${MMA_BACKWARD:-1}")
+  mma_cluster=$(on_off "${MMA_CLUSTER:-1}") mma_split=$(on_off "${MMA_SPLIT:-0}")
+  build "$out/build.log" "$repo/build/cmake" \
+    -Ccmake.define.FLASHRNN_MMA_FORWARD="$mma" \
+    -Ccmake.define.FLASHRNN_MMA_BACKWARD="$mma_backward" \
+    -Ccmake.define.FLASHRNN_MMA_CLUSTER_FORWARD="$mma_cluster" \
+    -Ccmake.define.FLASHRNN_MMA_CLUSTER_BACKWARD="$mma_cluster" \
+    -Ccmake.define.FLASHRNN_MMA_SPLIT_FORWARD="$mma_split" || exit 1
+  echo "(tensor-core forward: $mma, backward: $mma_backward, cluster forward and backward:" \
+    "$mma_cluster, split forward: $mma_split)"
 fi
-echo "built in $(( $(date +%s) - start )) s (tensor-core forward: $mma, backward: $mma_backward," \
-  "cluster forward and backward: $mma_cluster, split forward: $mma_split)"
 
-# From outside the checkout, so that the installed package (with _cuda) is the one imported.
-cd /tmp
-# The sanitizers run beside the tests (they only check, timing does not matter to either).
-# Each is bounded (exit 124 when cut): a kernel that hung under a tool must not take the
-# whole call, and the benchmark after it, with it.
-declare -A sanitizer_pid
-for tool in memcheck racecheck; do
-  timeout -k 10 "${SANITIZER_TIMEOUT_S:-300}" env "$sanitizer_env" compute-sanitizer \
-    --tool "$tool" --kernel-name kns=flashrnn --error-exitcode 3 python3 "$repo/scripts/sanitize_case.py" >"$out/sanitizer_$tool.log" 2>&1 &
-  sanitizer_pid[$tool]=$!
-done
+if [[ $steps == *" tests "* ]]; then
+  # The sanitizers run beside the tests (they only check, timing does not matter to either).
+  # Each is bounded (exit 124 when cut).
+  declare -A sanitizer_pid
+  for tool in memcheck racecheck; do
+    (cd /tmp && timeout -k 10 "${SANITIZER_TIMEOUT_S:-300}" env "$sanitizer_env" \
+      compute-sanitizer --tool "$tool" --kernel-name kns=flashrnn --error-exitcode 3 \
+      python3 "$repo/scripts/sanitize_case.py") >"$out/sanitizer_$tool.log" 2>&1 &
+    sanitizer_pid[$tool]=$!
+  done
 
-echo "== GPU tests"
-# Workers share the GPU: the run is bound by XLA compiles on the host, not by the GPU. The
-# summary JSON is rewritten after every test, so a run cut short still says what passed.
-# GPU_TESTS narrows the run (test files or node ids under tests/, space-separated).
-# pytest-timeout (in the device image) ends a hung test's worker instead of the whole call.
-timeout_args=()
-python3 -c "import pytest_timeout" 2>/dev/null &&
-  timeout_args=(--timeout "${TEST_TIMEOUT_S:-240}" --timeout-method thread)
-tests=()
-for t in ${GPU_TESTS:-test_fused_options_gpu.py test_fused_gpu.py test_sharding.py}; do
-  tests+=("$repo/tests/$t")
-done
-FLASHRNN_GPU_SUMMARY="$out/gpu_summary.json" python3 -m pytest "${tests[@]}" \
-  --rootdir "$repo" -c "$repo/pyproject.toml" -p gpu_summary -p no:benchmark -m gpu -q \
-  -n "${PYTEST_WORKERS:-12}" --maxfail=20 \
-  "${timeout_args[@]}" \
-  --durations=5 2>&1 | tee "$out/pytest.log" | tail -25
-tests_rc=${PIPESTATUS[0]}
+  echo "== GPU tests"
+  # GPU_TESTS narrows the run (test files or node ids under tests/, space-separated).
+  tests=()
+  for t in ${GPU_TESTS:-test_fused_options_gpu.py test_fused_gpu.py test_sharding.py}; do
+    tests+=("$repo/tests/$t")
+  done
+  gpu_tests "$out/gpu_summary.json" "$out/pytest.log" "${tests[@]}" || rc=1
 
-echo "== compute-sanitizer"
-for tool in memcheck racecheck; do
-  wait "${sanitizer_pid[$tool]}"
-  [ $? = 124 ] && echo "$tool: cut after ${SANITIZER_TIMEOUT_S:-300} s"
-  log="$out/sanitizer_$tool.log"
-  echo "$tool: $(grep -v SUMMARY "$log" | grep -c -E 'hazard|Invalid|Error:') reports; $(grep 'ERROR SUMMARY\|RACECHECK SUMMARY' "$log")"
-done
-
-if [ "${SKIP_BENCH:-0}" = 1 ]; then
-  exit "$tests_rc"
+  echo "== compute-sanitizer"
+  for tool in memcheck racecheck; do
+    wait "${sanitizer_pid[$tool]}"
+    [ $? = 124 ] && echo "$tool: cut after ${SANITIZER_TIMEOUT_S:-300} s" && rc=1
+    log="$out/sanitizer_$tool.log"
+    echo "$tool: $(grep -v SUMMARY "$log" | grep -c -E 'hazard|Invalid|Error:') reports;" \
+      "$(grep 'ERROR SUMMARY\|RACECHECK SUMMARY' "$log")"
+  done
 fi
-echo "== quick benchmark"
-timeout -k 10 "${BENCH_TIMEOUT_S:-300}" python3 "$repo/benchmarks/quick_bench.py" --json "$out/quick_bench.json"
-exit "$tests_rc"
+
+if [[ $steps == *" bench "* ]]; then
+  echo "== quick benchmark"
+  quick_bench "$out/quick_bench.json" || rc=1
+fi
+
+if [[ $steps == *" split "* ]]; then
+  echo "== split forward: build (head size 64), tests, benchmark"
+  split_dir="$repo/build/split_ab"
+  rm -rf "$split_dir/site"
+  build "$out/build_split.log" "$split_dir/cmake" --target "$split_dir/site" \
+    -Ccmake.define.FLASHRNN_MMA_SPLIT_FORWARD=ON -Ccmake.define.FLASHRNN_HEAD_SIZES=64 \
+    -Ccmake.define.FLASHRNN_DTYPES="bf16;f16" || exit 1
+  # The narrow build shadows the installed one for these two runs only.
+  export PYTHONPATH="$split_dir/site${PYTHONPATH:+:$PYTHONPATH}"
+  gpu_tests "$out/gpu_summary_split.json" "$out/pytest_split.log" \
+    "$repo/tests/test_fused_gpu.py" "$repo/tests/test_fused_options_gpu.py" \
+    -k "D64 and (bfloat16 or float16) or bfloat16-64-" || rc=1
+  quick_bench "$out/quick_bench_split.json" --shapes 12x64 --no-masks || rc=1
+fi
+exit "$rc"

@@ -63,9 +63,16 @@ def _fns(function, backend, static):
     return jax.jit(run), jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3)))
 
 
+# (dtype, head size): every kind of kernel (single CTA, cluster, group beyond a cluster) in a
+# 16-bit dtype and float32, and bfloat16 at 64, the head size of the tensor-core forward
+# variants (forward_mma.cuh and the split forward of forward_mma_cluster.cuh).
+SIZES = [(dtype, d) for dtype in (jnp.bfloat16, jnp.float32) for d in (16, 256, 768)] + [
+    (jnp.bfloat16, 64)]
+
+
 @pytest.mark.parametrize("combo", COMBOS)
-@pytest.mark.parametrize("head_size", (16, 256, 768))
-@pytest.mark.parametrize("dtype", (jnp.bfloat16, jnp.float32))
+@pytest.mark.parametrize("dtype,head_size", SIZES,
+                         ids=[f"{jnp.dtype(t).name}-{d}" for t, d in SIZES])
 @pytest.mark.parametrize("function", FUNCTIONS)
 def test_fused_options_match_reference(function, dtype, head_size, combo, rng, gpu_case):
     opts = _options(rng, combo)
