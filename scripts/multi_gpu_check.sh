@@ -22,7 +22,7 @@ echo "== $(nvidia-smi -L | wc -l) GPUs"
 
 # test_sharding.py's GPU tests split one call over every GPU JAX sees, by batch and by heads,
 # and compare it with one GPU.
-OUT="$out" SKIP_BENCH=1 GPU_TESTS="test_sharding.py" PYTEST_WORKERS="${PYTEST_WORKERS:-2}" \
+OUT="$out" STEPS="build tests" GPU_TESTS="test_sharding.py" PYTEST_WORKERS="${PYTEST_WORKERS:-2}" \
   "$repo/scripts/gpu_check.sh"
 check_rc=$?
 
