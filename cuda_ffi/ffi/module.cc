@@ -54,6 +54,10 @@ NB_MODULE(_cuda, m) {
       "Whether the split tensor-core forward for heads of 64 (CMake FLASHRNN_MMA_SPLIT_FORWARD) "
       "is built.");
   m.def(
+      "mma_split_backward", []() { return FLASHRNN_MMA_SPLIT_BACKWARD != 0; },
+      "Whether the split tensor-core backward for heads of 64 (CMake "
+      "FLASHRNN_MMA_SPLIT_BACKWARD) is built.");
+  m.def(
       "device_properties",
       [](int device) {
         cudaDeviceProp prop;

@@ -17,6 +17,7 @@
 #include "backward_element.cuh"
 #include "backward_mma.cuh"
 #include "backward_mma_cluster.cuh"
+#include "backward_mma_split.cuh"
 #include "block_copy.cuh"
 #include "fma_exchange.cuh"
 #include "dtype.cuh"
@@ -152,6 +153,11 @@ __global__ void __launch_bounds__(Tile::kThreads, 1)
 
 template <typename Cell, typename T, typename Tile>
 cudaError_t LaunchBackward(const BackwardArgs& args, cudaStream_t stream) {
+#if FLASHRNN_MMA_SPLIT_BACKWARD
+  if constexpr (kMmaSplitBackwardSupported<Cell, T, Tile>) {
+    return LaunchBackwardMmaSplit<Cell, T, Tile::kHeadSize>(args, stream);
+  } else
+#endif
 #if FLASHRNN_MMA_CLUSTER_BACKWARD
   if constexpr (kMmaClusterBackwardSupported<T, Tile>) {
     return LaunchBackwardMmaCluster<Cell, T, Tile::kHeadSize>(args, stream);

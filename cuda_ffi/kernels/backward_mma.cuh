@@ -76,8 +76,8 @@ __global__ void __launch_bounds__(2 * D, 1) BackwardMmaKernel(const BackwardArgs
   // Rᵀ as A fragments for this warp's 16 units, over (gate, unit) of the whole head: one
   // "gate" of Gr D columns for MmaHiLo.
   uint32_t a[1][KT][4];
-  LoadTransposedFragments<T, D, D>(static_cast<const T*>(args.r), N, head, 16 * warp, 0, lane,
-                                   a);
+  LoadTransposedFragments<T, D, D>(static_cast<const T*>(args.r), N, head, 16 * warp, 0, 0,
+                                   lane, a);
 
   // Element e of this lane: unit unit0 + 8 (e / 2), batch row 2 tig + e % 2 (row slot e % 2).
   const LaneRows rows = LaneBatchRows(args.seq, b0, lane, args.batch, args.steps);

@@ -89,7 +89,7 @@ __global__ void __launch_bounds__(MmaClusterBackwardLayout<Cell::kGatesR, D, C>:
   // this CTA's own units.
   uint32_t a[MT][KT][4];
   LoadTransposedFragments<T, D, U>(static_cast<const T*>(args.r), N, head, U * warp, rank * U,
-                                   lane, a);
+                                   0, lane, a);
 
   // This thread's element, named by the accumulator it collects: register c = j % 4 of lane
   // l = j / 4 % 32 in unit tile mi = j / 128 is unit 16 mi + l / 4 + 8 (c / 2) of this CTA and

@@ -87,12 +87,13 @@ __device__ __forceinline__ void LoadRowFragments(const T* R, int64_t N, int64_t 
 
 // The A fragments of Rᵀ for a backward's recurrent product dh[u, b] = sum over gates g and
 // units o of R[g, head, o0 + o, u] dg[g, o, b]: rows u of MTiles unit tiles from row0, columns
-// k = g kUnits + o over the kUnits units from o0 that the caller's gate cotangents cover.
-// Register r of k-tile kt holds row group (+8 for odd r) of its tile and the column pair
-// 2 tig (+8 for r >= 2), two consecutive o of one gate (kUnits is a multiple of 16).
+// k = g kUnits + o over the kUnits units from o0 that the caller's gate cotangents cover, in
+// the k-tiles [kt0, kt0 + KTiles). Register r of k-tile kt holds row group (+8 for odd r) of
+// its tile and the column pair 2 tig (+8 for r >= 2), two consecutive o of one gate (kUnits is
+// a multiple of 16).
 template <typename T, int D, int kUnits, int MTiles, int KTiles>
 __device__ __forceinline__ void LoadTransposedFragments(const T* R, int64_t N, int64_t head,
-                                                        int row0, int o0, int lane,
+                                                        int row0, int o0, int kt0, int lane,
                                                         uint32_t (&a)[MTiles][KTiles][4]) {
   static_assert(kUnits % 16 == 0, "a column pair stays within one gate");
   const int group = lane / 4, tig = lane % 4;
@@ -103,7 +104,8 @@ __device__ __forceinline__ void LoadTransposedFragments(const T* R, int64_t N, i
 #pragma unroll
       for (int r = 0; r < 4; ++r) {
         const int u = row0 + 16 * mi + group + 8 * (r % 2);
-        const int k = 16 * kt + 2 * tig + 8 * (r / 2), g = k / kUnits, o = o0 + k % kUnits;
+        const int k = 16 * (kt0 + kt) + 2 * tig + 8 * (r / 2), g = k / kUnits;
+        const int o = o0 + k % kUnits;
         const T* at = R + ((int64_t{g} * N + head) * D + o) * D + u;
         a[mi][kt][r] = MmaOperand<T>::Pack(at[0], at[D]);
       }
