@@ -37,6 +37,7 @@ class ClusterExchange {
   static constexpr int kPartValues = C * BT * U;  // floats per partials buffer: [source][row][unit]
 
  public:
+  static constexpr int kHStride = D;  // floats between batch rows of H()
   // buffers: this CTA's shared memory after its slice of R (layouts.h).
   template <typename Args>
   __device__ ClusterExchange(const Args& /*args*/, int64_t /*group0*/, bool /*backward*/,
@@ -95,6 +96,7 @@ class GridExchange {
   static_assert(kHValues % 4 == 0 && kOwnerValues % 4 == 0, "16-byte copies");
 
  public:
+  static constexpr int kHStride = D + kStagedHPad;  // floats between batch rows of H()
   // group0: the launch's first group; stage: shared memory for kHValues floats (the forward's
   // h_prev, the backward's partials of this CTA's units).
   template <typename Args>
@@ -118,7 +120,7 @@ class GridExchange {
   }
   // Stages the head's h in `buffer` into shared memory (its readers follow the barrier inside).
   __device__ const float* H(int64_t buffer) {
-    StageFromL2(exchange_ + buffer * kHValues, kHValues);
+    StageFromL2<D, kHStride>(exchange_ + buffer * kHValues, kHValues);
     return stage_;
   }
 
@@ -137,7 +139,8 @@ class GridExchange {
   }
   // Stages the partials sent to this CTA in `buffer` (its readers follow the barrier inside).
   __device__ void ReceivePartials(int64_t buffer) {
-    StageFromL2(exchange_ + buffer * kPartValues + rank * kOwnerValues, kOwnerValues);
+    StageFromL2<kOwnerValues, kOwnerValues>(
+        exchange_ + buffer * kPartValues + rank * kOwnerValues, kOwnerValues);
   }
   __device__ float SumPartials(int64_t /*buffer*/, int row, int u) const {
     float sum = 0.0f;
@@ -148,13 +151,17 @@ class GridExchange {
  private:
   __device__ static int64_t GroupOf(int64_t group0) { return group0 + blockIdx.x / C; }
 
-  // `values` floats from global memory into stage_, 16 bytes per cp.async.cg, every copy of the
-  // CTA issued before one wait, then the block barrier that publishes them.
+  // `values` floats from global memory into stage_, rows of kRow floats placed kStride floats
+  // apart, 16 bytes per cp.async.cg, every copy of the CTA issued before one wait, then the
+  // block barrier that publishes them.
+  template <int64_t kRow, int64_t kStride>
   __device__ void StageFromL2(const float* source, int64_t values) {
+    static_assert(kRow % 4 == 0 && kStride % 4 == 0, "16-byte copies");
     const uint32_t stage = static_cast<uint32_t>(__cvta_generic_to_shared(stage_));
     for (int64_t chunk = threadIdx.x; chunk < values / 4; chunk += blockDim.x) {
+      const int64_t from = 4 * chunk, at = from / kRow * kStride + from % kRow;
       asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(
-                       stage + static_cast<uint32_t>(16 * chunk)),
+                       stage + static_cast<uint32_t>(4 * at)),
                    "l"(source + 4 * chunk)
                    : "memory");
     }

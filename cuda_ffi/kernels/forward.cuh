@@ -87,7 +87,7 @@ __device__ __forceinline__ void FmaForward(const ForwardArgs& args, T* r_s, Exch
       float rh[Gr] = {};
 #pragma unroll 8
       for (int k = 0; k < D; ++k) {
-        const float hk = h_cur[row * D + k];
+        const float hk = h_cur[row * Exchange::kHStride + k];
 #pragma unroll
         for (int g = 0; g < Gr; ++g) rh[g] += ToFloat(r_s[(g * D + k) * U + u]) * hk;
       }

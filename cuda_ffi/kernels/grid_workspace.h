@@ -20,6 +20,10 @@ namespace flashrnn {
 // kernels.
 inline constexpr int kMaxClusterSize = 16;
 inline constexpr std::size_t kGridCounterBytes = 128;
+// Floats of padding after each batch row of the forward's staged h_prev (fma_exchange.cuh):
+// rows D + 4 floats apart fall 4 banks apart, so that the up to 8 rows a warp reads at one k
+// (kUnits < 32) hit distinct banks; a multiple of 4 keeps each row's 16-byte copies aligned.
+inline constexpr int kStagedHPad = 4;
 
 constexpr bool IsGridGroup(int cluster) { return cluster > kMaxClusterSize; }
 

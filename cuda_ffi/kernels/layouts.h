@@ -5,6 +5,7 @@
 
 #include <cstddef>
 
+#include "grid_workspace.h"
 #include "tiling.h"
 
 namespace flashrnn {
@@ -53,7 +54,8 @@ struct BackwardLayout {
 template <int kGatesR, std::size_t kElementBytes, typename Tile>
 struct ForwardGridLayout {
   static constexpr std::size_t kRBytes = RSliceBytes<kGatesR, kElementBytes, Tile>();
-  static constexpr std::size_t kBytes = kRBytes + HeadRowsBytes<Tile>();
+  static constexpr std::size_t kBytes =
+      kRBytes + std::size_t{Tile::kBatchTile} * (Tile::kHeadSize + kStagedHPad) * sizeof(float);
   static_assert(kBytes <= kMaxSharedBytesPerBlock, "shared memory per block (sm_90 opt-in)");
 };
 

@@ -32,6 +32,9 @@ RECURRENT_GATES = {"lstm": 4, "gru": 3, "slstm": 4, "elman": 1}
 
 # Shared-memory slack for the 128-byte alignment of the kernels' buffers.
 _ALIGNMENT_SLACK = 256
+# Floats of padding after each batch row of a grid forward's staged h (grid_workspace.h's
+# kStagedHPad: rows fall in distinct banks).
+_STAGED_H_PAD = 4
 # Registers a kernel thread may need: ptxas (sm_90a, the default grid with the sequence
 # options) reports 29 to 128, the top ones at 512 threads where the launch bounds cap them
 # (Elman and sLSTM at D=128, and D=256, spill 4-24 bytes there).
@@ -119,7 +122,7 @@ def _constraints(function: str, dtype: str, head_size: int, device: DeviceLimits
          f"<= {device.shared_memory_per_block_optin} | {_MIN_GRID_GROUP} <= C;",
          "shared memory per block, backward: R slice + partial cotangents + gate cotangents "
          "(backward.cuh)", True),
-        (f"G * D * U * E + BT * D * 4 + {_ALIGNMENT_SLACK} "
+        (f"G * D * U * E + BT * D * 4 + {4 * _STAGED_H_PAD} * BT + {_ALIGNMENT_SLACK} "
          f"<= {device.shared_memory_per_block_optin};",
          "shared memory per block, forward of a group beyond a cluster: R slice + the step's h "
          "(fma_exchange.cuh; less than the cluster kernels need)", True),
