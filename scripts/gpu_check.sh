@@ -13,8 +13,10 @@
 #            processes, 12 by default; GPU_TESTS the test files, all GPU tests by default
 #     bench  the quick benchmark (BENCH_ARGS adds arguments, e.g. "--shapes 12x64")
 #     split  an A/B of the split forward and backward in the same call: a narrow build with
-#            them (head size 64, bf16 and f16, in build/split_ab), the GPU tests of head size 64
-#            on it, and the quick benchmark at 12x64 on it, to compare with the bench step's rows
+#            them (head sizes 16, 32, 64, bf16 and f16, in build/split_ab), the GPU tests of
+#            those heads on it, and the quick benchmark at 48x16, 24x32 and 12x64 on it, to
+#            compare with the bench step's rows (BENCH_ARGS="--shapes 48x16 24x32 12x64 3x256
+#            1x768" there gives the default build's rows of all of them)
 #   TEST_TIMEOUT_S, SANITIZER_TIMEOUT_S and BENCH_TIMEOUT_S bound one test, each sanitizer run
 #   and each benchmark: 240, 300 and 300 s, so that a hung kernel cannot take the whole call.
 set -uo pipefail
@@ -124,18 +126,19 @@ if [[ $steps == *" bench "* ]]; then
 fi
 
 if [[ $steps == *" split "* ]]; then
-  echo "== split forward and backward: build (head size 64), tests, benchmark"
+  echo "== split forward and backward: build (head sizes 16, 32, 64), tests, benchmark"
   split_dir="$repo/build/split_ab"
   rm -rf "$split_dir/site"
   build "$out/build_split.log" "$split_dir/cmake" --target "$split_dir/site" \
     -Ccmake.define.FLASHRNN_MMA_SPLIT_FORWARD=ON -Ccmake.define.FLASHRNN_MMA_SPLIT_BACKWARD=ON \
-    -Ccmake.define.FLASHRNN_HEAD_SIZES=64 \
+    -Ccmake.define.FLASHRNN_HEAD_SIZES="16;32;64" \
     -Ccmake.define.FLASHRNN_DTYPES="bf16;f16" || exit 1
   # The narrow build shadows the installed one for these two runs only.
   export PYTHONPATH="$split_dir/site${PYTHONPATH:+:$PYTHONPATH}"
   gpu_tests "$out/gpu_summary_split.json" "$out/pytest_split.log" \
     "$repo/tests/test_fused_gpu.py" "$repo/tests/test_fused_options_gpu.py" \
-    -k "D64 and (bfloat16 or float16) or bfloat16-64-" || rc=1
-  quick_bench "$out/quick_bench_split.json" --shapes 12x64 --no-masks || rc=1
+    -k "(D16 or D32 or D64) and (bfloat16 or float16) or bfloat16-16- or bfloat16-64-" || rc=1
+  BENCH_ARGS="" quick_bench "$out/quick_bench_split.json" --shapes 48x16 24x32 12x64 --no-masks \
+    || rc=1
 fi
 exit "$rc"

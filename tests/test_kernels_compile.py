@@ -41,22 +41,29 @@ INSTANTIATIONS = [
     ("Backward", "SlstmCell", "__half", (1536, 128, 8, 96)),
 ]
 
-SOURCE = "".join(
-    f'#include "kernels/{header}.cuh"\n'
-    for header in ("backward", "forward", "gru_pointwise", "lstm_pointwise", "slstm_pointwise")
-) + "namespace flashrnn {\n" + "".join(
-    f"template cudaError_t Launch{direction}<{cell}, {dtype}, Tiling<{', '.join(map(str, tile))}>>"
-    f"(const {direction}Args&, cudaStream_t);\n"
-    for direction, cell, dtype, tile in INSTANTIATIONS
-) + "}  // namespace flashrnn\n"
+
+
+def _source(instantiations) -> str:
+    return "".join(
+        f'#include "kernels/{header}.cuh"\n'
+        for header in ("backward", "forward", "gru_pointwise", "lstm_pointwise", "slstm_pointwise")
+    ) + "namespace flashrnn {\n" + "".join(
+        f"template cudaError_t Launch{direction}<{cell}, {dtype}, "
+        f"Tiling<{', '.join(map(str, tile))}>>(const {direction}Args&, cudaStream_t);\n"
+        for direction, cell, dtype, tile in instantiations
+    ) + "}  // namespace flashrnn\n"
+
+
+SOURCE = _source(INSTANTIATIONS)
 
 MMA = "mma.sync.aligned.m16n8k16.row.col.f32."
 
 
-def _compile(tmp_path, mma: bool, *extra: str) -> subprocess.CompletedProcess:
-    """nvcc on SOURCE with all tensor-core kernels (mma) or none."""
+def _compile(tmp_path, mma: bool, *extra: str, source_text: str = SOURCE
+             ) -> subprocess.CompletedProcess:
+    """nvcc on source_text (SOURCE) with all tensor-core kernels (mma) or none."""
     source = tmp_path / "kernels.cu"
-    source.write_text(SOURCE)
+    source.write_text(source_text)
     return subprocess.run(
         [NVCC, "-std=c++17", "-arch=sm_90a", "--expt-relaxed-constexpr",
          f"-DFLASHRNN_MMA_FORWARD={int(mma)}", f"-DFLASHRNN_MMA_BACKWARD={int(mma)}",
@@ -117,26 +124,39 @@ def test_tensor_core_kernels_compile_with_their_mma_count_and_no_spills(tmp_path
     assert cluster_counts == [32, 32], counts
 
 
-def test_split_forward_takes_heads_of_64_with_a_quarter_of_k_per_warp(tmp_path):
-    """FLASHRNN_MMA_SPLIT_FORWARD: the LSTM bf16 head of 64 runs the cluster forward's layout on
-    one CTA (C = 1), without spills, each warp multiplying one k-tile of its quarter of K for
-    the 4 gates as hi and lo (8 mma per step); the other heads keep their kernels."""
+# The hardware model's tilings of these heads (the split kernel launches its own shape).
+SPLIT_FORWARD_SOURCE = _source([
+    ("Forward", cell, "__nv_bfloat16", (d, 1, 16, 256 if d == 16 else 512))
+    for cell in ("LstmCell", "GruCell") for d in (16, 32, 64)])
+
+
+def test_split_forward_takes_heads_of_16_to_64_one_element_per_thread(tmp_path):
+    """FLASHRNN_MMA_SPLIT_FORWARD: bf16 heads of 16, 32 and 64 run the cluster forward's layout
+    on one CTA (C = 1) without spills, four warps per unit tile: at 64 each multiplies a
+    quarter of K for the 4 gates, at 32 half of K for 2 gates, at 16 all of K for one gate, as
+    hi and lo (8, 4 and 2 mma per step). The GRU's 3 gates split only at 64; at 16 and 32 it
+    keeps the single-CTA tensor-core forward."""
     result = _compile(tmp_path, True, "-DFLASHRNN_MMA_SPLIT_FORWARD=1", "-c", "-Xptxas", "-v",
-                      "-o", str(tmp_path / "k.o"))
+                      "-o", str(tmp_path / "k.o"), source_text=SPLIT_FORWARD_SOURCE)
     assert result.returncode == 0, result.stderr[-3000:]
     reports = dict(re.findall(r"Compiling entry function '(\w+)'.*?\n(.*?spill loads)",
                               result.stderr, re.S))
-    split = [name for name in reports if "ForwardMmaClusterKernel" in name and "Li64ELi1E" in name]
-    assert len(split) == 2, list(reports)  # forward only and with residuals
-    assert not [name for name in reports if "ForwardMmaKernel" in name], list(reports)
-    for name in split:
+    split = {d: [name for name in reports if "ForwardMmaClusterKernel" in name
+                 and f"Li{d}ELi1E" in name] for d in (16, 32, 64)}
+    # forward only and with residuals: the LSTM at every size, the GRU at 64
+    assert {d: len(names) for d, names in split.items()} == {16: 2, 32: 2, 64: 4}, list(reports)
+    single = [name for name in reports if "ForwardMmaKernel" in name]
+    assert len(single) == 4 and all("GruCell" in name for name in single), single
+    for name in sum(split.values(), []):
         assert "0 bytes spill stores, 0 bytes spill loads" in reports[name], reports[name]
     ptx = _compile(tmp_path, True, "-DFLASHRNN_MMA_SPLIT_FORWARD=1", "--ptx", "-o",
-                   str(tmp_path / "k.ptx"))
+                   str(tmp_path / "k.ptx"), source_text=SPLIT_FORWARD_SOURCE)
     assert ptx.returncode == 0, ptx.stderr[-3000:]
-    entries = re.findall(r"\.entry (\w+)\((.*?)\n\}\n", (tmp_path / "k.ptx").read_text(), re.S)
-    counts = [body.count(MMA) for name, body in entries if name in split]
-    assert counts == [8, 8], counts
+    entries = dict(re.findall(r"\.entry (\w+)\((.*?)\n\}\n", (tmp_path / "k.ptx").read_text(),
+                              re.S))
+    lstm = {d: [entries[name].count(MMA) for name in names if "LstmCell" in name]
+            for d, names in split.items()}
+    assert lstm == {16: [2, 2], 32: [4, 4], 64: [8, 8]}, lstm
 
 
 def test_cluster_kernels_store_to_global_memory_only_between_the_barrier_halves(tmp_path):

@@ -125,7 +125,7 @@ __global__ void __launch_bounds__(Tile::kThreads, 1)
 template <typename Cell, typename T, typename Tile>
 cudaError_t LaunchForward(const ForwardArgs& args, cudaStream_t stream) {
 #if FLASHRNN_MMA_SPLIT_FORWARD
-  if constexpr (kMmaSplitForwardSupported<T, Tile>) {
+  if constexpr (kMmaSplitForwardSupported<Cell, T, Tile>) {
     return LaunchForwardMmaCluster<Cell, T, Tile::kHeadSize, 1>(args, stream);
   } else
 #endif

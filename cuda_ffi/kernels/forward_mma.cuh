@@ -75,7 +75,7 @@ __global__ void __launch_bounds__(2 * D, 1) ForwardMmaKernel(const ForwardArgs a
 
   // R[g, head, 16 warp + row, 16 kt + col] as A fragments for every k-tile.
   uint32_t a[Gr][KT][4];
-  LoadRowFragments<T, D>(static_cast<const T*>(args.r), N, head, 16 * warp, 0, lane, a);
+  LoadRowFragments<T, D>(static_cast<const T*>(args.r), N, head, 0, 16 * warp, 0, lane, a);
 
   // Element e of this lane (accumulator register e): unit unit0 + 8 (e / 2), batch row
   // 2 tig + e % 2 (row slot e % 2). Biases are kept per unit, and lengths and the step's row

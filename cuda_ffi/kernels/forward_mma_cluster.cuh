@@ -1,19 +1,20 @@
 // The tensor-core forward kernel for heads split over a thread-block cluster (bfloat16 /
 // float16, head size 256). Built with the CMake option FLASHRNN_MMA_CLUSTER_FORWARD (ON by
 // default; sm_90 or newer); benchmarks/NOTES.md has its design and measurements. With a
-// "cluster" of one CTA it is also the split forward for heads of 64 (FLASHRNN_MMA_SPLIT_FORWARD,
-// below).
+// "cluster" of one CTA it is also the split forward for heads of 16, 32 and 64
+// (FLASHRNN_MMA_SPLIT_FORWARD, below).
 //
-// A head's units are split over the C CTAs of a cluster (U = D / C each). Within a CTA the
-// recurrent matmul is split over K as well: warp (m, p) owns units [16m, 16m + 16) of the CTA
-// and the quarter p of the head's inputs, so that its R fragments (Gr x D/64 k-tiles, 64
-// registers per lane for the LSTM at D = 256) stay in registers for the whole sequence. The
-// four quarters' partial sums meet in shared memory, where each thread picks up the sums of
-// one element (one of the four accumulator registers of its lane position, the one its
-// quarter p names) and runs its cell step: one element per thread. h goes, as hi + lo values
-// of the input dtype (forward_mma.cuh says why), into the h buffer of every CTA of the cluster
-// (distributed shared memory), double-buffered; one block barrier and one cluster barrier per
-// step.
+// A head's units are split over the C CTAs of a cluster (U = D / C each). Within a CTA four
+// warps share each unit tile [16m, 16m + 16) of the CTA's units, one per accumulator register
+// of a lane position: warp (m, s) multiplies the part s % P of the head's inputs (K split in
+// P = 4 parts where the head has 4 k-tiles or more) for the gate group s / P (the gates split
+// in 4 / P groups where it has fewer: 2 at D = 32, 4 at D = 16), so that its R fragments
+// (Gr x D/64 k-tiles, 64 registers per lane for the LSTM at D = 256) stay in registers for the
+// whole sequence. The partial sums meet in shared memory, where each thread picks up the sums
+// of one element (accumulator register s of its lane position) and runs its cell step: one
+// element per thread. h goes, as hi + lo values of the input dtype (forward_mma.cuh says why),
+// into the h buffer of every CTA of the cluster (distributed shared memory), double-buffered;
+// one block barrier and one cluster barrier per step.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -47,35 +48,42 @@ template <int D>
 constexpr int kMmaClusterSize = D / 32;
 
 // The split forward (CMake FLASHRNN_MMA_SPLIT_FORWARD, experimental: off by default until it is
-// measured): a head of 64 on one CTA of this kernel's layout instead of the single-CTA
-// tensor-core forward. There a step is the dependent chain of one warp per scheduler through
-// four elements per lane (~610 instructions, benchmarks/NOTES.md); here 16 warps (4 unit tiles
-// x 4 quarters of K) run one element per thread (~290 instructions per warp, 80 registers) and
-// four warps share each scheduler, at the price of the partial sums' round trip through
-// shared memory and a second block barrier per step.
-template <typename T, typename Tile>
+// measured): a head of 16, 32 or 64 on one CTA of this kernel's layout instead of the
+// single-CTA tensor-core forward. There a step is the dependent chain of one warp per unit
+// tile through four elements per lane (~610 instructions at D = 64, benchmarks/NOTES.md);
+// here four warps per unit tile run one element per thread (~290 instructions per warp at
+// D = 64, 80 registers), at the price of the partial sums' round trip through shared memory
+// and a second block barrier per step. Heads of 16 and 32 split the gates, so only cells whose
+// gate count the groups divide (LSTM and sLSTM: 4) take it there.
+template <typename Cell, typename T, typename Tile>
 constexpr bool kMmaSplitForwardSupported =
     (std::is_same_v<T, __nv_bfloat16> || std::is_same_v<T, __half>) && Tile::kCluster == 1 &&
-    Tile::kHeadSize == 64;
+    (Tile::kHeadSize == 16 || Tile::kHeadSize == 32 || Tile::kHeadSize == 64) &&
+    Cell::kGatesR % (64 / Tile::kHeadSize) == 0;
 
 // Shared memory: h of the whole head as hi and lo parts, double-buffered, rows padded by 8
 // values (distinct banks for the B-fragment loads); then the partial sums
-// [quarter][unit tile][gate][accumulator register][lane] in float32; then the input stages of
-// the CTA's units (input_stage.cuh).
+// [K part][unit tile][gate][accumulator register][lane] in float32; then the input stages of
+// the CTA's units (input_stage.cuh). Four warps per unit tile: K in kKParts parts times the
+// gates in kGateGroups groups.
 template <typename Cell, typename T, int D, int C>
 struct MmaClusterForwardLayout {
-  static constexpr int kBatchTile = kMmaBatchTile, kQuarters = 4;
+  static constexpr int kBatchTile = kMmaBatchTile, kWarpsPerUnitTile = 4;
+  static constexpr int kKParts = D / 16 < 4 ? D / 16 : 4;
+  static constexpr int kGateGroups = kWarpsPerUnitTile / kKParts;
   static constexpr int kUnitTiles = D / C / 16;
-  static constexpr int kThreads = 32 * kUnitTiles * kQuarters;
+  static constexpr int kThreads = 32 * kUnitTiles * kWarpsPerUnitTile;
   using Inputs = InputStage<Cell, T, D / C, kBatchTile, kThreads>;
   static constexpr int kRowStride = D + 8;
   static constexpr int kBufferValues = kBatchTile * kRowStride;
   static constexpr std::size_t kHBytes = AlignUp(2 * 2 * std::size_t{kBufferValues} * sizeof(T));
   static constexpr std::size_t kPartBytes =
-      AlignUp(std::size_t{kQuarters} * kUnitTiles * Cell::kGatesR * 4 * 32 * sizeof(float));
+      AlignUp(std::size_t{kKParts} * kUnitTiles * Cell::kGatesR * 4 * 32 * sizeof(float));
   static constexpr std::size_t kBytes = kHBytes + kPartBytes + Inputs::kBytes;
   static_assert(kBytes <= kMaxSharedBytesPerBlock, "shared memory per block (sm_90 opt-in)");
   static_assert(D / C * kBatchTile == kThreads, "one element per thread");
+  static_assert((D / 16) % kKParts == 0 && Cell::kGatesR % kGateGroups == 0,
+                "whole k-tiles per K part and whole gates per gate group");
 };
 
 // Launch bounds (threads, 1): as the other persistent kernels.
@@ -87,10 +95,11 @@ __global__ void __launch_bounds__(MmaClusterForwardLayout<Cell, T, D, C>::kThrea
   using Layout = MmaClusterForwardLayout<Cell, T, D, C>;
   using Inputs = typename Layout::Inputs;
   constexpr int Gr = Cell::kGatesR, Gt = Cell::kGatesB, S = Cell::kStates;
-  constexpr int BT = Layout::kBatchTile, KP = Layout::kQuarters, MT = Layout::kUnitTiles;
-  constexpr int U = D / C, KTP = D / 16 / KP;  // units per CTA, k-tiles per quarter
+  constexpr int BT = Layout::kBatchTile, KP = Layout::kKParts, MT = Layout::kUnitTiles;
+  constexpr int GW = Gr / Layout::kGateGroups;  // gates per warp
+  constexpr int U = D / C, KTP = D / 16 / KP;     // units per CTA, k-tiles per K part
   constexpr int kStride = Layout::kRowStride;
-  static_assert(U % 16 == 0 && (D / 16) % KP == 0, "whole unit tiles and k-tile quarters");
+  static_assert(U % 16 == 0, "whole unit tiles");
 
   extern __shared__ __align__(128) unsigned char smem[];
   T* h_hi = reinterpret_cast<T*>(smem);          // [2][BT][kStride]
@@ -103,17 +112,21 @@ __global__ void __launch_bounds__(MmaClusterForwardLayout<Cell, T, D, C>::kThrea
   const int64_t b0 = int64_t{blockIdx.y} * BT;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int group = lane / 4, tig = lane % 4;
-  const int mt = warp / KP, kp = warp % KP;
+  // Unit tile, and the accumulator register whose element this thread runs, which names the
+  // warp's gate group and K part.
+  const int mt = warp / Layout::kWarpsPerUnitTile, split = warp % Layout::kWarpsPerUnitTile;
+  const int gq = split / KP, kp = split % KP;
   const int u0 = rank * U;  // this CTA's first unit of the head
 
-  // R[g, head, u0 + 16 mt + row, 16 (kp KTP + j) + col] as A fragments for this quarter's
-  // k-tiles j.
-  uint32_t a[Gr][KTP][4];
-  LoadRowFragments<T, D>(static_cast<const T*>(args.r), N, head, u0 + 16 * mt, kp * KTP, lane, a);
+  // R[gq GW + g, head, u0 + 16 mt + row, 16 (kp KTP + j) + col] as A fragments for this
+  // warp's gates g and k-tiles j.
+  uint32_t a[GW][KTP][4];
+  LoadRowFragments<T, D>(static_cast<const T*>(args.r), N, head, gq * GW, u0 + 16 * mt, kp * KTP,
+                         lane, a);
 
-  // This thread's element: accumulator register kp of its lane position in the unit tile mt,
-  // i.e. unit 16 mt + group + 8 (kp / 2) of this CTA, batch row 2 tig + kp % 2.
-  const int unit = 16 * mt + group + 8 * (kp / 2), batch_row = 2 * tig + kp % 2;
+  // This thread's element: accumulator register `split` of its lane position in the unit tile
+  // mt, i.e. unit 16 mt + group + 8 (split / 2) of this CTA, batch row 2 tig + split % 2.
+  const int unit = 16 * mt + group + 8 * (split / 2), batch_row = 2 * tig + split % 2;
   const Element el{b0 + batch_row, head * D + u0 + unit, nd};
   const int64_t length = RowLength(args.seq, el.b, args.batch, args.steps);
   float bias[Gt], s[S];
@@ -154,13 +167,15 @@ __global__ void __launch_bounds__(MmaClusterForwardLayout<Cell, T, D, C>::kThrea
   for (int64_t step = 0; step < args.steps; ++step) {
     const int cur = static_cast<int>(step & 1);
     inputs.Issue(args, wx_stages, stage == 0 ? 2 : stage - 1, static_cast<int>(step) + 2);
-    float acc[Gr][4] = {};
-    MmaHiLo<T, Gr, KTP, kStride>(h_hi + cur * Layout::kBufferValues,
+    float acc[GW][4] = {};
+    MmaHiLo<T, GW, KTP, kStride>(h_hi + cur * Layout::kBufferValues,
                                  h_lo + cur * Layout::kBufferValues, kp * KTP, lane, a, acc);
 #pragma unroll
-    for (int g = 0; g < Gr; ++g) {
+    for (int g = 0; g < GW; ++g) {
 #pragma unroll
-      for (int c = 0; c < 4; ++c) part[(((kp * MT + mt) * Gr + g) * 4 + c) * 32 + lane] = acc[g][c];
+      for (int c = 0; c < 4; ++c) {
+        part[(((kp * MT + mt) * Gr + gq * GW + g) * 4 + c) * 32 + lane] = acc[g][c];
+      }
     }
     __syncthreads();
 
@@ -169,7 +184,9 @@ __global__ void __launch_bounds__(MmaClusterForwardLayout<Cell, T, D, C>::kThrea
     for (int g = 0; g < Gr; ++g) {
       rh[g] = 0.0f;
 #pragma unroll
-      for (int q = 0; q < KP; ++q) rh[g] += part[(((q * MT + mt) * Gr + g) * 4 + kp) * 32 + lane];
+      for (int q = 0; q < KP; ++q) {
+        rh[g] += part[(((q * MT + mt) * Gr + g) * 4 + split) * 32 + lane];
+      }
     }
     T wx[Cell::kGatesWx];
     StagedInputs<Cell, T, Inputs>(wx_stages, stage, batch_row, unit, wx);

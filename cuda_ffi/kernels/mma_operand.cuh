@@ -63,12 +63,13 @@ struct MmaOperand<__half> {
   }
 };
 
-// The A fragments of rows [row0, row0 + 16) and k-tiles [kt0, kt0 + KTiles) of every gate's
-// D x D matrix of head `head` in R [Gr, N, D, D] (row-major: output row, input column): register
-// r of k-tile j holds row group (+8 for odd r) and the column pair 2 tig (+8 for r >= 2).
+// The A fragments of rows [row0, row0 + 16) and k-tiles [kt0, kt0 + KTiles) of the D x D
+// matrices of gates [g0, g0 + Gr) of head `head` in R [gates, N, D, D] (row-major: output row,
+// input column): register r of k-tile j holds row group (+8 for odd r) and the column pair
+// 2 tig (+8 for r >= 2).
 template <typename T, int D, int Gr, int KTiles>
-__device__ __forceinline__ void LoadRowFragments(const T* R, int64_t N, int64_t head, int row0,
-                                                 int kt0, int lane,
+__device__ __forceinline__ void LoadRowFragments(const T* R, int64_t N, int64_t head, int g0,
+                                                 int row0, int kt0, int lane,
                                                  uint32_t (&a)[Gr][KTiles][4]) {
   const int group = lane / 4, tig = lane % 4;
 #pragma unroll
@@ -78,7 +79,7 @@ __device__ __forceinline__ void LoadRowFragments(const T* R, int64_t N, int64_t 
 #pragma unroll
       for (int r = 0; r < 4; ++r) {
         const int row = row0 + group + 8 * (r % 2), col = 16 * (kt0 + j) + 2 * tig + 8 * (r / 2);
-        const T* at = R + ((g * N + head) * D + row) * D + col;
+        const T* at = R + (((g0 + g) * N + head) * D + row) * D + col;
         a[g][j][r] = MmaOperand<T>::Pack(at[0], at[1]);
       }
     }
