@@ -209,26 +209,35 @@ def test_grid_kernels_meet_at_a_release_acquire_counter_and_stage_the_exchange_f
         assert "cp.async.cg.shared.global" in body and "cp.async.wait_group 0" in body, name
 
 
-def test_split_backward_takes_bf16_heads_of_64_with_a_quarter_of_k_per_warp(tmp_path):
-    """FLASHRNN_MMA_SPLIT_BACKWARD: the bf16 LSTM and sLSTM heads of 64 run the split backward
-    (16 warps, one element per thread) instead of the single-CTA tensor-core backward, without
-    spills; each warp multiplies the 4 k-tiles of its quarter of K = (gate, unit) as hi and lo,
-    8 mma in the step loop and 8 after it (step 0's cotangent to the initial h); the other
-    heads keep their kernels."""
+SPLIT_BACKWARD_SOURCE = _source([
+    ("Backward", cell, "__nv_bfloat16", (d, 1, 16, 512))
+    for cell in ("LstmCell", "SlstmCell", "GruCell") for d in (32, 64)])
+
+
+def test_split_backward_takes_bf16_heads_of_32_and_64_with_a_quarter_of_k_per_warp(tmp_path):
+    """FLASHRNN_MMA_SPLIT_BACKWARD: bf16 heads of 32 and 64 run the split backward (four warps
+    per unit tile, one element per thread) instead of the single-CTA tensor-core backward,
+    without spills; each warp multiplies its quarter of the k-tiles over K = (gate, unit) as hi
+    and lo, in the step loop and once after it (step 0's cotangent to the initial h): LSTM and
+    sLSTM 2 + 2 k-tiles at 32, 4 + 4 at 64, the GRU 3 + 3 at 64; the GRU at 32 (6 k-tiles, no
+    quarters) keeps the single-CTA kernel."""
     result = _compile(tmp_path, True, "-DFLASHRNN_MMA_SPLIT_BACKWARD=1", "-c", "-Xptxas", "-v",
-                      "-o", str(tmp_path / "k.o"))
+                      "-o", str(tmp_path / "k.o"), source_text=SPLIT_BACKWARD_SOURCE)
     assert result.returncode == 0, result.stderr[-3000:]
     reports = dict(re.findall(r"Compiling entry function '(\w+)'.*?\n(.*?spill loads)",
                               result.stderr, re.S))
     split = [name for name in reports if "BackwardMmaSplitKernel" in name]
-    assert len(split) == 2 and all("Li64E" in name for name in split), list(reports)
+    assert len(split) == 5, list(reports)
     single = [name for name in reports if "BackwardMmaKernel" in name]
-    assert single and not [name for name in single if "Li64E" in name], single
+    assert len(single) == 1 and "GruCell" in single[0] and "Li32E" in single[0], single
     for name in split:
         assert "0 bytes spill stores, 0 bytes spill loads" in reports[name], reports[name]
     ptx = _compile(tmp_path, True, "-DFLASHRNN_MMA_SPLIT_BACKWARD=1", "--ptx", "-o",
-                   str(tmp_path / "k.ptx"))
+                   str(tmp_path / "k.ptx"), source_text=SPLIT_BACKWARD_SOURCE)
     assert ptx.returncode == 0, ptx.stderr[-3000:]
-    entries = re.findall(r"\.entry (\w+)\((.*?)\n\}\n", (tmp_path / "k.ptx").read_text(), re.S)
-    counts = [body.count(MMA) for name, body in entries if name in split]
-    assert counts == [16, 16], counts
+    entries = dict(re.findall(r"\.entry (\w+)\((.*?)\n\}\n", (tmp_path / "k.ptx").read_text(),
+                              re.S))
+    counts = {re.search(r"INS_\d+(\w+?)CellE.*?Li(\d+)E", name).groups():
+              entries[name].count(MMA) for name in split}
+    assert counts == {("Lstm", "32"): 8, ("Lstm", "64"): 16, ("Slstm", "32"): 8,
+                      ("Slstm", "64"): 16, ("Gru", "64"): 12}, counts

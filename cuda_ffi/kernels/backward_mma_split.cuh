@@ -1,9 +1,10 @@
-// The split tensor-core backward for bfloat16 heads of 64 (CMake FLASHRNN_MMA_SPLIT_BACKWARD,
-// experimental: off by default until it is measured; benchmarks/NOTES.md, split backward).
+// The split tensor-core backward for bfloat16 heads of 32 and 64 (CMake
+// FLASHRNN_MMA_SPLIT_BACKWARD, experimental: off by default until it is measured;
+// benchmarks/NOTES.md, split backward).
 //
 // The single-CTA tensor-core backward (backward_mma.cuh) gives warp w the units
 // [16w, 16w + 16) over all of K, so a lane runs the pointwise derivative of four elements and
-// a step is the dependent chain of one warp per scheduler (four warps at D = 64). Here K =
+// a step is the dependent chain of one warp per unit tile (four warps at D = 64). Here K =
 // (gate, unit o) is split in quarters as well, as the split forward splits it: warp (m, p) of
 // 16 multiplies the Rᵀ rows of unit tile m over the k-tiles of quarter p, the four quarters'
 // partial sums meet in shared memory, and each of the 512 threads sums those of one element
@@ -28,9 +29,13 @@
 
 namespace flashrnn {
 
+// Which calls it takes: bfloat16 heads of 32 and 64 in one CTA whose k-tiles over (gate, unit)
+// split in quarters (at 32 the LSTM and sLSTM, with 4 gates, not the GRU or Elman).
 template <typename Cell, typename T, typename Tile>
 constexpr bool kMmaSplitBackwardSupported =
-    std::is_same_v<T, __nv_bfloat16> && Tile::kCluster == 1 && Tile::kHeadSize == 64;
+    std::is_same_v<T, __nv_bfloat16> && Tile::kCluster == 1 &&
+    (Tile::kHeadSize == 32 || Tile::kHeadSize == 64) &&
+    Cell::kGatesR * Tile::kHeadSize / 16 % 4 == 0;
 
 // Shared memory: the gate cotangents [batch row][gate * D + unit] as hi and lo parts, rows
 // padded by 8 values (distinct banks for the B-fragment loads); then the partial sums
