@@ -190,6 +190,18 @@ def test_auto_takes_fused(rng):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(f))
 
 
+def test_auto_leaves_heads_beyond_a_cluster_to_the_scan(rng):
+    """Until the group kernels have run on a GPU, backend='auto' gives their heads to the scan
+    (bit-identical to backend='scan'); backend='fused' still runs them."""
+    assert not fused.AUTO_TAKES_GRID_GROUPS
+    Wx, R, b = (jnp.asarray(x, jnp.bfloat16) for x in random_inputs(rng, "lstm", 3, 5, 1, 768))
+    auto = flashrnn(Wx, R, b, function="lstm", backend="auto")
+    scan = flashrnn(Wx, R, b, function="lstm", backend="scan")
+    for a, s in zip(auto, scan):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(s))
+    assert fused.unsupported_reason(jnp.bfloat16, 768, "lstm") is None
+
+
 def test_unsupported_head_size_says_why(rng):
     Wx, R, b = (jnp.asarray(x, jnp.float32) for x in random_inputs(rng, "lstm", 2, 3, 1, 48))
     with pytest.raises(fused.FusedBackendUnavailableError, match="head size 48 is not compiled"):

@@ -224,6 +224,28 @@ def test_auto_backend_runs_on_cpu_without_warning(rng):
     np.testing.assert_allclose(last_states, expected_last, rtol=1e-12, atol=1e-12)
 
 
+def test_auto_leaves_groups_beyond_a_cluster_to_the_scan(monkeypatch):
+    """The backend choice with kernels present (stood in for here): 'auto' does not take a head
+    that runs on a group of CTAs beyond a cluster while AUTO_TAKES_GRID_GROUPS is off, and says
+    so; 'fused' takes it; heads on one CTA or a cluster go to the kernels either way."""
+    from flashrnn_jax import fused
+    from flashrnn_jax.constrint import hardware
+
+    tilings = {64: hardware.Tiling(1, 16, 512), 256: hardware.Tiling(4, 16, 512),
+               768: hardware.Tiling(128, 16, 96)}
+    monkeypatch.setattr(fused, "_has_cuda_device", lambda: True)
+    monkeypatch.setattr(fused, "extension", lambda: object())
+    monkeypatch.setattr(fused, "_select_tiling", lambda function, dtype, d: tilings[d])
+    assert [tilings[d].grid_group for d in (64, 256, 768)] == [False, False, True]
+    for d in (64, 256):
+        assert fused.unsupported_reason(np.dtype("float32"), d, "lstm", for_auto=True) is None
+    assert fused.unsupported_reason(np.dtype("float32"), 768, "lstm") is None
+    reason = fused.unsupported_reason(np.dtype("float32"), 768, "lstm", for_auto=True)
+    assert "groups of 128 CTAs" in reason and "backend='fused'" in reason, reason
+    monkeypatch.setattr(fused, "AUTO_TAKES_GRID_GROUPS", True)
+    assert fused.unsupported_reason(np.dtype("float32"), 768, "lstm", for_auto=True) is None
+
+
 def test_runs_from_a_source_tree_without_compiled_module(rng, tmp_path):
     """A source checkout: the package's files minus any compiled extension built in place."""
     source = Path(flashrnn_jax.__file__).parent

@@ -86,6 +86,12 @@ class Tiling:
     def as_dict(self) -> dict[str, int]:
         return {"C": self.cluster, "BT": self.batch_tile, "NT": self.threads}
 
+    @property
+    def grid_group(self) -> bool:
+        """Whether a head runs on a group of CTAs beyond a cluster, meeting through global
+        memory (fma_exchange.cuh), rather than on one CTA or a cluster."""
+        return self.cluster >= _MIN_GRID_GROUP
+
 
 class InfeasibleTilingError(ValueError):
     """No tiling of the fused kernels fits the device; the message names the binding limit."""
@@ -144,7 +150,7 @@ GRID_PREFERENCE_ORDER = (("C", "largest"), ("BT", "largest"), ("NT", "largest"))
 
 def preference_key(tiling: Tiling) -> tuple:
     """Sort key of the preference among tilings (PREFERENCE_ORDER, GRID_PREFERENCE_ORDER)."""
-    grid = tiling.cluster >= _MIN_GRID_GROUP
+    grid = tiling.grid_group
     return (grid, -tiling.cluster if grid else tiling.cluster, -tiling.batch_tile,
             -tiling.threads)
 
