@@ -74,6 +74,22 @@ def _compile(tmp_path, mma: bool, *extra: str, source_text: str = SOURCE
     )
 
 
+def _ptxas_reports_and_ptx(tmp_path, *flags: str, source_text: str = SOURCE):
+    """ptxas -v's report of every kernel (name -> its lines up to the spill counts) and every
+    kernel's PTX body (name -> text), all tensor-core kernels on plus ``flags``."""
+    result = _compile(tmp_path, True, *flags, "-c", "-Xptxas", "-v", "-o", str(tmp_path / "k.o"),
+                      source_text=source_text)
+    assert result.returncode == 0, result.stderr[-3000:]
+    reports = dict(re.findall(r"Compiling entry function '(\w+)'.*?\n(.*?spill loads)",
+                              result.stderr, re.S))
+    ptx = _compile(tmp_path, True, *flags, "--ptx", "-o", str(tmp_path / "k.ptx"),
+                   source_text=source_text)
+    assert ptx.returncode == 0, ptx.stderr[-3000:]
+    entries = dict(re.findall(r"\.entry (\w+)\((.*?)\n\}\n", (tmp_path / "k.ptx").read_text(),
+                              re.S))
+    return reports, entries
+
+
 def test_kernels_compile_without_the_tensor_core_kernels(tmp_path):
     result = _compile(tmp_path, False, "--ptx", "-o", str(tmp_path / "k.ptx"))
     assert result.returncode == 0, result.stderr[-3000:]
@@ -83,13 +99,10 @@ def test_kernels_compile_without_the_tensor_core_kernels(tmp_path):
 
 
 def test_tensor_core_kernels_compile_with_their_mma_count_and_no_spills(tmp_path):
-    result = _compile(tmp_path, True, "-c", "-Xptxas", "-v", "-o", str(tmp_path / "k.o"))
-    assert result.returncode == 0, result.stderr[-3000:]
     # ptxas reports every kernel: the forwards (LSTM bf16 D=64 in one CTA; LSTM bf16 and sLSTM
     # f16 at D=256 over a cluster) and the bf16 backwards are the tensor-core ones now; each
     # forward with residuals too.
-    reports = dict(re.findall(r"Compiling entry function '(\w+)'.*?\n(.*?spill loads)",
-                              result.stderr, re.S))
+    reports, entries = _ptxas_reports_and_ptx(tmp_path)
     forward = [name for name in reports if "ForwardMmaKernel" in name]
     cluster = [name for name in reports if "ForwardMmaClusterKernel" in name]
     backward = [name for name in reports if "BackwardMmaKernel" in name]
@@ -105,10 +118,7 @@ def test_tensor_core_kernels_compile_with_their_mma_count_and_no_spills(tmp_path
     for name in forward + cluster + backward + cluster_backward:
         if name not in slstm128:
             assert "0 bytes spill stores, 0 bytes spill loads" in reports[name], reports[name]
-    ptx = _compile(tmp_path, True, "--ptx", "-o", str(tmp_path / "k.ptx"))
-    assert ptx.returncode == 0, ptx.stderr[-3000:]
-    entries = re.findall(r"\.entry (\w+)\((.*?)\n\}\n", (tmp_path / "k.ptx").read_text(), re.S)
-    counts = {name: body.count(MMA) for name, body in entries if "Mma" in name}
+    counts = {name: body.count(MMA) for name, body in entries.items() if "Mma" in name}
     # Forward: 4 k-tiles x 1 n-tile (batch tile 8) x 4 gates x (hi, lo) per step, unrolled; the
     # cluster forward at D=256 as many: a quarter of the 16 k-tiles per warp.
     assert sorted(c for name, c in counts.items()
@@ -136,11 +146,8 @@ def test_split_forward_takes_heads_of_16_to_64_one_element_per_thread(tmp_path):
     quarter of K for the 4 gates, at 32 half of K for 2 gates, at 16 all of K for one gate, as
     hi and lo (8, 4 and 2 mma per step). The GRU's 3 gates split only at 64; at 16 and 32 it
     keeps the single-CTA tensor-core forward."""
-    result = _compile(tmp_path, True, "-DFLASHRNN_MMA_SPLIT_FORWARD=1", "-c", "-Xptxas", "-v",
-                      "-o", str(tmp_path / "k.o"), source_text=SPLIT_FORWARD_SOURCE)
-    assert result.returncode == 0, result.stderr[-3000:]
-    reports = dict(re.findall(r"Compiling entry function '(\w+)'.*?\n(.*?spill loads)",
-                              result.stderr, re.S))
+    reports, entries = _ptxas_reports_and_ptx(tmp_path, "-DFLASHRNN_MMA_SPLIT_FORWARD=1",
+                                              source_text=SPLIT_FORWARD_SOURCE)
     split = {d: [name for name in reports if "ForwardMmaClusterKernel" in name
                  and f"Li{d}ELi1E" in name] for d in (16, 32, 64)}
     # forward only and with residuals: the LSTM at every size, the GRU at 64
@@ -149,11 +156,6 @@ def test_split_forward_takes_heads_of_16_to_64_one_element_per_thread(tmp_path):
     assert len(single) == 4 and all("GruCell" in name for name in single), single
     for name in sum(split.values(), []):
         assert "0 bytes spill stores, 0 bytes spill loads" in reports[name], reports[name]
-    ptx = _compile(tmp_path, True, "-DFLASHRNN_MMA_SPLIT_FORWARD=1", "--ptx", "-o",
-                   str(tmp_path / "k.ptx"), source_text=SPLIT_FORWARD_SOURCE)
-    assert ptx.returncode == 0, ptx.stderr[-3000:]
-    entries = dict(re.findall(r"\.entry (\w+)\((.*?)\n\}\n", (tmp_path / "k.ptx").read_text(),
-                              re.S))
     lstm = {d: [entries[name].count(MMA) for name in names if "LstmCell" in name]
             for d, names in split.items()}
     assert lstm == {16: [2, 2], 32: [4, 4], 64: [8, 8]}, lstm
@@ -189,19 +191,12 @@ def test_grid_kernels_meet_at_a_release_acquire_counter_and_stage_the_exchange_f
     spills; their barrier publishes with a release add and waits with acquire loads at GPU
     scope; the exchanged h or partials are staged by cp.async.cg (from L2, so that no SM can
     serve a line of an earlier step from its L1), all copies issued before one wait."""
-    result = _compile(tmp_path, True, "-c", "-Xptxas", "-v", "-o", str(tmp_path / "k.o"))
-    assert result.returncode == 0, result.stderr[-3000:]
-    reports = dict(re.findall(r"Compiling entry function '(\w+)'.*?\n(.*?spill loads)",
-                              result.stderr, re.S))
+    reports, entries = _ptxas_reports_and_ptx(tmp_path)
     grid = [name for name in reports if "GridKernel" in name]
     # Forwards with and without residuals.
     assert len(grid) == 2 * 2 + 2, list(reports)
     for name in grid:
         assert "0 bytes spill stores, 0 bytes spill loads" in reports[name], reports[name]
-    ptx = _compile(tmp_path, True, "--ptx", "-o", str(tmp_path / "k.ptx"))
-    assert ptx.returncode == 0, ptx.stderr[-3000:]
-    entries = dict(re.findall(r"\.entry (\w+)\((.*?)\n\}\n", (tmp_path / "k.ptx").read_text(),
-                              re.S))
     for name in grid:
         body = entries[name]
         assert "red.release.gpu.global.add.u32" in body, name
@@ -221,22 +216,14 @@ def test_split_backward_takes_bf16_heads_of_32_and_64_with_a_quarter_of_k_per_wa
     and lo, in the step loop and once after it (step 0's cotangent to the initial h): LSTM and
     sLSTM 2 + 2 k-tiles at 32, 4 + 4 at 64, the GRU 3 + 3 at 64; the GRU at 32 (6 k-tiles, no
     quarters) keeps the single-CTA kernel."""
-    result = _compile(tmp_path, True, "-DFLASHRNN_MMA_SPLIT_BACKWARD=1", "-c", "-Xptxas", "-v",
-                      "-o", str(tmp_path / "k.o"), source_text=SPLIT_BACKWARD_SOURCE)
-    assert result.returncode == 0, result.stderr[-3000:]
-    reports = dict(re.findall(r"Compiling entry function '(\w+)'.*?\n(.*?spill loads)",
-                              result.stderr, re.S))
+    reports, entries = _ptxas_reports_and_ptx(tmp_path, "-DFLASHRNN_MMA_SPLIT_BACKWARD=1",
+                                              source_text=SPLIT_BACKWARD_SOURCE)
     split = [name for name in reports if "BackwardMmaSplitKernel" in name]
     assert len(split) == 5, list(reports)
     single = [name for name in reports if "BackwardMmaKernel" in name]
     assert len(single) == 1 and "GruCell" in single[0] and "Li32E" in single[0], single
     for name in split:
         assert "0 bytes spill stores, 0 bytes spill loads" in reports[name], reports[name]
-    ptx = _compile(tmp_path, True, "-DFLASHRNN_MMA_SPLIT_BACKWARD=1", "--ptx", "-o",
-                   str(tmp_path / "k.ptx"), source_text=SPLIT_BACKWARD_SOURCE)
-    assert ptx.returncode == 0, ptx.stderr[-3000:]
-    entries = dict(re.findall(r"\.entry (\w+)\((.*?)\n\}\n", (tmp_path / "k.ptx").read_text(),
-                              re.S))
     counts = {re.search(r"INS_\d+(\w+?)CellE.*?Li(\d+)E", name).groups():
               entries[name].count(MMA) for name in split}
     assert counts == {("Lstm", "32"): 8, ("Lstm", "64"): 16, ("Slstm", "32"): 8,

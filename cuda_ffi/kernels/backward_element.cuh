@@ -88,6 +88,20 @@ __device__ __forceinline__ void LoadBackwardInputs(const BackwardArgs& args,
   }
 }
 
+// An element's row state and inputs of one step, for the kernels that run one element per
+// thread and load a step's at the end of the step after it (in reading order), so that their
+// latency hides behind the barriers and the product in between.
+template <typename Cell, typename T>
+struct BackwardElementStep {
+  BackwardRowStep row;
+  BackwardInputs<Cell, T> in;
+
+  __device__ void Load(const BackwardArgs& args, const Element& e, int64_t length, int64_t step) {
+    row = BackwardRowAt(args, e.b, e.nd, length, step);
+    LoadBackwardInputs<Cell, T>(args, e, row, in);
+  }
+};
+
 // The cotangents of an element's initial states, which a row's last step (step 0) and every
 // reset add to. kInRegisters: accumulated in registers and written once by Finish, so that no
 // global read-modify-write sits on a step's path (in front of a cluster barrier's release,

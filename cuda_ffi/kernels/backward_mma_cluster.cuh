@@ -118,25 +118,20 @@ __global__ void __launch_bounds__(MmaClusterBackwardLayout<Cell::kGatesR, D, C>:
     return RecurrentCotangent(args, sum);
   };
 
-  // The row state and inputs of a step are loaded at the end of the step after it (in reading
-  // order; of the last step, here), between the halves of the cluster barrier, so that their
-  // latency hides behind its wait.
-  BackwardRowStep row;
-  BackwardInputs<Cell, T> in;
-  auto load_step = [&](int64_t step) {
-    row = BackwardRowAt(args, el.b, nd, length, step);
-    LoadBackwardInputs<Cell, T>(args, el, row, in);
-  };
-  if (args.steps > 0) load_step(args.steps - 1);
+  // The row state and inputs of a step (of the last step, here), loaded between the halves of
+  // the cluster barrier in the loop.
+  BackwardElementStep<Cell, T> next;
+  if (args.steps > 0) next.Load(args, el, length, args.steps - 1);
   // Every CTA of the cluster must be running (and part_first zeroed) before remote writes.
   Group::Sync();
 
   bool after_reset = false;
   for (int64_t step = args.steps - 1; step >= 0; --step) {
     float dg[Gt];
-    BackwardStep<Cell>(args, el, row, in, recurrent_cotangent(static_cast<int>((step + 1) & 1)),
-                       after_reset, ds, d0, dg);
-    after_reset = row.resets();
+    BackwardStep<Cell>(args, el, next.row, next.in,
+                       recurrent_cotangent(static_cast<int>((step + 1) & 1)), after_reset, ds, d0,
+                       dg);
+    after_reset = next.row.resets();
 #pragma unroll
     for (int g = 0; g < Gr; ++g) {
       const int at = batch_row * kStride + g * U + unit;
@@ -162,8 +157,8 @@ __global__ void __launch_bounds__(MmaClusterBackwardLayout<Cell::kGatesR, D, C>:
     // cotangents and the next step's inputs go between its halves: the arrive is a release
     // that would wait for them (cluster_sync.cuh).
     Group::Arrive();
-    StoreGateCotangents<Cell>(args, el, row, dg);
-    if (step > 0) load_step(step - 1);
+    StoreGateCotangents<Cell>(args, el, next.row, dg);
+    if (step > 0) next.Load(args, el, length, step - 1);
     Group::Wait();
   }
 

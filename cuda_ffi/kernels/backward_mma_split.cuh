@@ -117,30 +117,23 @@ __global__ void __launch_bounds__(MmaSplitBackwardLayout<Cell::kGatesR, D>::kThr
     return RecurrentCotangent(args, sum);
   };
 
-  // The row state and inputs of a step are loaded at the end of the step after it (in reading
-  // order; of the last step, here), so that their latency hides behind the barriers and the
-  // next product.
-  BackwardRowStep row;
-  BackwardInputs<Cell, T> in;
-  auto load_step = [&](int64_t step) {
-    row = BackwardRowAt(args, el.b, nd, length, step);
-    LoadBackwardInputs<Cell, T>(args, el, row, in);
-  };
-  if (args.steps > 0) load_step(args.steps - 1);
+  // The row state and inputs of a step (of the last step, here).
+  BackwardElementStep<Cell, T> next;
+  if (args.steps > 0) next.Load(args, el, length, args.steps - 1);
 
   bool after_reset = false;
   for (int64_t step = args.steps - 1; step >= 0; --step) {
     const float dh_rec = recurrent_cotangent();
     float dg[Gt];
-    BackwardStep<Cell>(args, el, row, in, dh_rec, after_reset, ds, d0, dg);
-    after_reset = row.resets();
+    BackwardStep<Cell>(args, el, next.row, next.in, dh_rec, after_reset, ds, d0, dg);
+    after_reset = next.row.resets();
 #pragma unroll
     for (int g = 0; g < Gr; ++g) {
       const int at = batch_row * kStride + g * D + unit;
       Op::Split(dg[g], dg_hi[at], dg_lo[at]);
     }
-    StoreGateCotangents<Cell>(args, el, row, dg);
-    if (step > 0) load_step(step - 1);
+    StoreGateCotangents<Cell>(args, el, next.row, dg);
+    if (step > 0) next.Load(args, el, length, step - 1);
     // Orders this step's gate cotangents before the next step's product, and this step's
     // reads of the partials before the next step's writes.
     __syncthreads();
