@@ -8,7 +8,7 @@
 #            what changed); MMA_FORWARD=0 builds without the tensor-core forward,
 #            MMA_BACKWARD=0 without the tensor-core backward, MMA_CLUSTER=0 without the
 #            cluster tensor-core forward and backward (head size 256), MMA_SPLIT=1 with the
-#            experimental split tensor-core forward (head size 64)
+#            experimental split tensor-core forward and backward (head sizes 16 to 64)
 #     tests  the GPU tests and, beside them, the sanitizers; PYTEST_WORKERS sets the test
 #            processes, 12 by default; GPU_TESTS the test files, all GPU tests by default
 #     bench  the quick benchmark (BENCH_ARGS adds arguments, e.g. "--shapes 12x64")
@@ -83,24 +83,48 @@ if [[ $steps == *" build "* ]]; then
     -Ccmake.define.FLASHRNN_MMA_BACKWARD="$mma_backward" \
     -Ccmake.define.FLASHRNN_MMA_CLUSTER_FORWARD="$mma_cluster" \
     -Ccmake.define.FLASHRNN_MMA_CLUSTER_BACKWARD="$mma_cluster" \
-    -Ccmake.define.FLASHRNN_MMA_SPLIT_FORWARD="$mma_split" || exit 1
+    -Ccmake.define.FLASHRNN_MMA_SPLIT_FORWARD="$mma_split" \
+    -Ccmake.define.FLASHRNN_MMA_SPLIT_BACKWARD="$mma_split" || exit 1
   echo "(tensor-core forward: $mma, backward: $mma_backward, cluster forward and backward:" \
-    "$mma_cluster, split forward: $mma_split)"
+    "$mma_cluster, split forward and backward: $mma_split)"
 fi
 
-if [[ $steps == *" tests "* ]]; then
-  # The sanitizers run beside the tests (they only check, timing does not matter to either).
-  # Each is bounded (exit 124 when cut). XLA's platform allocator gives every buffer, the FFI
-  # scratch of the grid kernels too, its own allocation, so that memcheck sees its bounds
-  # (the default allocator carves them out of one region).
-  declare -A sanitizer_pid
+# sanitizers PREFIX [HEAD_SIZES]: memcheck and racecheck on scripts/sanitize_case.py (its
+# heads, or HEAD_SIZES in bf16 and f16), in the background, logs to PREFIX_<tool>.log; they run
+# beside the tests (they only check, timing does not matter to either). Each is bounded (exit
+# 124 when cut). XLA's platform allocator gives every buffer, the FFI scratch of the grid
+# kernels too, its own allocation, so that memcheck sees its bounds (the default allocator
+# carves them out of one region).
+declare -A sanitizer_pid
+sanitizers() {
+  local prefix="$1" head_sizes="${2:-}" tool
   for tool in memcheck racecheck; do
     (cd /tmp && timeout -k 10 "${SANITIZER_TIMEOUT_S:-300}" env "$sanitizer_env" \
-      XLA_PYTHON_CLIENT_ALLOCATOR=platform \
+      XLA_PYTHON_CLIENT_ALLOCATOR=platform SANITIZE_HEAD_SIZES="$head_sizes" \
       compute-sanitizer --tool "$tool" --kernel-name kns=flashrnn --error-exitcode 3 \
-      python3 "$repo/scripts/sanitize_case.py") >"$out/sanitizer_$tool.log" 2>&1 &
-    sanitizer_pid[$tool]=$!
+      python3 "$repo/scripts/sanitize_case.py") >"${prefix}_$tool.log" 2>&1 &
+    sanitizer_pid[$prefix.$tool]=$!
   done
+}
+
+# sanitizer_results PREFIX: waits for the sanitizers and prints their reports; fails when one
+# was cut or reported an error.
+sanitizer_results() {
+  local prefix="$1" tool status failed=0
+  echo "== compute-sanitizer"
+  for tool in memcheck racecheck; do
+    wait "${sanitizer_pid[$prefix.$tool]}"
+    status=$?
+    [ "$status" = 124 ] && echo "$tool: cut after ${SANITIZER_TIMEOUT_S:-300} s"
+    [ "$status" != 0 ] && failed=1
+    echo "$tool: $(grep -v SUMMARY "${prefix}_$tool.log" | grep -c -E 'hazard|Invalid|Error:')" \
+      "reports; $(grep 'ERROR SUMMARY\|RACECHECK SUMMARY' "${prefix}_$tool.log")"
+  done
+  return "$failed"
+}
+
+if [[ $steps == *" tests "* ]]; then
+  sanitizers "$out/sanitizer"
 
   echo "== GPU tests"
   # GPU_TESTS narrows the run (test files or node ids under tests/, space-separated).
@@ -109,15 +133,7 @@ if [[ $steps == *" tests "* ]]; then
     tests+=("$repo/tests/$t")
   done
   gpu_tests "$out/gpu_summary.json" "$out/pytest.log" "${tests[@]}" || rc=1
-
-  echo "== compute-sanitizer"
-  for tool in memcheck racecheck; do
-    wait "${sanitizer_pid[$tool]}"
-    [ $? = 124 ] && echo "$tool: cut after ${SANITIZER_TIMEOUT_S:-300} s" && rc=1
-    log="$out/sanitizer_$tool.log"
-    echo "$tool: $(grep -v SUMMARY "$log" | grep -c -E 'hazard|Invalid|Error:') reports;" \
-      "$(grep 'ERROR SUMMARY\|RACECHECK SUMMARY' "$log")"
-  done
+  sanitizer_results "$out/sanitizer" || rc=1
 fi
 
 if [[ $steps == *" bench "* ]]; then
@@ -133,11 +149,15 @@ if [[ $steps == *" split "* ]]; then
     -Ccmake.define.FLASHRNN_MMA_SPLIT_FORWARD=ON -Ccmake.define.FLASHRNN_MMA_SPLIT_BACKWARD=ON \
     -Ccmake.define.FLASHRNN_HEAD_SIZES="16;32;64" \
     -Ccmake.define.FLASHRNN_DTYPES="bf16;f16" || exit 1
-  # The narrow build shadows the installed one for these two runs only.
+  # The narrow build shadows the installed one for these runs only.
   export PYTHONPATH="$split_dir/site${PYTHONPATH:+:$PYTHONPATH}"
+  sanitizers "$out/sanitizer_split" "16 32 64"
+  split_tests="(D16 or D32 or D64) and (bfloat16 or float16)"
+  split_tests+=" or bfloat16-16- or bfloat16-32- or bfloat16-64-"
   gpu_tests "$out/gpu_summary_split.json" "$out/pytest_split.log" \
-    "$repo/tests/test_fused_gpu.py" "$repo/tests/test_fused_options_gpu.py" \
-    -k "(D16 or D32 or D64) and (bfloat16 or float16) or bfloat16-16- or bfloat16-64-" || rc=1
+    "$repo/tests/test_fused_gpu.py" "$repo/tests/test_fused_options_gpu.py" -k "$split_tests" \
+    || rc=1
+  sanitizer_results "$out/sanitizer_split" || rc=1
   BENCH_ARGS="" quick_bench "$out/quick_bench_split.json" --shapes 48x16 24x32 12x64 --no-masks \
     || rc=1
 fi

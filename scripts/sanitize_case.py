@@ -4,7 +4,12 @@ backward; D=32: both tensor-core kernels), a cluster head (f32, D=128: two CTAs 
 FMA kernels), a bf16 head of 256 (the cluster tensor-core forward and backward where they are
 built), a bf16 head of 512 (16-CTA clusters) and two of 768 (groups of CTAs beyond a cluster,
 exchanging through global memory); each plain, and with every sequence option and the recurrent
-gradient clip (lengths 0, 3 and 2 of 3; a reset; reverse)."""
+gradient clip (lengths 0, 3 and 2 of 3; a reset; reverse).
+
+SANITIZE_HEAD_SIZES (e.g. "16 32 64", for a narrow build such as gpu_check.sh's split step)
+replaces these heads by the ones it names, each in bf16 and f16."""
+
+import os
 
 import jax
 import jax.numpy as jnp
@@ -12,9 +17,14 @@ import jax.numpy as jnp
 from flashrnn_jax import flashrnn
 from flashrnn_jax.cells import CELLS
 
+SIZES = [(jnp.bfloat16, 16), (jnp.bfloat16, 32), (jnp.float32, 128), (jnp.bfloat16, 256),
+         (jnp.bfloat16, 512), (jnp.bfloat16, 768)]
+if os.environ.get("SANITIZE_HEAD_SIZES"):
+    SIZES = [(dtype, int(d)) for d in os.environ["SANITIZE_HEAD_SIZES"].split()
+             for dtype in (jnp.bfloat16, jnp.float16)]
+
 for function, cell in CELLS.items():
-    for dtype, D in ((jnp.bfloat16, 16), (jnp.bfloat16, 32), (jnp.float32, 128),
-                     (jnp.bfloat16, 256), (jnp.bfloat16, 512), (jnp.bfloat16, 768)):
+    for dtype, D in SIZES:
         keys = jax.random.split(jax.random.key(0), 3)
         # Two heads of 768: two groups of 128 CTAs, one launch each (the second reuses the
         # first's exchange buffers and counters).

@@ -64,10 +64,10 @@ def _fns(function, backend, static):
 
 
 # (dtype, head size): every kind of kernel (single CTA, cluster, group beyond a cluster) in a
-# 16-bit dtype and float32, and bfloat16 at 64, the head size of the tensor-core forward
-# variants (forward_mma.cuh and the split forward of forward_mma_cluster.cuh).
+# 16-bit dtype and float32, and bfloat16 at 32 and 64, head sizes of the tensor-core kernels'
+# variants (the split forward and backward, gpu_check.sh's split step).
 SIZES = [(dtype, d) for dtype in (jnp.bfloat16, jnp.float32) for d in (16, 256, 768)] + [
-    (jnp.bfloat16, 64)]
+    (jnp.bfloat16, 32), (jnp.bfloat16, 64)]
 
 
 @pytest.mark.parametrize("combo", COMBOS)

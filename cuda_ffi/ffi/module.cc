@@ -51,11 +51,11 @@ NB_MODULE(_cuda, m) {
       "is built.");
   m.def(
       "mma_split_forward", []() { return FLASHRNN_MMA_SPLIT_FORWARD != 0; },
-      "Whether the split tensor-core forward for heads of 64 (CMake FLASHRNN_MMA_SPLIT_FORWARD) "
-      "is built.");
+      "Whether the split tensor-core forward for heads of 16 to 64 (CMake "
+      "FLASHRNN_MMA_SPLIT_FORWARD) is built.");
   m.def(
       "mma_split_backward", []() { return FLASHRNN_MMA_SPLIT_BACKWARD != 0; },
-      "Whether the split tensor-core backward for heads of 64 (CMake "
+      "Whether the split tensor-core backward for heads of 32 and 64 (CMake "
       "FLASHRNN_MMA_SPLIT_BACKWARD) is built.");
   m.def(
       "device_properties",

@@ -59,7 +59,7 @@ template <typename Cell, typename T, typename Tile>
 constexpr bool kMmaSplitForwardSupported =
     (std::is_same_v<T, __nv_bfloat16> || std::is_same_v<T, __half>) && Tile::kCluster == 1 &&
     (Tile::kHeadSize == 16 || Tile::kHeadSize == 32 || Tile::kHeadSize == 64) &&
-    Cell::kGatesR % (64 / Tile::kHeadSize) == 0;
+    Cell::kGatesR % (64 / (Tile::kHeadSize < 64 ? Tile::kHeadSize : 64)) == 0;
 
 // Shared memory: h of the whole head as hi and lo parts, double-buffered, rows padded by 8
 // values (distinct banks for the B-fragment loads); then the partial sums
