@@ -9,8 +9,9 @@
 #            MMA_BACKWARD=0 without the tensor-core backward, MMA_CLUSTER=0 without the
 #            cluster tensor-core forward and backward (head size 256), MMA_SPLIT=1 with the
 #            experimental split tensor-core forward and backward (head sizes 16 to 64)
-#     tests  the GPU tests and, beside them, the sanitizers; PYTEST_WORKERS sets the test
-#            processes, 12 by default; GPU_TESTS the test files, all GPU tests by default
+#     tests  the GPU tests and, beside them, the sanitizers (SANITIZE=0 leaves them out);
+#            PYTEST_WORKERS sets the test processes, 12 by default; GPU_TESTS the test files,
+#            all GPU tests by default
 #     bench  the quick benchmark (BENCH_ARGS adds arguments, e.g. "--shapes 12x64")
 #     split  an A/B of the split forward and backward in the same call: a narrow build with
 #            them (head sizes 16, 32, 64, bf16 and f16, in build/split_ab), the GPU tests of
@@ -124,7 +125,7 @@ sanitizer_results() {
 }
 
 if [[ $steps == *" tests "* ]]; then
-  sanitizers "$out/sanitizer"
+  [ "${SANITIZE:-1}" = 1 ] && sanitizers "$out/sanitizer"
 
   echo "== GPU tests"
   # GPU_TESTS narrows the run (test files or node ids under tests/, space-separated).
@@ -133,7 +134,7 @@ if [[ $steps == *" tests "* ]]; then
     tests+=("$repo/tests/$t")
   done
   gpu_tests "$out/gpu_summary.json" "$out/pytest.log" "${tests[@]}" || rc=1
-  sanitizer_results "$out/sanitizer" || rc=1
+  if [ "${SANITIZE:-1}" = 1 ]; then sanitizer_results "$out/sanitizer" || rc=1; fi
 fi
 
 if [[ $steps == *" bench "* ]]; then
@@ -151,13 +152,13 @@ if [[ $steps == *" split "* ]]; then
     -Ccmake.define.FLASHRNN_DTYPES="bf16;f16" || exit 1
   # The narrow build shadows the installed one for these runs only.
   export PYTHONPATH="$split_dir/site${PYTHONPATH:+:$PYTHONPATH}"
-  sanitizers "$out/sanitizer_split" "16 32 64"
+  [ "${SANITIZE:-1}" = 1 ] && sanitizers "$out/sanitizer_split" "16 32 64"
   split_tests="(D16 or D32 or D64) and (bfloat16 or float16)"
   split_tests+=" or bfloat16-16- or bfloat16-32- or bfloat16-64-"
   gpu_tests "$out/gpu_summary_split.json" "$out/pytest_split.log" \
     "$repo/tests/test_fused_gpu.py" "$repo/tests/test_fused_options_gpu.py" -k "$split_tests" \
     || rc=1
-  sanitizer_results "$out/sanitizer_split" || rc=1
+  if [ "${SANITIZE:-1}" = 1 ]; then sanitizer_results "$out/sanitizer_split" || rc=1; fi
   BENCH_ARGS="" quick_bench "$out/quick_bench_split.json" --shapes 48x16 24x32 12x64 --no-masks \
     || rc=1
 fi
