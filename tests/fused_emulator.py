@@ -165,4 +165,4 @@ def install(monkeypatch) -> None:
     """Route ``backend="fused"`` through the emulator for the rest of the test."""
     monkeypatch.setattr(fused, "_forward_call", forward_call)
     monkeypatch.setattr(fused, "_backward_call", backward_call)
-    monkeypatch.setattr(fused, "unsupported_reason", lambda *args: None)
+    monkeypatch.setattr(fused, "unsupported_reason", lambda *args, **kwargs: None)

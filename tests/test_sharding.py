@@ -232,7 +232,7 @@ def test_bad_axis_arguments_are_named():
 def test_fused_backend_goes_through_the_same_split(monkeypatch, axis_type):
     """The fused kernels cannot run here, but their calls can be traced and lowered for CUDA:
     each kernel sees one device's block, and the forward has no collective."""
-    monkeypatch.setattr(fused, "unsupported_reason", lambda *args: None)
+    monkeypatch.setattr(fused, "unsupported_reason", lambda *args, **kwargs: None)
     monkeypatch.setattr(fused, "_tiling_attributes", lambda *args: {})
     mesh = make_mesh((4, 2), axis_type)
     sharded = tuple(x.astype(jnp.float32) for x in sharded_args("lstm", mesh))
