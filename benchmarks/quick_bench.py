@@ -10,6 +10,7 @@ measured in the same run. Writes JSON records and prints a table.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 
@@ -19,6 +20,7 @@ import numpy as np
 
 from flashrnn_jax import flashrnn, fused
 from flashrnn_jax.cells import get_cell
+from flashrnn_jax.constrint import hardware
 
 
 def median_ms(fn, *args, warmup: int = 3, runs: int = 20) -> float:
@@ -96,6 +98,21 @@ def bench_mask_cost(function, dtype, B, T, N, D, key):
     return record("fused+masks", function, dtype, B, T, N, D, **fields)
 
 
+def bench_smallest_group(function, dtype, B, T, N, D, key):
+    """For a head beyond a cluster: the fused kernels on the smallest group of CTAs compiled
+    beside the preferred (largest) one, chosen as for a device with fewer SMs than the largest
+    group needs; None where the head has no such pair."""
+    model_dtype = {"bfloat16": "bf16", "float16": "f16", "float32": "f32"}[jnp.dtype(dtype).name]
+    tilings = hardware.compiled_tilings(function, model_dtype, D)
+    if len(tilings) < 2:
+        return None
+    smallest = tilings[-1]
+    limits = dataclasses.replace(fused.device_limits(), sm_count=tilings[0].cluster - 1)
+    with fused.tilings_as_for(limits):
+        rec = bench_case(function, "fused", dtype, B, T, N, D, key)
+    return {**rec, "impl": f"fused@C{smallest.cluster}", "cluster": smallest.cluster}
+
+
 def heads_by_size(text: str) -> tuple[int, int]:
     """``"12x64"`` -> ``(12, 64)``."""
     try:
@@ -117,6 +134,8 @@ def main():
                         help="heads x head size of the cases, e.g. 12x64 (default: 12x64 3x256 "
                              "1x768); the mask cost is measured at those of 64 and 256")
     parser.add_argument("--no-masks", action="store_true", help="leave out the mask cost")
+    parser.add_argument("--no-groups", action="store_true",
+                        help="leave out the smallest compiled group of heads beyond a cluster")
     args = parser.parse_args()
     key = jax.random.key(0)
     records = []
@@ -125,6 +144,10 @@ def main():
             for backend in ("fused", "scan"):
                 records.append(bench_case(function, backend, jnp.bfloat16, args.batch,
                                           args.steps, N, D, key))
+    group_records = [] if args.no_groups else [
+        rec for function in ("lstm", "slstm") for N, D in args.shapes
+        if (rec := bench_smallest_group(function, jnp.bfloat16, args.batch, args.steps, N, D,
+                                        key)) is not None]
     mask_records = [] if args.no_masks else [
         bench_mask_cost("lstm", jnp.bfloat16, args.batch, args.steps, N, D, key)
         for N, D in args.shapes if D in (64, 256)]
@@ -132,13 +155,17 @@ def main():
         with open(args.json, "w") as f:
             json.dump({"gpu": jax.devices()[0].device_kind, "jax": jax.__version__,
                        "tensor_core": fused.tensor_core_kernels(),
-                       "records": records + mask_records}, f, indent=1)
+                       "records": records + group_records + mask_records}, f, indent=1)
     print(f"{'function':8} {'N x D':>8} {'impl':>6} {'fwd ms':>9} {'fwd+bwd ms':>11} {'speed-up':>9}")
     for fused_rec, scan_rec in zip(records[::2], records[1::2]):
         for r in (fused_rec, scan_rec):
             speedup = scan_rec["fwdbwd_ms"] / r["fwdbwd_ms"]
             print(f"{r['function']:8} {r['N']:>3}x{r['D']:<4} {r['impl']:>6} "
                   f"{r['fwd_ms']:9.3f} {r['fwdbwd_ms']:11.3f} {speedup:8.1f}x")
+
+    for rec in group_records:
+        print(f"{rec['function']:8} {rec['N']:>3}x{rec['D']:<4} {rec['impl']:>6} "
+              f"{rec['fwd_ms']:9.3f} {rec['fwdbwd_ms']:11.3f}")
 
     print(f"{'masks':8} {'N x D':>8} {'fwd ms':>9} {'cost':>7} {'fwd+bwd ms':>11} {'cost':>7}")
     for masked in mask_records:

@@ -95,9 +95,32 @@ def compiled_grid() -> dict[tuple[str, str, int], tuple[hardware.Tiling, ...]]:
 
 
 @functools.cache
-def _device_limits() -> hardware.DeviceLimits:
+def device_limits() -> hardware.DeviceLimits:
+    """The limits of the first CUDA device, which the tilings are chosen for."""
     ordinal = jax.devices("cuda")[0].local_hardware_id or 0
     return hardware.DeviceLimits.from_properties(extension().device_properties(ordinal))
+
+
+_limits_override: hardware.DeviceLimits | None = None
+
+
+def _device_limits() -> hardware.DeviceLimits:
+    return device_limits() if _limits_override is None else _limits_override
+
+
+@contextlib.contextmanager
+def tilings_as_for(limits: hardware.DeviceLimits):
+    """Choose the compiled tilings as for a device with these limits, for the calls traced
+    inside (tests and benchmarks: e.g. ``sm_count=114``, an H100 PCIe, takes the smallest
+    group compiled beside the largest for heads beyond a cluster)."""
+    global _limits_override
+    _limits_override, previous = limits, _limits_override
+    _select_tiling.cache_clear()
+    try:
+        yield
+    finally:
+        _limits_override = previous
+        _select_tiling.cache_clear()
 
 
 @functools.cache

@@ -91,23 +91,23 @@ def test_fused_matches_reference(function, dtype, head_size, B, T, N, rng, gpu_c
     _check_against_reference(function, dtype, head_size, B, T, N, rng, gpu_case)
 
 
-def test_fewer_sms_take_the_smallest_group_compiled_beside(rng, gpu_case, monkeypatch):
+def test_fewer_sms_take_the_smallest_group_compiled_beside(rng, gpu_case):
     """On a GPU with fewer SMs than the preferred group of 128 CTAs holds (H100 PCIe: 114), the
     smallest group compiled beside it runs: 32 CTAs for an LSTM head of 768 in bf16. Three heads
     of two batch tiles are six groups, which the real SMs (132 on the H200) hold four at a time:
     two launches, the second reusing the first's exchange buffers and counters."""
-    limits = dataclasses.replace(fused._device_limits(), sm_count=114)
-    monkeypatch.setattr(fused, "_device_limits", lambda: limits)
-    fused._select_tiling.cache_clear()
+    preferred, fallback = hardware.compiled_tilings("lstm", "bf16", 768)
+    assert (preferred.cluster, fallback.cluster) == (128, 32)
+    assert fused._select_tiling("lstm", "BF16", 768) == preferred
+    # The jitted functions are traced anew inside, where the tiling is chosen.
+    _forward_fn.cache_clear()
+    _grad_fn.cache_clear()
     try:
-        preferred, fallback = hardware.compiled_tilings("lstm", "bf16", 768)
-        assert (preferred.cluster, fallback.cluster) == (128, 32)
-        assert fused._select_tiling("lstm", "BF16", 768) == fallback
-        _forward_fn.cache_clear()
-        _grad_fn.cache_clear()
-        _check_against_reference("lstm", jnp.bfloat16, 768, 17, 9, 3, rng, gpu_case)
+        with fused.tilings_as_for(dataclasses.replace(fused.device_limits(), sm_count=114)):
+            assert fused._select_tiling("lstm", "BF16", 768) == fallback
+            _check_against_reference("lstm", jnp.bfloat16, 768, 17, 9, 3, rng, gpu_case)
+        assert fused._select_tiling("lstm", "BF16", 768) == preferred
     finally:
-        fused._select_tiling.cache_clear()
         _forward_fn.cache_clear()
         _grad_fn.cache_clear()
 

@@ -246,6 +246,24 @@ def test_auto_leaves_groups_beyond_a_cluster_to_the_scan(monkeypatch):
     assert fused.unsupported_reason(np.dtype("float32"), 768, "lstm", for_auto=True) is None
 
 
+def test_tilings_as_for_sets_the_limits_inside_only():
+    """fused.tilings_as_for: the tilings are chosen for the given limits inside (nested: the
+    innermost), for the device's own again after."""
+    import dataclasses
+
+    from flashrnn_jax import fused
+    from flashrnn_jax.constrint import hardware
+
+    limits = hardware.DeviceLimits.sm90()
+    few = dataclasses.replace(limits, sm_count=114)
+    with fused.tilings_as_for(few):
+        assert fused._device_limits() == few
+        with fused.tilings_as_for(limits):
+            assert fused._device_limits() == limits
+        assert fused._device_limits() == few
+    assert fused._limits_override is None
+
+
 def test_runs_from_a_source_tree_without_compiled_module(rng, tmp_path):
     """A source checkout: the package's files minus any compiled extension built in place."""
     source = Path(flashrnn_jax.__file__).parent
