@@ -40,9 +40,12 @@ def table(results: dict, plot_name: str) -> str:
          "| scan fwd+bwd | fwd+bwd speed-up |"),
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    masks = []
+    masks, groups = [], []
     for (function, N, D, dtype, B, T), impls in by_case.items():
         f, s = impls["fused"], impls["scan"]
+        groups += [f"{function} {N} × {D} on {g['cluster']}-CTA groups: {g['fwd_ms']:.2f} / "
+                   f"{g['fwdbwd_ms']:.2f}" for impl, g in impls.items()
+                   if impl.startswith("fused@C")]
         if "fused+masks" in impls:
             m = impls["fused+masks"]
             masks.append(f"{function} {N} × {D}: forward {m['fwd_cost_vs_plain']:+.1%}, "
@@ -52,6 +55,9 @@ def table(results: dict, plot_name: str) -> str:
             f"{s['fwd_ms']:.2f} | {f['fwdbwd_ms']:.2f} | {s['fwdbwd_ms']:.2f} | "
             f"{s['fwdbwd_ms'] / f['fwdbwd_ms']:.1f}× |"
         )
+    if groups:
+        lines += ["", "Heads beyond a cluster on the smallest group of CTAs compiled beside the "
+                  "preferred one (forward / forward+backward ms): " + "; ".join(groups) + "."]
     if masks:
         lines += ["", "Cost of the sequence masks in the fused kernels (full `seq_lengths` and 1% "
                   "random `resets`, timed in alternation with the plain kernels on the same "
