@@ -44,6 +44,24 @@ def test_default_grid_fits_and_prefers_single_ctas():
 
 
 @pytest.mark.skipif(shutil.which("g++") is None, reason="needs a host C++ compiler")
+def test_models_parse_without_warnings():
+    """ConstrINT ignores parentheses (they do not group) and warns where a model has any: a
+    constraint written as ``BT * (D + 4) * 4`` would silently mean something else. Every model
+    of the default grid, on the H100 limits and on a device with fewer SMs, parses cleanly."""
+    import warnings
+
+    from flashrnn_jax.constrint import parser
+
+    few_sms = dataclasses.replace(hardware.DeviceLimits.sm90(), sm_count=114)
+    for device in (hardware.DeviceLimits.sm90(), few_sms):
+        for function, dtype, head_size in itertools.product(FUNCTIONS, DTYPES,
+                                                            DEFAULT_HEAD_SIZES):
+            text = hardware.model_text(function, dtype, head_size, device)
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                parser.parse(text)
+
+
 def test_tilings_pass_the_kernels_static_checks(tmp_path):
     """Compile the kernels' Tiling and shared-memory Layout static_asserts (plain C++ headers
     shared with the CUDA kernels) for every tiling the model chooses."""
