@@ -17,7 +17,8 @@
 #            them (head sizes 16, 32, 64, bf16 and f16, in build/split_ab), the GPU tests of
 #            those heads on it, and the quick benchmark at 48x16, 24x32 and 12x64 on it, to
 #            compare with the bench step's rows (BENCH_ARGS="--shapes 48x16 24x32 12x64 3x256
-#            1x768" there gives the default build's rows of all of them)
+#            1x768" there gives the default build's rows of all of them); memcheck and racecheck
+#            on those heads beside the tests (SANITIZE_SPLIT=0 leaves them out)
 #   TEST_TIMEOUT_S, SANITIZER_TIMEOUT_S and BENCH_TIMEOUT_S bound one test, each sanitizer run
 #   and each benchmark: 240, 300 and 300 s, so that a hung kernel cannot take the whole call.
 set -uo pipefail
@@ -152,13 +153,15 @@ if [[ $steps == *" split "* ]]; then
     -Ccmake.define.FLASHRNN_DTYPES="bf16;f16" || exit 1
   # The narrow build shadows the installed one for these runs only.
   export PYTHONPATH="$split_dir/site${PYTHONPATH:+:$PYTHONPATH}"
-  [ "${SANITIZE:-1}" = 1 ] && sanitizers "$out/sanitizer_split" "16 32 64"
+  [ "${SANITIZE_SPLIT:-1}" = 1 ] && sanitizers "$out/sanitizer_split" "16 32 64"
   split_tests="(D16 or D32 or D64) and (bfloat16 or float16)"
   split_tests+=" or bfloat16-16- or bfloat16-32- or bfloat16-64-"
   gpu_tests "$out/gpu_summary_split.json" "$out/pytest_split.log" \
     "$repo/tests/test_fused_gpu.py" "$repo/tests/test_fused_options_gpu.py" -k "$split_tests" \
     || rc=1
-  if [ "${SANITIZE:-1}" = 1 ]; then sanitizer_results "$out/sanitizer_split" || rc=1; fi
+  if [ "${SANITIZE_SPLIT:-1}" = 1 ]; then
+    sanitizer_results "$out/sanitizer_split" || rc=1
+  fi
   BENCH_ARGS="" quick_bench "$out/quick_bench_split.json" --shapes 48x16 24x32 12x64 --no-masks \
     || rc=1
 fi
