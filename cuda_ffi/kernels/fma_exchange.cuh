@@ -96,7 +96,7 @@ class GridExchange {
   static_assert(kHValues % 4 == 0 && kOwnerValues % 4 == 0, "16-byte copies");
 
  public:
-  static constexpr int kHStride = D + kStagedHPad;  // floats between batch rows of H()
+  static constexpr int kHStride = StagedHStride(D);  // floats between batch rows of H()
   // group0: the launch's first group; stage: shared memory for kHValues floats (the forward's
   // h_prev, the backward's partials of this CTA's units).
   template <typename Args>

@@ -47,6 +47,12 @@ constexpr bool kMmaClusterForwardSupported =
 template <int D>
 constexpr int kMmaClusterSize = D / 32;
 
+// The gate groups of the four warps of a unit tile (below): K splits into min(4, D / 16) parts
+// (its k-tiles), and the gates into as many groups as that leaves warps.
+constexpr int MmaForwardGateGroups(int head_size) {
+  return head_size / 16 < 4 ? 4 / (head_size / 16) : 1;
+}
+
 // The split forward (CMake FLASHRNN_MMA_SPLIT_FORWARD, experimental: off by default until it is
 // measured): a head of 16, 32 or 64 on one CTA of this kernel's layout instead of the
 // single-CTA tensor-core forward. There a step is the dependent chain of one warp per unit
@@ -59,7 +65,7 @@ template <typename Cell, typename T, typename Tile>
 constexpr bool kMmaSplitForwardSupported =
     (std::is_same_v<T, __nv_bfloat16> || std::is_same_v<T, __half>) && Tile::kCluster == 1 &&
     (Tile::kHeadSize == 16 || Tile::kHeadSize == 32 || Tile::kHeadSize == 64) &&
-    Cell::kGatesR % (64 / (Tile::kHeadSize < 64 ? Tile::kHeadSize : 64)) == 0;
+    Cell::kGatesR % MmaForwardGateGroups(Tile::kHeadSize) == 0;
 
 // Shared memory: h of the whole head as hi and lo parts, double-buffered, rows padded by 8
 // values (distinct banks for the B-fragment loads); then the partial sums
@@ -69,8 +75,8 @@ constexpr bool kMmaSplitForwardSupported =
 template <typename Cell, typename T, int D, int C>
 struct MmaClusterForwardLayout {
   static constexpr int kBatchTile = kMmaBatchTile, kWarpsPerUnitTile = 4;
-  static constexpr int kKParts = D / 16 < 4 ? D / 16 : 4;
-  static constexpr int kGateGroups = kWarpsPerUnitTile / kKParts;
+  static constexpr int kGateGroups = MmaForwardGateGroups(D);
+  static constexpr int kKParts = kWarpsPerUnitTile / kGateGroups;
   static constexpr int kUnitTiles = D / C / 16;
   static constexpr int kThreads = 32 * kUnitTiles * kWarpsPerUnitTile;
   using Inputs = InputStage<Cell, T, D / C, kBatchTile, kThreads>;

@@ -24,6 +24,7 @@ inline constexpr std::size_t kGridCounterBytes = 128;
 // rows D + 4 floats apart fall 4 banks apart, so that the up to 8 rows a warp reads at one k
 // (kUnits < 32) hit distinct banks; a multiple of 4 keeps each row's 16-byte copies aligned.
 inline constexpr int kStagedHPad = 4;
+constexpr int StagedHStride(int head_size) { return head_size + kStagedHPad; }
 
 constexpr bool IsGridGroup(int cluster) { return cluster > kMaxClusterSize; }
 

@@ -17,10 +17,11 @@ constexpr std::size_t RSliceBytes() {
   return AlignUp(std::size_t{kGatesR} * Tile::kHeadSize * Tile::kUnits * kElementBytes);
 }
 
-// One float per (batch row of the tile, unit of the head): h_prev of a step.
-template <typename Tile>
+// One float per (batch row of the tile, unit of the head), rows kRowFloats apart: h_prev of a
+// step.
+template <typename Tile, int kRowFloats = Tile::kHeadSize>
 constexpr std::size_t HeadRowsBytes() {
-  return std::size_t{Tile::kBatchTile} * Tile::kHeadSize * sizeof(float);
+  return std::size_t{Tile::kBatchTile} * kRowFloats * sizeof(float);
 }
 
 template <int kGatesR, std::size_t kElementBytes, typename Tile>
@@ -49,13 +50,14 @@ struct BackwardLayout {
 
 // The grid kernels (ForwardGridKernel, BackwardGridKernel) keep the same R slices and stage
 // [kBatchTile][D] floats a step from the exchange in global memory (fma_exchange.cuh): the
-// forward its h_prev, the backward the partial cotangents of its units ([kCluster][kBatchTile]
-// [kUnits], as many); the backward also keeps its gate cotangents dg_s [Gr][kBatchTile][kUnits].
+// forward its h_prev (rows padded to StagedHStride(D): distinct banks), the backward the partial
+// cotangents of its units ([kCluster][kBatchTile][kUnits], as many); the backward also keeps its
+// gate cotangents dg_s [Gr][kBatchTile][kUnits].
 template <int kGatesR, std::size_t kElementBytes, typename Tile>
 struct ForwardGridLayout {
   static constexpr std::size_t kRBytes = RSliceBytes<kGatesR, kElementBytes, Tile>();
   static constexpr std::size_t kBytes =
-      kRBytes + std::size_t{Tile::kBatchTile} * (Tile::kHeadSize + kStagedHPad) * sizeof(float);
+      kRBytes + HeadRowsBytes<Tile, StagedHStride(Tile::kHeadSize)>();
   static_assert(kBytes <= kMaxSharedBytesPerBlock, "shared memory per block (sm_90 opt-in)");
 };
 
