@@ -102,8 +102,7 @@ def bench_smallest_group(function, dtype, B, T, N, D, key):
     """For a head beyond a cluster: the fused kernels on the smallest group of CTAs compiled
     beside the preferred (largest) one, chosen as for a device with fewer SMs than the largest
     group needs; None where the head has no such pair."""
-    model_dtype = {"bfloat16": "bf16", "float16": "f16", "float32": "f32"}[jnp.dtype(dtype).name]
-    tilings = hardware.compiled_tilings(function, model_dtype, D)
+    tilings = hardware.compiled_tilings(function, fused._XLA_DTYPE_NAMES[np.dtype(dtype)], D)
     if len(tilings) < 2:
         return None
     smallest = tilings[-1]

@@ -238,19 +238,19 @@ def parse_args(argv) -> argparse.Namespace:
     for name in ("warmup", "runs"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
+    args.per_device = TINY_PER_DEVICE if args.tiny else PER_DEVICE
     if args.backend == "fused":
-        per_device = TINY_PER_DEVICE if args.tiny else PER_DEVICE
         for function in args.functions:
-            reason = fused.unsupported_reason(jnp.dtype(args.dtype), per_device.D, function)
+            reason = fused.unsupported_reason(jnp.dtype(args.dtype), args.per_device.D, function)
             if reason is not None:
                 parser.error(f"--backend fused cannot run {function} {args.dtype} "
-                             f"D={per_device.D}: {reason}; --backend scan runs everywhere")
+                             f"D={args.per_device.D}: {reason}; --backend scan runs everywhere")
     return args
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    per_device = TINY_PER_DEVICE if args.tiny else PER_DEVICE
+    per_device = args.per_device
     device = jax.devices()[0]
     out = args.out or RESULTS
     if out.is_dir():

@@ -109,10 +109,11 @@ sanitizers() {
   done
 }
 
-# sanitizer_results PREFIX: waits for the sanitizers and prints their reports; fails when one
-# was cut or reported an error.
+# sanitizer_results PREFIX: waits for the sanitizers (if `sanitizers PREFIX` started them) and
+# prints their reports; fails when one was cut or reported an error.
 sanitizer_results() {
   local prefix="$1" tool status failed=0
+  [ -n "${sanitizer_pid[$prefix.memcheck]:-}" ] || return 0
   echo "== compute-sanitizer"
   for tool in memcheck racecheck; do
     wait "${sanitizer_pid[$prefix.$tool]}"
@@ -135,7 +136,7 @@ if [[ $steps == *" tests "* ]]; then
     tests+=("$repo/tests/$t")
   done
   gpu_tests "$out/gpu_summary.json" "$out/pytest.log" "${tests[@]}" || rc=1
-  if [ "${SANITIZE:-1}" = 1 ]; then sanitizer_results "$out/sanitizer" || rc=1; fi
+  sanitizer_results "$out/sanitizer" || rc=1
 fi
 
 if [[ $steps == *" bench "* ]]; then
@@ -159,9 +160,7 @@ if [[ $steps == *" split "* ]]; then
   gpu_tests "$out/gpu_summary_split.json" "$out/pytest_split.log" \
     "$repo/tests/test_fused_gpu.py" "$repo/tests/test_fused_options_gpu.py" -k "$split_tests" \
     || rc=1
-  if [ "${SANITIZE_SPLIT:-1}" = 1 ]; then
-    sanitizer_results "$out/sanitizer_split" || rc=1
-  fi
+  sanitizer_results "$out/sanitizer_split" || rc=1
   BENCH_ARGS="" quick_bench "$out/quick_bench_split.json" --shapes 48x16 24x32 12x64 --no-masks \
     || rc=1
 fi

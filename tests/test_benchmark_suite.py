@@ -7,14 +7,10 @@ run time, is what a tiny smoke run spends.
 
 import json
 import math
-import os
-import pathlib
-import subprocess
-import sys
 
 import pytest
+from bench_runs import ROOT, run_parallel
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
 SUITE = ROOT / "benchmarks" / "suite.py"
 RECORD_KEYS = {"impl", "function", "dtype", "B", "T", "N", "D", "fwd_ms", "fwdbwd_ms",
                "peak_mem_mb", "sweep", "skipped"}
@@ -23,9 +19,6 @@ RECORD_KEYS = {"impl", "function", "dtype", "B", "T", "N", "D", "fwd_ms", "fwdbw
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("suite")
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu",
-           "XLA_FLAGS": "--xla_backend_optimization_level=0 "
-                        "--xla_llvm_disable_expensive_passes=true"}
     common = ["--tiny", "--runs", "3", "--warmup", "1"]
     argv = {
         "lstm": ["--sweep", "all", "--functions", "lstm", "--out", str(tmp / "lstm.json")],
@@ -36,14 +29,10 @@ def runs(tmp_path_factory):
         "budget": ["--max-minutes", "0", "--functions", "gru", "--out",
                    str(tmp / "budget.json")],
     }
-    procs = {name: subprocess.Popen([sys.executable, str(SUITE), *common, *a], env=env,
-                                    cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                    text=True)
-             for name, a in argv.items()}
     out = {}
-    for name, proc in procs.items():
-        log, _ = proc.communicate(timeout=300)
-        assert proc.returncode == 0, log[-3000:]
+    for name, (returncode, stdout, stderr) in run_parallel(
+            SUITE, {name: [*common, *a] for name, a in argv.items()}).items():
+        assert returncode == 0, (stdout + stderr)[-3000:]
         out[name] = json.loads((tmp / f"{name}.json").read_text())
     return tmp, out
 

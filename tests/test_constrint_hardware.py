@@ -70,7 +70,7 @@ def test_tilings_pass_the_kernels_static_checks(tmp_path):
         tile = f"Tiling<{head_size}, {t.cluster}, {t.batch_tile}, {t.threads}>"
         gates, size = hardware.RECURRENT_GATES[function], hardware.DTYPE_BYTES[dtype]
         # Groups beyond a cluster run the grid kernels, with their own layouts.
-        grid = "Grid" if t.cluster > H100.max_cluster_size else ""
+        grid = "Grid" if t.grid_group else ""
         lines += [f"template struct Forward{grid}Layout<{gates}, {size}, {tile}>;",
                   f"template struct Backward{grid}Layout<{gates}, {size}, {tile}>;"]
     lines.append("}")

@@ -40,13 +40,12 @@ SHAPES = ((1, 7, 3), (3, 1000, 1), (17, 7, 12), (3, 1, 3), (17, 1000, 1))
 # or three batch tiles.
 LARGE_HEAD_SIZES = (512, 768, 1024, 1536)
 LARGE_SHAPES = ((3, 20, 2), (17, 5, 1), (2, 9, 3))
-MODEL_DTYPES = {"bfloat16": "bf16", "float16": "f16", "float32": "f32"}
 
 
 
 def _fits(function, dtype, head_size):
     try:
-        hardware.choose_tiling(function, MODEL_DTYPES[jnp.dtype(dtype).name], head_size)
+        hardware.choose_tiling(function, fused._XLA_DTYPE_NAMES[np.dtype(dtype)], head_size)
     except hardware.InfeasibleTilingError:
         return False
     return True

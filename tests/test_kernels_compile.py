@@ -90,6 +90,12 @@ def _ptxas_reports_and_ptx(tmp_path, *flags: str, source_text: str = SOURCE):
     return reports, entries
 
 
+@pytest.fixture(scope="module")
+def mma_build(tmp_path_factory):
+    """_ptxas_reports_and_ptx of SOURCE with every tensor-core kernel on, compiled once."""
+    return _ptxas_reports_and_ptx(tmp_path_factory.mktemp("mma"))
+
+
 def test_kernels_compile_without_the_tensor_core_kernels(tmp_path):
     result = _compile(tmp_path, False, "--ptx", "-o", str(tmp_path / "k.ptx"))
     assert result.returncode == 0, result.stderr[-3000:]
@@ -98,11 +104,11 @@ def test_kernels_compile_without_the_tensor_core_kernels(tmp_path):
     assert "Mma" not in ptx and "mma.sync" not in ptx
 
 
-def test_tensor_core_kernels_compile_with_their_mma_count_and_no_spills(tmp_path):
+def test_tensor_core_kernels_compile_with_their_mma_count_and_no_spills(mma_build):
     # ptxas reports every kernel: the forwards (LSTM bf16 D=64 in one CTA; LSTM bf16 and sLSTM
     # f16 at D=256 over a cluster) and the bf16 backwards are the tensor-core ones now; each
     # forward with residuals too.
-    reports, entries = _ptxas_reports_and_ptx(tmp_path)
+    reports, entries = mma_build
     forward = [name for name in reports if "ForwardMmaKernel" in name]
     cluster = [name for name in reports if "ForwardMmaClusterKernel" in name]
     backward = [name for name in reports if "BackwardMmaKernel" in name]
@@ -161,16 +167,13 @@ def test_split_forward_takes_heads_of_16_to_64_one_element_per_thread(tmp_path):
     assert lstm == {16: [2, 2], 32: [4, 4], 64: [8, 8]}, lstm
 
 
-def test_cluster_kernels_store_to_global_memory_only_between_the_barrier_halves(tmp_path):
+def test_cluster_kernels_store_to_global_memory_only_between_the_barrier_halves(mma_build):
     """In the cluster tensor-core kernels the arrive of each step's cluster barrier is a release,
     which waits for every global memory operation the thread has issued before it. So within the
     steps every global store (the forward's outputs, the backward's gate cotangents; a reduction
     or read-modify-write of the initial states' cotangents would show as one too) must sit
     between an arrive and its wait; only the epilogue after the last wait stores elsewhere."""
-    result = _compile(tmp_path, True, "--ptx", "-o", str(tmp_path / "k.ptx"))
-    assert result.returncode == 0, result.stderr[-3000:]
-    entries = re.findall(r"\.entry (\w+)\((.*?)\n\}\n", (tmp_path / "k.ptx").read_text(), re.S)
-    cluster = {name: body for name, body in entries if "MmaClusterKernel" in name}
+    cluster = {name: body for name, body in mma_build[1].items() if "MmaClusterKernel" in name}
     assert len(cluster) == 6, list(cluster)  # forward (2 cells x with/without residuals), backward
     for name, body in cluster.items():
         # (Not the "red.global" in cp.async's "shared.global".)
@@ -186,12 +189,12 @@ def test_cluster_kernels_store_to_global_memory_only_between_the_barrier_halves(
         assert any(store for _, store in events[:last_wait]), f"{name}: no store in the steps"
 
 
-def test_grid_kernels_meet_at_a_release_acquire_counter_and_stage_the_exchange_from_l2(tmp_path):
+def test_grid_kernels_meet_at_a_release_acquire_counter_and_stage_the_exchange_from_l2(mma_build):
     """The kernels of groups beyond a cluster (ForwardGridKernel, BackwardGridKernel): without
     spills; their barrier publishes with a release add and waits with acquire loads at GPU
     scope; the exchanged h or partials are staged by cp.async.cg (from L2, so that no SM can
     serve a line of an earlier step from its L1), all copies issued before one wait."""
-    reports, entries = _ptxas_reports_and_ptx(tmp_path)
+    reports, entries = mma_build
     grid = [name for name in reports if "GridKernel" in name]
     # Forwards with and without residuals.
     assert len(grid) == 2 * 2 + 2, list(reports)

@@ -11,14 +11,10 @@ run time, is what a tiny run spends.
 
 import json
 import math
-import os
-import pathlib
-import subprocess
-import sys
 
 import pytest
+from bench_runs import ROOT, run_parallel
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
 SCALING = ROOT / "benchmarks" / "scaling.py"
 DEVICES = 4
 PER_DEVICE = {"B": 2, "T": 8, "N": 2, "D": 16}  # scaling.py's --tiny block
@@ -48,26 +44,17 @@ ARGUMENT_ERRORS = {
 def runs(tmp_path_factory):
     """name -> (return code, stdout, stderr, JSON or None) of every run, started together."""
     tmp = tmp_path_factory.mktemp("scaling")
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu",
-           "XLA_FLAGS": f"--xla_force_host_platform_device_count={DEVICES} "
-                        "--xla_backend_optimization_level=0 "
-                        "--xla_llvm_disable_expensive_passes=true"}
     argv = {**RUNS, **{name: ["--tiny", *a] for name, (a, _) in ARGUMENT_ERRORS.items()}}
     out_args = {name: tmp / f"{name}.json" for name in argv}
     # An existing folder: the default file name, with the largest device count, goes there.
     out_args["gru_f32"] = tmp / "folder"
     out_args["gru_f32"].mkdir()
     paths = {**out_args, "gru_f32": tmp / "folder" / "scaling_cpu_x2.json"}
-    procs = {name: subprocess.Popen(
-                 [sys.executable, str(SCALING), *a, "--out", str(out_args[name])],
-                 env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for name, a in argv.items()}
-    out = {}
-    for name, proc in procs.items():
-        stdout, stderr = proc.communicate(timeout=300)
-        out[name] = (proc.returncode, stdout, stderr,
-                     json.loads(paths[name].read_text()) if paths[name].exists() else None)
-    return out
+    done = run_parallel(SCALING, {name: [*a, "--out", str(out_args[name])]
+                                  for name, a in argv.items()},
+                        f"--xla_force_host_platform_device_count={DEVICES}")
+    return {name: (*result, json.loads(paths[name].read_text()) if paths[name].exists() else None)
+            for name, result in done.items()}
 
 
 def completed(runs, name) -> dict:

@@ -150,9 +150,10 @@ GRID_PREFERENCE_ORDER = (("C", "largest"), ("BT", "largest"), ("NT", "largest"))
 
 def preference_key(tiling: Tiling) -> tuple:
     """Sort key of the preference among tilings (PREFERENCE_ORDER, GRID_PREFERENCE_ORDER)."""
-    grid = tiling.grid_group
-    return (grid, -tiling.cluster if grid else tiling.cluster, -tiling.batch_tile,
-            -tiling.threads)
+    values = tiling.as_dict()
+    order = GRID_PREFERENCE_ORDER if tiling.grid_group else PREFERENCE_ORDER
+    return (tiling.grid_group,
+            *(values[name] if how == "smallest" else -values[name] for name, how in order))
 
 
 def model_text(function: str, dtype: str, head_size: int, device: DeviceLimits) -> str:
@@ -192,7 +193,7 @@ def compiled_tilings(function: str, dtype: str, head_size: int,
     if not solutions:
         raise _infeasible(function, dtype, head_size, device, "", "no fused-kernel tiling fits")
     first = Tiling(solutions[0]["C"], solutions[0]["BT"], solutions[0]["NT"])
-    if first.cluster < _MIN_GRID_GROUP:
+    if not first.grid_group:
         return [first]
     largest = solve(model, order=GRID_PREFERENCE_ORDER)[0]
     preferred = Tiling(largest["C"], largest["BT"], largest["NT"])
