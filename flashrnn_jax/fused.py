@@ -45,11 +45,18 @@ _XLA_DTYPE_NAMES = {
 # so that an element the kernel fails to write shows up.
 _poison_outputs = False
 
-# Heads that run on groups of CTAs beyond a cluster (head sizes from 512 or 768 on, by cell and
-# dtype) are compiled and checked without a GPU but have not yet run on one. Until the GPU tests
-# and the benchmark against the scan have (benchmarks/NOTES.md), backend="auto" leaves them to
+# Kernels compiled and checked without a GPU that have not yet run on one: the FMA kernels of
+# groups of CTAs beyond a cluster (heads from 512 or 768 on, by cell and dtype) and the
+# tensor-core cluster kernels at heads of 512 and 768. Until their GPU tests and the benchmark
+# against the scan have run (benchmarks/NOTES.md), backend="auto" leaves calls that need them to
 # the scan; backend="fused" runs them.
-AUTO_TAKES_GRID_GROUPS = False
+AUTO_TAKES_UNRUN_KERNELS = False
+
+
+def kernel_not_yet_run(path: str, head_size: int) -> bool:
+    """Whether the kernel ``path`` (a name of the module's ``compiled_grid``) at this head size
+    is one of those that have not yet run on a GPU (:data:`AUTO_TAKES_UNRUN_KERNELS`)."""
+    return path == "fma_grid_group" or (path == "mma_cluster" and head_size > 256)
 
 
 class FusedBackendUnavailableError(RuntimeError):
@@ -86,12 +93,22 @@ def tensor_core_kernels() -> dict[str, bool]:
 @functools.cache
 def compiled_grid() -> dict[tuple[str, str, int], tuple[hardware.Tiling, ...]]:
     """The compiled kernels: (function, XLA dtype name, head size) -> their tilings."""
-    module = extension()
     grid: dict[tuple[str, str, int], tuple[hardware.Tiling, ...]] = {}
-    for function, dtype, head_size, *tiling in module.compiled_grid() if module else ():
-        key = (function, dtype, head_size)
-        grid[key] = grid.get(key, ()) + (hardware.Tiling(*tiling),)
+    for key, tiling in kernel_paths():
+        grid[key] = grid.get(key, ()) + (tiling,)
     return grid
+
+
+@functools.cache
+def kernel_paths() -> dict[tuple[tuple[str, str, int], hardware.Tiling], tuple[str, str]]:
+    """((function, XLA dtype name, head size), tiling) -> the names of the kernels its forward
+    and backward run (``fma``, ``fma_grid_group``, ``mma``, ``mma_split``, ``mma_cluster``)."""
+    module = extension()
+    paths = {}
+    for function, dtype, head_size, *rest in module.compiled_grid() if module else ():
+        *tiling, forward, backward = rest
+        paths[(function, dtype, head_size), hardware.Tiling(*tiling)] = (forward, backward)
+    return paths
 
 
 @functools.cache
@@ -167,7 +184,7 @@ def _warn_kernels_missing() -> None:
 def unsupported_reason(dtype, head_size: int, function: str, for_auto: bool = False
                        ) -> str | None:
     """Why the fused kernels cannot run a call, or None when they can; ``for_auto``: why
-    ``backend="auto"`` does not take them for it (also :data:`AUTO_TAKES_GRID_GROUPS`)."""
+    ``backend="auto"`` does not take them for it (also :data:`AUTO_TAKES_UNRUN_KERNELS`)."""
     if not _has_cuda_device():
         return "no CUDA device is visible to JAX"
     if extension() is None:
@@ -179,9 +196,12 @@ def unsupported_reason(dtype, head_size: int, function: str, for_auto: bool = Fa
     tiling = _select_tiling(function, name, head_size)
     if isinstance(tiling, str):
         return tiling
-    if for_auto and tiling.grid_group and not AUTO_TAKES_GRID_GROUPS:
-        return (f"head size {head_size} runs on groups of {tiling.cluster} CTAs beyond a "
-                "cluster, which have not yet been run on a GPU; backend='fused' runs them")
+    if for_auto and not AUTO_TAKES_UNRUN_KERNELS:
+        paths = kernel_paths().get(((function, name, head_size), tiling), ())
+        unrun = [path for path in paths if kernel_not_yet_run(path, head_size)]
+        if unrun:
+            return (f"head size {head_size} runs on kernels that have not yet run on a GPU "
+                    f"({', '.join(sorted(set(unrun)))}); backend='fused' runs them")
     return None
 
 

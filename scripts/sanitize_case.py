@@ -2,7 +2,8 @@
 for compute-sanitizer: single-CTA heads (bf16, D=16: the tensor-core forward and the FMA
 backward; D=32: both tensor-core kernels), a cluster head (f32, D=128: two CTAs per head, the
 FMA kernels), a bf16 head of 256 (the cluster tensor-core forward and backward where they are
-built), a bf16 head of 512 (16-CTA clusters) and two of 768 (groups of CTAs beyond a cluster,
+built), a bf16 head of 512 and two of 768 (the tensor-core kernels on 16-CTA clusters, at 768
+with part of R in shared memory) and two f32 heads of 768 (groups of CTAs beyond a cluster,
 exchanging through global memory); each plain, and with every sequence option and the recurrent
 gradient clip (lengths 0, 3 and 2 of 3; a reset; reverse).
 
@@ -18,7 +19,7 @@ from flashrnn_jax import flashrnn
 from flashrnn_jax.cells import CELLS
 
 SIZES = [(jnp.bfloat16, 16), (jnp.bfloat16, 32), (jnp.float32, 128), (jnp.bfloat16, 256),
-         (jnp.bfloat16, 512), (jnp.bfloat16, 768)]
+         (jnp.bfloat16, 512), (jnp.bfloat16, 768), (jnp.float32, 768)]
 if os.environ.get("SANITIZE_HEAD_SIZES"):
     SIZES = [(dtype, int(d)) for d in os.environ["SANITIZE_HEAD_SIZES"].split()
              for dtype in (jnp.bfloat16, jnp.float16)]
@@ -26,8 +27,8 @@ if os.environ.get("SANITIZE_HEAD_SIZES"):
 for function, cell in CELLS.items():
     for dtype, D in SIZES:
         keys = jax.random.split(jax.random.key(0), 3)
-        # Two heads of 768: two groups of 128 CTAs, one launch each (the second reuses the
-        # first's exchange buffers and counters).
+        # Two heads of 768: in f32 two groups of 128 CTAs, one launch each (the second reuses
+        # the first's exchange buffers and counters).
         B, T, N = 3, 3, 2 if D == 768 else 1
         R = (jax.random.normal(keys[1], (cell.gates_r, N, D, D)) / D**0.5).astype(dtype)
         b = jax.random.normal(keys[2], (cell.gates_b, N, D))

@@ -32,10 +32,10 @@ HEAD_SIZES = (6, 16, 24, 32, 64, 128, 256)
 # (B, T, N): every odd batch, length and head count of the issue appears for every cell and
 # dtype as the head sizes rotate through these.
 SHAPES = ((1, 7, 3), (3, 1000, 1), (17, 7, 12), (3, 1, 3), (17, 1000, 1))
-# Heads beyond the tensor-core kernels: 512 on a 16-CTA cluster (float32: 128 CTAs), the others
-# on groups of up to 128 CTAs that meet through global memory (fma_exchange.cuh; Elman up to
-# 1024 on clusters), where the hardware model fits them (not float32 heads of 1536 with several
-# R gates). Shorter sequences keep the float64
+# Large heads: 16-bit heads of 512 and 768 on the tensor-core cluster kernels (16 CTAs; the
+# float16 backward on the FMA kernels), the others on a 16-CTA cluster or on groups of up to 128
+# CTAs that meet through global memory (fma_exchange.cuh), where the hardware model fits them
+# (not float32 heads of 1536 with several R gates). Shorter sequences keep the float64
 # reference affordable; 3 heads of 1536 (128 CTAs each) take one launch per head, 17 rows two
 # or three batch tiles.
 LARGE_HEAD_SIZES = (512, 768, 1024, 1536)
@@ -90,22 +90,26 @@ def test_fused_matches_reference(function, dtype, head_size, B, T, N, rng, gpu_c
     _check_against_reference(function, dtype, head_size, B, T, N, rng, gpu_case)
 
 
-def test_fewer_sms_take_the_smallest_group_compiled_beside(rng, gpu_case):
+@pytest.mark.parametrize("dtype,smallest", [(jnp.float16, 32), (jnp.float32, 64)])
+def test_fewer_sms_take_the_smallest_group_compiled_beside(dtype, smallest, rng, gpu_case):
     """On a GPU with fewer SMs than the preferred group of 128 CTAs holds (H100 PCIe: 114), the
-    smallest group compiled beside it runs: 32 CTAs for an LSTM head of 768 in bf16. Three heads
-    of two batch tiles are six groups, which the real SMs (132 on the H200) hold four at a time:
-    two launches, the second reusing the first's exchange buffers and counters."""
-    preferred, fallback = hardware.compiled_tilings("lstm", "bf16", 768)
-    assert (preferred.cluster, fallback.cluster) == (128, 32)
-    assert fused._select_tiling("lstm", "BF16", 768) == preferred
+    smallest group compiled beside it runs, for an LSTM head of 768: 32 CTAs in float16 (its
+    backward; the forward runs on the tensor-core cluster), 64 in float32 (both directions).
+    Three heads of two batch tiles are six groups, which the real SMs (132 on the H200) hold
+    four or two at a time: two or three launches, each reusing the first's exchange buffers and
+    counters."""
+    name = fused._XLA_DTYPE_NAMES[np.dtype(dtype)]
+    preferred, fallback = hardware.compiled_tilings("lstm", name.lower(), 768)
+    assert (preferred.cluster, fallback.cluster) == (128, smallest)
+    assert fused._select_tiling("lstm", name, 768) == preferred
     # The jitted functions are traced anew inside, where the tiling is chosen.
     _forward_fn.cache_clear()
     _grad_fn.cache_clear()
     try:
         with fused.tilings_as_for(dataclasses.replace(fused.device_limits(), sm_count=114)):
-            assert fused._select_tiling("lstm", "BF16", 768) == fallback
-            _check_against_reference("lstm", jnp.bfloat16, 768, 17, 9, 3, rng, gpu_case)
-        assert fused._select_tiling("lstm", "BF16", 768) == preferred
+            assert fused._select_tiling("lstm", name, 768) == fallback
+            _check_against_reference("lstm", dtype, 768, 17, 9, 3, rng, gpu_case)
+        assert fused._select_tiling("lstm", name, 768) == preferred
     finally:
         _forward_fn.cache_clear()
         _grad_fn.cache_clear()
@@ -189,10 +193,13 @@ def test_auto_takes_fused(rng):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(f))
 
 
-def test_auto_leaves_heads_beyond_a_cluster_to_the_scan(rng):
-    """Until the group kernels have run on a GPU, backend='auto' gives their heads to the scan
-    (bit-identical to backend='scan'); backend='fused' still runs them."""
-    assert not fused.AUTO_TAKES_GRID_GROUPS
+def test_auto_leaves_kernels_not_yet_run_to_the_scan(rng):
+    """Until the tensor-core cluster kernels at 768 have run on a GPU, backend='auto' gives
+    their heads to the scan (bit-identical to backend='scan'); backend='fused' still runs
+    them."""
+    assert not fused.AUTO_TAKES_UNRUN_KERNELS
+    paths = {p for (key, _), p in fused.kernel_paths().items() if key == ("lstm", "BF16", 768)}
+    assert paths == {("mma_cluster", "mma_cluster")}, paths
     Wx, R, b = (jnp.asarray(x, jnp.bfloat16) for x in random_inputs(rng, "lstm", 3, 5, 1, 768))
     auto = flashrnn(Wx, R, b, function="lstm", backend="auto")
     scan = flashrnn(Wx, R, b, function="lstm", backend="scan")

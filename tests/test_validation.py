@@ -224,26 +224,35 @@ def test_auto_backend_runs_on_cpu_without_warning(rng):
     np.testing.assert_allclose(last_states, expected_last, rtol=1e-12, atol=1e-12)
 
 
-def test_auto_leaves_groups_beyond_a_cluster_to_the_scan(monkeypatch):
-    """The backend choice with kernels present (stood in for here): 'auto' does not take a head
-    that runs on a group of CTAs beyond a cluster while AUTO_TAKES_GRID_GROUPS is off, and says
-    so; 'fused' takes it; heads on one CTA or a cluster go to the kernels either way."""
+def test_auto_leaves_kernels_not_yet_run_to_the_scan(monkeypatch):
+    """The backend choice with kernels present (stood in for here): while
+    AUTO_TAKES_UNRUN_KERNELS is off, 'auto' does not take a call whose forward or backward runs
+    on a kernel not yet run on a GPU (the FMA group kernels beyond a cluster, the tensor-core
+    cluster kernels beyond 256), and says which; 'fused' takes it; the other kernels go to
+    'auto' either way."""
     from flashrnn_jax import fused
     from flashrnn_jax.constrint import hardware
 
+    key = lambda d: ("lstm", "F32", d)  # noqa: E731
     tilings = {64: hardware.Tiling(1, 16, 512), 256: hardware.Tiling(4, 16, 512),
-               768: hardware.Tiling(128, 16, 96)}
+               512: hardware.Tiling(16, 16, 256), 768: hardware.Tiling(128, 16, 96)}
+    paths = {(key(64), tilings[64]): ("mma", "fma"),
+             (key(256), tilings[256]): ("mma_cluster", "mma_cluster"),
+             (key(512), tilings[512]): ("mma_cluster", "fma"),
+             (key(768), tilings[768]): ("fma", "fma_grid_group")}
     monkeypatch.setattr(fused, "_has_cuda_device", lambda: True)
     monkeypatch.setattr(fused, "extension", lambda: object())
     monkeypatch.setattr(fused, "_select_tiling", lambda function, dtype, d: tilings[d])
-    assert [tilings[d].grid_group for d in (64, 256, 768)] == [False, False, True]
+    monkeypatch.setattr(fused, "kernel_paths", lambda: paths)
     for d in (64, 256):
         assert fused.unsupported_reason(np.dtype("float32"), d, "lstm", for_auto=True) is None
-    assert fused.unsupported_reason(np.dtype("float32"), 768, "lstm") is None
-    reason = fused.unsupported_reason(np.dtype("float32"), 768, "lstm", for_auto=True)
-    assert "groups of 128 CTAs" in reason and "backend='fused'" in reason, reason
-    monkeypatch.setattr(fused, "AUTO_TAKES_GRID_GROUPS", True)
-    assert fused.unsupported_reason(np.dtype("float32"), 768, "lstm", for_auto=True) is None
+    for d, unrun in ((512, "mma_cluster"), (768, "fma_grid_group")):
+        assert fused.unsupported_reason(np.dtype("float32"), d, "lstm") is None
+        reason = fused.unsupported_reason(np.dtype("float32"), d, "lstm", for_auto=True)
+        assert f"({unrun})" in reason and "backend='fused'" in reason, reason
+    monkeypatch.setattr(fused, "AUTO_TAKES_UNRUN_KERNELS", True)
+    for d in (512, 768):
+        assert fused.unsupported_reason(np.dtype("float32"), d, "lstm", for_auto=True) is None
 
 
 def test_tilings_as_for_sets_the_limits_inside_only():

@@ -38,6 +38,8 @@ struct CompiledKernel {
   int gates_wx, gates_r, gates_b, states;
   cudaError_t (*forward)(const ForwardArgs&, cudaStream_t);
   cudaError_t (*backward)(const BackwardArgs&, cudaStream_t);
+  KernelPath (*forward_path)();
+  KernelPath (*backward_path)();
 };
 
 #define FLASHRNN_KERNEL(function, Cell, dtype, CType, head_size, cluster, batch_tile, threads) \
@@ -53,7 +55,9 @@ struct CompiledKernel {
                  Cell::kGatesB,                                                               \
                  Cell::kStates,                                                               \
                  &LaunchForward<Cell, CType, Tiling<head_size, cluster, batch_tile, threads>>, \
-                 &LaunchBackward<Cell, CType, Tiling<head_size, cluster, batch_tile, threads>>},
+                 &LaunchBackward<Cell, CType, Tiling<head_size, cluster, batch_tile, threads>>, \
+                 &ForwardPath<Cell, CType, Tiling<head_size, cluster, batch_tile, threads>>,   \
+                 &BackwardPath<Cell, CType, Tiling<head_size, cluster, batch_tile, threads>>},
 constexpr CompiledKernel kCompiledKernels[] = {
 #include "compiled_grid.inc"
 };
@@ -134,7 +138,9 @@ ffi::Error AllocateWorkspace(ffi::ScratchAllocator& scratch, const CompiledKerne
                              bool backward, Args* args) {
   args->workspace = nullptr;
   args->workspace_groups = 0;
-  if (!IsGridGroup(k.cluster)) return ffi::Error::Success();
+  if ((backward ? k.backward_path : k.forward_path)() != KernelPath::kFmaGridGroup) {
+    return ffi::Error::Success();
+  }
   int device = 0, sms = 0;
   if (cudaError_t err = cudaGetDevice(&device); err != cudaSuccess) {
     return CudaError("cudaGetDevice", err);
@@ -380,7 +386,8 @@ std::vector<CompiledTiling> CompiledGrid() {
   std::vector<CompiledTiling> grid;
   for (const CompiledKernel& k : kCompiledKernels) {
     grid.emplace_back(std::string(k.function), std::string(k.dtype_name), k.head_size, k.cluster,
-                      k.batch_tile, k.threads);
+                      k.batch_tile, k.threads, KernelPathName(k.forward_path()),
+                      KernelPathName(k.backward_path()));
   }
   return grid;
 }

@@ -16,9 +16,11 @@ XLA_FFI_Error* FlashrnnBackward(XLA_FFI_CallFrame* call_frame);
 namespace flashrnn {
 
 // (function, dtype name as XLA's: BF16, F16, F32, head size, cluster, batch tile, threads).
-using CompiledTiling = std::tuple<std::string, std::string, int, int, int, int>;
+using CompiledTiling =
+    std::tuple<std::string, std::string, int, int, int, int, std::string, std::string>;
 
-// Every compiled kernel instantiation with its tiling.
+// Every compiled kernel instantiation with its tiling and the kernels its forward and backward
+// run (KernelPathName).
 std::vector<CompiledTiling> CompiledGrid();
 
 }  // namespace flashrnn

@@ -34,7 +34,8 @@ NB_MODULE(_cuda, m) {
   });
   m.def("compiled_grid", &flashrnn::CompiledGrid,
         "The compiled kernels: (function, dtype as BF16/F16/F32, head size, cluster, batch tile, "
-        "threads).");
+        "threads, the forward's kernel, the backward's kernel), the kernels named fma, "
+        "fma_grid_group, mma, mma_split or mma_cluster.");
   m.def(
       "mma_forward", []() { return FLASHRNN_MMA_FORWARD != 0; },
       "Whether the tensor-core forward (CMake FLASHRNN_MMA_FORWARD) is built.");

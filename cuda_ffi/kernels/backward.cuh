@@ -151,24 +151,33 @@ __global__ void __launch_bounds__(Tile::kThreads, 1)
                              reinterpret_cast<float*>(smem + Layout::kRBytes), ex);
 }
 
+// The first kernel that takes the tiling's calls, in this order of preference: the tensor-core
+// kernels the CMake options built, then the tiling's FMA kernel.
+template <typename Cell, typename T, typename Tile>
+constexpr KernelPath kBackwardPath =
+    FLASHRNN_MMA_SPLIT_BACKWARD && kMmaSplitBackwardSupported<Cell, T, Tile>
+        ? KernelPath::kMmaSplit
+    : FLASHRNN_MMA_CLUSTER_BACKWARD && kMmaClusterBackwardSupported<T, Tile>
+        ? KernelPath::kMmaCluster
+    : FLASHRNN_MMA_BACKWARD && kMmaBackwardSupported<Cell, T, Tile> ? KernelPath::kMma
+    : IsGridGroup(Tile::kCluster)                                   ? KernelPath::kFmaGridGroup
+                                                                    : KernelPath::kFma;
+
+template <typename Cell, typename T, typename Tile>
+KernelPath BackwardPath() {
+  return kBackwardPath<Cell, T, Tile>;
+}
+
 template <typename Cell, typename T, typename Tile>
 cudaError_t LaunchBackward(const BackwardArgs& args, cudaStream_t stream) {
-#if FLASHRNN_MMA_SPLIT_BACKWARD
-  if constexpr (kMmaSplitBackwardSupported<Cell, T, Tile>) {
+  constexpr KernelPath path = kBackwardPath<Cell, T, Tile>;
+  if constexpr (path == KernelPath::kMmaSplit) {
     return LaunchBackwardMmaSplit<Cell, T, Tile::kHeadSize>(args, stream);
-  } else
-#endif
-#if FLASHRNN_MMA_CLUSTER_BACKWARD
-  if constexpr (kMmaClusterBackwardSupported<T, Tile>) {
+  } else if constexpr (path == KernelPath::kMmaCluster) {
     return LaunchBackwardMmaCluster<Cell, T, Tile::kHeadSize>(args, stream);
-  } else
-#endif
-#if FLASHRNN_MMA_BACKWARD
-  if constexpr (kMmaBackwardSupported<Cell, T, Tile>) {
+  } else if constexpr (path == KernelPath::kMma) {
     return LaunchBackwardMma<Cell, T, Tile::kHeadSize>(args, stream);
-  } else
-#endif
-  if constexpr (IsGridGroup(Tile::kCluster)) {
+  } else if constexpr (path == KernelPath::kFmaGridGroup) {
     using Layout = BackwardGridLayout<Cell::kGatesR, sizeof(T), Tile>;
     return LaunchGridGroups<Tile>(BackwardGridKernel<Cell, T, Tile>, args, Layout::kBytes,
                                   stream);

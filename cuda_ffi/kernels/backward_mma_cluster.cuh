@@ -1,25 +1,29 @@
-// The tensor-core backward kernel for bfloat16 heads of 256 split over an 8-CTA thread-block
-// cluster. Built with the CMake option FLASHRNN_MMA_CLUSTER_BACKWARD (ON by default; sm_90 or
-// newer); benchmarks/NOTES.md (v2 backward over clusters) has its design and measurements.
+// The tensor-core backward kernel for bfloat16 heads of 256, 512 and 768 split over a
+// thread-block cluster of 8, 16 and 16 CTAs. Built with the CMake option
+// FLASHRNN_MMA_CLUSTER_BACKWARD (ON by default; sm_90 or newer); benchmarks/NOTES.md (v2
+// backward over clusters) has its design and measurements.
 //
-// CTA r owns the units [32 r, 32 r + 32) of the head: it runs their pointwise derivative (one
-// element per thread: 32 units x 8 batch rows = 256 threads) and so holds their gate
-// cotangents dg[g, o, b]. The recurrent cotangent dh[u, b] = sum over g, o of R[g, o, u]
-// dg[g, o, b] is split over K = (gate, unit o) by owner: CTA r contributes the part over its
-// own units o, for every u of the head. Warp w of CTA r computes that part for the 32 units u
-// of CTA w (M = 32, K = Gr x 32, N = the batch tile of 8) with its Rᵀ fragments in registers
-// for the whole sequence, and stores the m16n8 accumulators into CTA w's shared memory
-// (distributed shared memory, two float4 per lane), where each of the 8 partials has its own
-// slot; a thread of CTA w sums its element's 8 partials at the start of the next step. The gate
-// cotangents go through the tensor cores as bfloat16 hi + lo parts, as in backward_mma.cuh.
-// One block barrier (dg complete) and one cluster barrier (partials complete) per step; the
-// initial states' cotangents stay in registers until the end, so no global read-modify-write
-// sits in front of the barrier at a reset.
+// CTA r owns the U = D / C units [U r, U r + U) of the head: it runs their pointwise derivative
+// (one element per thread: U units x 8 batch rows) and so holds their gate cotangents
+// dg[g, o, b]. The recurrent cotangent dh[u, b] = sum over g, o of R[g, o, u] dg[g, o, b] is
+// split over K = (gate, unit o) by owner: CTA r contributes the part over its own units o, for
+// every u of the head. That part is C x U / 16 products of M = 16 units u (a unit tile of
+// another CTA, the "destination"), K = Gr x U, N = the batch tile of 8, spread evenly over the
+// CTA's warps: at D = 256 warp w has both unit tiles of CTA w. A warp keeps the Rᵀ fragments
+// of its products for the whole sequence, in registers as far as they fit and the rest in
+// shared memory (the LSTM, sLSTM and GRU at D = 768), and stores each m16n8 accumulator into its
+// destination CTA's shared memory (distributed shared memory, a float4 per lane), where each of
+// the C partials has its own slot; a thread there sums its element's C partials at the start of
+// the next step. The gate cotangents go through the tensor cores as bfloat16 hi + lo parts, as
+// in backward_mma.cuh. One block barrier (dg complete) and one cluster barrier (partials
+// complete) per step; the initial states' cotangents stay in registers until the end, so no
+// global read-modify-write sits in front of the barrier at a reset.
 #pragma once
 
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <type_traits>
@@ -34,33 +38,48 @@
 namespace flashrnn {
 
 // Which calls the cluster tensor-core backward takes: bfloat16 (backward_mma.cuh says why not
-// float16) and head size 256 (the single-CTA tensor-core backward covers up to 128).
+// float16) and head sizes 256, 512 and 768 (the single-CTA tensor-core backward covers up to
+// 128).
 template <typename T, typename Tile>
 constexpr bool kMmaClusterBackwardSupported =
-    std::is_same_v<T, __nv_bfloat16> && Tile::kHeadSize == 256;
+    std::is_same_v<T, __nv_bfloat16> &&
+    (Tile::kHeadSize == 256 || Tile::kHeadSize == 512 || Tile::kHeadSize == 768);
 
-// CTAs per head: 8, one per warp of a CTA, so that warp w's partial goes to CTA w.
+// CTAs per head: as the cluster forward's (forward_mma_cluster.cuh), 32 units each up to the
+// largest cluster of 16.
 template <int D>
-constexpr int kMmaClusterBackwardSize = D / 32;
+constexpr int kMmaClusterBackwardSize = std::min(D / 32, 16);
 
 // Shared memory: this CTA's gate cotangents [batch row][gate * U + unit] as hi and lo parts
 // (single-buffered: the cluster barrier orders a step's reads before the next step's writes),
 // rows padded by 8 values (distinct banks for the B-fragment loads); then the partial
 // recurrent cotangents [buffer][source CTA][element] in float32, double-buffered, the element
 // index being the owner thread's (thread j = accumulator register j % 4 of lane j / 4 % 32 of
-// unit tile j / 128).
+// unit tile j / 128); then the Rᵀ fragments that do not fit the registers. Each warp has
+// kProductsPerWarp products (destination CTA, unit tile), numbered p = warp kProductsPerWarp + i
+// (destination p / kUnitTiles, its unit tile p % kUnitTiles): the first kRegisterProducts with
+// their fragments in registers, the other kSharedProducts as [warp][product][k-tile][lane]
+// uint4.
 template <int kGatesR, int D, int C>
 struct MmaClusterBackwardLayout {
-  static constexpr int kUnits = D / C;
+  static constexpr int kUnits = D / C, kUnitTiles = kUnits / 16, kKTiles = kGatesR * kUnits / 16;
   static constexpr int kThreads = kUnits * kMmaBatchTile;
+  static constexpr int kProductsPerWarp = C * kUnitTiles / (kThreads / 32);
+  static constexpr int kRegisterProducts =
+      std::min(kProductsPerWarp, (std::min(65536 / kThreads / 8 * 8, 255) - 64) / (4 * kKTiles));
+  static constexpr int kSharedProducts = kProductsPerWarp - kRegisterProducts;
   static constexpr int kRowStride = kGatesR * kUnits + 8;
   static constexpr int kGateValues = kMmaBatchTile * kRowStride;
   static constexpr std::size_t kGateBytes =
       AlignUp(2 * std::size_t{kGateValues} * sizeof(__nv_bfloat16));
   static constexpr int kPartValues = C * kThreads;  // per buffer
-  static constexpr std::size_t kBytes = kGateBytes + 2 * std::size_t{kPartValues} * sizeof(float);
-  static_assert(kThreads == 32 * C, "one warp per CTA of the cluster");
-  static_assert(kUnits == 32, "two unit tiles per warp, 128 elements per unit tile");
+  static constexpr std::size_t kPartBytes = 2 * std::size_t{kPartValues} * sizeof(float);
+  static constexpr std::size_t kRSharedOffset = kGateBytes + kPartBytes;
+  static constexpr std::size_t kBytes =
+      kRSharedOffset + std::size_t{kThreads} * kSharedProducts * kKTiles * sizeof(uint4);
+  static_assert(kThreads / 32 * kProductsPerWarp == C * kUnitTiles,
+                "the products spread evenly over the warps");
+  static_assert(kRegisterProducts > 0, "a product's fragments in registers at least");
   static_assert(kBytes <= kMaxSharedBytesPerBlock, "shared memory per block (sm_90 opt-in)");
 };
 
@@ -72,7 +91,8 @@ __global__ void __launch_bounds__(MmaClusterBackwardLayout<Cell::kGatesR, D, C>:
   using Group = CtaGroup<C>;
   using Layout = MmaClusterBackwardLayout<Cell::kGatesR, D, C>;
   constexpr int Gr = Cell::kGatesR, Gt = Cell::kGatesB, S = Cell::kStates;
-  constexpr int U = Layout::kUnits, MT = U / 16, KT = Gr * U / 16;
+  constexpr int U = Layout::kUnits, KT = Layout::kKTiles, P = Layout::kProductsPerWarp;
+  constexpr int PR = Layout::kRegisterProducts, PS = Layout::kSharedProducts;
   constexpr int kStride = Layout::kRowStride;
 
   extern __shared__ __align__(128) unsigned char smem[];
@@ -84,12 +104,41 @@ __global__ void __launch_bounds__(MmaClusterBackwardLayout<Cell::kGatesR, D, C>:
   const int64_t N = args.heads, head = blockIdx.x / C, nd = N * D;
   const int64_t b0 = int64_t{blockIdx.y} * kMmaBatchTile;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  uint4* r_shared = reinterpret_cast<uint4*>(smem + Layout::kRSharedOffset) +
+                    warp * PS * KT * 32;  // this warp's [PS][KT][32]
 
-  // Rᵀ as A fragments for the 32 units of CTA `warp` (two unit tiles), over (gate, unit) of
-  // this CTA's own units.
-  uint32_t a[MT][KT][4];
-  LoadTransposedFragments<T, D, U>(static_cast<const T*>(args.r), N, head, U * warp, rank * U,
-                                   0, lane, a);
+  // Rᵀ as A fragments for this warp's products, over (gate, unit) of this CTA's own units: the
+  // first PR in registers, the other PS in shared memory (each lane writes and later reads
+  // only its own fragments there). Product i is unit tile `tile` of CTA `to`.
+  auto product = [&](int i, int& to, int& tile) {
+    const int p = warp * P + i;
+    to = p / Layout::kUnitTiles;
+    tile = p % Layout::kUnitTiles;
+  };
+  const T* R = static_cast<const T*>(args.r);
+  uint32_t a[PR][KT][4];
+#pragma unroll
+  for (int i = 0; i < PR; ++i) {
+    int to, tile;
+    product(i, to, tile);
+#pragma unroll
+    for (int kt = 0; kt < KT; ++kt) {
+      LoadTransposedFragment<T, D, U>(R, N, head, U * to + 16 * tile, rank * U, kt, lane,
+                                      a[i][kt]);
+    }
+  }
+#pragma unroll 1
+  for (int i = 0; i < PS; ++i) {
+    int to, tile;
+    product(PR + i, to, tile);
+#pragma unroll 1
+    for (int kt = 0; kt < KT; ++kt) {
+      uint32_t staged[4];
+      LoadTransposedFragment<T, D, U>(R, N, head, U * to + 16 * tile, rank * U, kt, lane,
+                                      staged);
+      r_shared[(i * KT + kt) * 32 + lane] = make_uint4(staged[0], staged[1], staged[2], staged[3]);
+    }
+  }
 
   // This thread's element, named by the accumulator it collects: register c = j % 4 of lane
   // l = j / 4 % 32 in unit tile mi = j / 128 is unit 16 mi + l / 4 + 8 (c / 2) of this CTA and
@@ -139,17 +188,24 @@ __global__ void __launch_bounds__(MmaClusterBackwardLayout<Cell::kGatesR, D, C>:
     }
     __syncthreads();
 
-    // This CTA's part of dh for the units of CTA `warp`, into that CTA's slot `rank`.
+    // This CTA's part of dh for the unit tiles of this warp's products, into slot `rank` of
+    // their CTAs.
     if (recurrent) {
-      // The two unit tiles share the B fragments (MmaHiLo's "gates" are the unit tiles here).
-      float acc[MT][4] = {};
-      MmaHiLo<T, MT, KT, kStride>(dg_hi, dg_lo, 0, lane, a, acc);
-      float* out = Group::Map(part, warp) + (step & 1) * Layout::kPartValues +
-                   rank * Layout::kThreads;
+      // The products share the B fragments (MmaHiLo's "gates" are the products here).
+      float acc[PR][4] = {}, acc_shared[PS > 0 ? PS : 1][4] = {};
+      MmaHiLo<T, PR, KT, kStride>(dg_hi, dg_lo, 0, lane, a, acc);
+      if constexpr (PS > 0) {
+        MmaHiLoSharedA<T, PS, KT, kStride>(dg_hi, dg_lo, 0, lane, r_shared, acc_shared);
+      }
 #pragma unroll
-      for (int t = 0; t < MT; ++t) {
-        reinterpret_cast<float4*>(out)[t * 32 + lane] =
-            make_float4(acc[t][0], acc[t][1], acc[t][2], acc[t][3]);
+      for (int i = 0; i < P; ++i) {
+        int to, tile;
+        product(i, to, tile);
+        const float(&sum)[4] = i < PR ? acc[i] : acc_shared[i - PR];
+        float* out = Group::Map(part, to) + (step & 1) * Layout::kPartValues +
+                     rank * Layout::kThreads;
+        reinterpret_cast<float4*>(out)[tile * 32 + lane] =
+            make_float4(sum[0], sum[1], sum[2], sum[3]);
       }
     }
     // Orders this step's partials before their reads in the next step, and this step's reads

@@ -6,6 +6,8 @@
 
 #include <cooperative_groups.h>
 
+#include <cstdint>
+
 namespace flashrnn {
 
 template <int kCluster>
@@ -29,6 +31,19 @@ struct CtaGroup {
   __device__ static P* Map(P* local, int rank) {
     return cooperative_groups::this_cluster().map_shared_rank(local, rank);
   }
+
+  // The same as a 32-bit shared::cluster address, for StoreU16: a kernel that writes to every
+  // CTA of a 16-CTA cluster keeps 16 of these in registers where Map's generic pointers take 32.
+  __device__ static uint32_t MapAddress(const void* local, int rank) {
+    uint32_t remote;
+    asm("mapa.shared::cluster.u32 %0, %1, %2;"
+        : "=r"(remote)
+        : "r"(static_cast<uint32_t>(__cvta_generic_to_shared(local))), "r"(rank));
+    return remote;
+  }
+  __device__ static void StoreU16(uint32_t address, uint16_t value) {
+    asm volatile("st.shared::cluster.u16 [%0], %1;" ::"r"(address), "h"(value) : "memory");
+  }
 };
 
 template <>
@@ -40,6 +55,12 @@ struct CtaGroup<1> {
   template <typename P>
   __device__ static P* Map(P* local, int /*rank*/) {
     return local;
+  }
+  __device__ static uint32_t MapAddress(const void* local, int /*rank*/) {
+    return static_cast<uint32_t>(__cvta_generic_to_shared(local));
+  }
+  __device__ static void StoreU16(uint32_t address, uint16_t value) {
+    asm volatile("st.shared.u16 [%0], %1;" ::"r"(address), "h"(value) : "memory");
   }
 };
 

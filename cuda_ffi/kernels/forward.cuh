@@ -122,25 +122,32 @@ __global__ void __launch_bounds__(Tile::kThreads, 1)
   FmaForward<Cell, T, Tile, kResiduals>(args, reinterpret_cast<T*>(smem), ex);
 }
 
+// The first kernel that takes the tiling's calls, in this order of preference: the tensor-core
+// kernels the CMake options built, then the tiling's FMA kernel.
+template <typename Cell, typename T, typename Tile>
+constexpr KernelPath kForwardPath =
+    FLASHRNN_MMA_SPLIT_FORWARD && kMmaSplitForwardSupported<Cell, T, Tile> ? KernelPath::kMmaSplit
+    : FLASHRNN_MMA_FORWARD && kMmaForwardSupported<T, Tile>                ? KernelPath::kMma
+    : FLASHRNN_MMA_CLUSTER_FORWARD && kMmaClusterForwardSupported<T, Tile> ? KernelPath::kMmaCluster
+    : IsGridGroup(Tile::kCluster)                                          ? KernelPath::kFmaGridGroup
+                                                                           : KernelPath::kFma;
+
+template <typename Cell, typename T, typename Tile>
+KernelPath ForwardPath() {
+  return kForwardPath<Cell, T, Tile>;
+}
+
 template <typename Cell, typename T, typename Tile>
 cudaError_t LaunchForward(const ForwardArgs& args, cudaStream_t stream) {
-#if FLASHRNN_MMA_SPLIT_FORWARD
-  if constexpr (kMmaSplitForwardSupported<Cell, T, Tile>) {
+  constexpr KernelPath path = kForwardPath<Cell, T, Tile>;
+  if constexpr (path == KernelPath::kMmaSplit) {
     return LaunchForwardMmaCluster<Cell, T, Tile::kHeadSize, 1>(args, stream);
-  } else
-#endif
-#if FLASHRNN_MMA_FORWARD
-  if constexpr (kMmaForwardSupported<T, Tile>) {
+  } else if constexpr (path == KernelPath::kMma) {
     return LaunchForwardMma<Cell, T, Tile::kHeadSize>(args, stream);
-  } else
-#endif
-#if FLASHRNN_MMA_CLUSTER_FORWARD
-  if constexpr (kMmaClusterForwardSupported<T, Tile>) {
+  } else if constexpr (path == KernelPath::kMmaCluster) {
     return LaunchForwardMmaCluster<Cell, T, Tile::kHeadSize, kMmaClusterSize<Tile::kHeadSize>>(
         args, stream);
-  } else
-#endif
-  if constexpr (IsGridGroup(Tile::kCluster)) {
+  } else if constexpr (path == KernelPath::kFmaGridGroup) {
     using Layout = ForwardGridLayout<Cell::kGatesR, sizeof(T), Tile>;
     return LaunchGridGroups<Tile>(args.gate_cache != nullptr
                                       ? ForwardGridKernel<Cell, T, Tile, true>

@@ -21,6 +21,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <type_traits>
@@ -35,17 +36,18 @@
 
 namespace flashrnn {
 
-// Which calls the cluster tensor-core forward takes: 16-bit inputs and head size 256 (the
-// single-CTA tensor-core forward covers up to 128; beyond 256 a CTA's R slice no longer fits
-// its registers).
+// Which calls the cluster tensor-core forward takes: 16-bit inputs and head sizes 256, 512 and
+// 768 (the single-CTA tensor-core forward covers up to 128; beyond 768 a CTA's R slice fits
+// neither its registers nor its shared memory).
 template <typename T, typename Tile>
 constexpr bool kMmaClusterForwardSupported =
-    (std::is_same_v<T, __nv_bfloat16> || std::is_same_v<T, __half>) && Tile::kHeadSize == 256;
+    (std::is_same_v<T, __nv_bfloat16> || std::is_same_v<T, __half>) &&
+    (Tile::kHeadSize == 256 || Tile::kHeadSize == 512 || Tile::kHeadSize == 768);
 
-// CTAs per head: 8, so that a CTA has 32 units and 8 warps (4 quarters of K for each of 2 unit
-// tiles), which may use up to 255 registers per thread (ptxas -v: 91 to 182).
+// CTAs per head: 32 units and 8 warps each (4 quarters of K for each of 2 unit tiles) up to the
+// largest cluster, 16 CTAs (D = 512); at D = 768 the 16 CTAs have 48 units and 12 warps.
 template <int D>
-constexpr int kMmaClusterSize = D / 32;
+constexpr int kMmaClusterSize = std::min(D / 32, 16);
 
 // The gate groups of the four warps of a unit tile (below): K splits into min(4, D / 16) parts
 // (its k-tiles), and the gates into as many groups as that leaves warps.
@@ -67,11 +69,22 @@ constexpr bool kMmaSplitForwardSupported =
     (Tile::kHeadSize == 16 || Tile::kHeadSize == 32 || Tile::kHeadSize == 64) &&
     Cell::kGatesR % MmaForwardGateGroups(Tile::kHeadSize) == 0;
 
+// Registers per thread that a warp's R fragments may take in a CTA of `threads` threads: what
+// each thread can have (65536 per SM in steps of 8, at most 255) less 64 for the rest of the
+// step.
+constexpr int MmaFragmentRegisters(int threads) {
+  return std::min(65536 / threads / 8 * 8, 255) - 64;
+}
+
 // Shared memory: h of the whole head as hi and lo parts, double-buffered, rows padded by 8
 // values (distinct banks for the B-fragment loads); then the partial sums
 // [K part][unit tile][gate][accumulator register][lane] in float32; then the input stages of
-// the CTA's units (input_stage.cuh). Four warps per unit tile: K in kKParts parts times the
-// gates in kGateGroups groups.
+// the CTA's units (input_stage.cuh); then the R fragments that do not fit the registers. Four
+// warps per unit tile: K in kKParts parts times the gates in kGateGroups groups; each warp
+// keeps its first kRegisterKTiles k-tiles of R in registers and the other kSharedKTiles as
+// [warp][gate][k-tile][lane] uint4 (a warp's loads of one fragment are 512 contiguous bytes).
+// Only the LSTM, sLSTM and GRU at D = 768 need the shared part (48 units x Gr gates x 768
+// inputs: 295 KB for the LSTM, more than the 256 KB register file).
 template <typename Cell, typename T, int D, int C>
 struct MmaClusterForwardLayout {
   static constexpr int kBatchTile = kMmaBatchTile, kWarpsPerUnitTile = 4;
@@ -79,17 +92,26 @@ struct MmaClusterForwardLayout {
   static constexpr int kKParts = kWarpsPerUnitTile / kGateGroups;
   static constexpr int kUnitTiles = D / C / 16;
   static constexpr int kThreads = 32 * kUnitTiles * kWarpsPerUnitTile;
+  static constexpr int kGatesPerWarp = Cell::kGatesR / kGateGroups;
+  static constexpr int kKTilesPerWarp = D / 16 / kKParts;
+  static constexpr int kRegisterKTiles =
+      std::min(kKTilesPerWarp, MmaFragmentRegisters(kThreads) / (4 * kGatesPerWarp));
+  static constexpr int kSharedKTiles = kKTilesPerWarp - kRegisterKTiles;
   using Inputs = InputStage<Cell, T, D / C, kBatchTile, kThreads>;
   static constexpr int kRowStride = D + 8;
   static constexpr int kBufferValues = kBatchTile * kRowStride;
   static constexpr std::size_t kHBytes = AlignUp(2 * 2 * std::size_t{kBufferValues} * sizeof(T));
   static constexpr std::size_t kPartBytes =
       AlignUp(std::size_t{kKParts} * kUnitTiles * Cell::kGatesR * 4 * 32 * sizeof(float));
-  static constexpr std::size_t kBytes = kHBytes + kPartBytes + Inputs::kBytes;
+  static constexpr std::size_t kRSharedBytes =
+      std::size_t{kThreads} * kGatesPerWarp * kSharedKTiles * sizeof(uint4);
+  static constexpr std::size_t kRSharedOffset = kHBytes + kPartBytes + Inputs::kBytes;
+  static constexpr std::size_t kBytes = kRSharedOffset + kRSharedBytes;
   static_assert(kBytes <= kMaxSharedBytesPerBlock, "shared memory per block (sm_90 opt-in)");
   static_assert(D / C * kBatchTile == kThreads, "one element per thread");
   static_assert((D / 16) % kKParts == 0 && Cell::kGatesR % kGateGroups == 0,
                 "whole k-tiles per K part and whole gates per gate group");
+  static_assert(kRegisterKTiles > 0, "a k-tile of R in registers at least");
 };
 
 // Launch bounds (threads, 1): as the other persistent kernels.
@@ -102,8 +124,9 @@ __global__ void __launch_bounds__(MmaClusterForwardLayout<Cell, T, D, C>::kThrea
   using Inputs = typename Layout::Inputs;
   constexpr int Gr = Cell::kGatesR, Gt = Cell::kGatesB, S = Cell::kStates;
   constexpr int BT = Layout::kBatchTile, KP = Layout::kKParts, MT = Layout::kUnitTiles;
-  constexpr int GW = Gr / Layout::kGateGroups;  // gates per warp
-  constexpr int U = D / C, KTP = D / 16 / KP;     // units per CTA, k-tiles per K part
+  constexpr int GW = Layout::kGatesPerWarp;
+  constexpr int U = D / C, KTP = Layout::kKTilesPerWarp;  // units per CTA, k-tiles per K part
+  constexpr int KR = Layout::kRegisterKTiles, KS = Layout::kSharedKTiles;
   constexpr int kStride = Layout::kRowStride;
   static_assert(U % 16 == 0, "whole unit tiles");
 
@@ -112,6 +135,8 @@ __global__ void __launch_bounds__(MmaClusterForwardLayout<Cell, T, D, C>::kThrea
   T* h_lo = h_hi + 2 * Layout::kBufferValues;      // [2][BT][kStride]
   float* part = reinterpret_cast<float*>(smem + Layout::kHBytes);  // [KP][MT][Gr][4][32]
   T* wx_stages = reinterpret_cast<T*>(smem + Layout::kHBytes + Layout::kPartBytes);
+  uint4* r_shared = reinterpret_cast<uint4*>(smem + Layout::kRSharedOffset) +
+                    (threadIdx.x / 32) * GW * KS * 32;  // this warp's [GW][KS][32]
 
   const int rank = Group::Rank();
   const int64_t N = args.heads, head = blockIdx.x / C, nd = N * D;
@@ -125,10 +150,21 @@ __global__ void __launch_bounds__(MmaClusterForwardLayout<Cell, T, D, C>::kThrea
   const int u0 = rank * U;  // this CTA's first unit of the head
 
   // R[gq GW + g, head, u0 + 16 mt + row, 16 (kp KTP + j) + col] as A fragments for this
-  // warp's gates g and k-tiles j.
-  uint32_t a[GW][KTP][4];
-  LoadRowFragments<T, D>(static_cast<const T*>(args.r), N, head, gq * GW, u0 + 16 * mt, kp * KTP,
-                         lane, a);
+  // warp's gates g and k-tiles j: the first KR in registers, the other KS in shared memory
+  // (each lane writes and later reads only its own fragments there).
+  const T* R = static_cast<const T*>(args.r);
+  uint32_t a[GW][KR][4];
+  LoadRowFragments<T, D>(R, N, head, gq * GW, u0 + 16 * mt, kp * KTP, lane, a);
+#pragma unroll 1
+  for (int j = 0; j < KS; ++j) {
+    uint32_t staged[GW][1][4];
+    LoadRowFragments<T, D>(R, N, head, gq * GW, u0 + 16 * mt, kp * KTP + KR + j, lane, staged);
+#pragma unroll
+    for (int g = 0; g < GW; ++g) {
+      r_shared[(g * KS + j) * 32 + lane] =
+          make_uint4(staged[g][0][0], staged[g][0][1], staged[g][0][2], staged[g][0][3]);
+    }
+  }
 
   // This thread's element: accumulator register `split` of its lane position in the unit tile
   // mt, i.e. unit 16 mt + group + 8 (split / 2) of this CTA, batch row 2 tig + split % 2.
@@ -143,11 +179,19 @@ __global__ void __launch_bounds__(MmaClusterForwardLayout<Cell, T, D, C>::kThrea
 #pragma unroll
   for (int i = 0; i < S; ++i) initial[i] = s[i];
   const int h_at = batch_row * kStride + u0 + unit;
-  // h into buffer `buffer` of every CTA of the cluster.
+  // h into buffer `buffer` of every CTA of the cluster, where h_lo lies kLoBytes after h_hi
+  // as here.
+  constexpr uint32_t kLoBytes = 2 * Layout::kBufferValues * sizeof(T);
   auto broadcast_h = [&](int buffer, float h) {
-    const int at = buffer * Layout::kBufferValues + h_at;
+    T hi, lo;
+    Op::Split(h, hi, lo);
+    const uint32_t at = (buffer * Layout::kBufferValues + h_at) * sizeof(T);
 #pragma unroll
-    for (int r = 0; r < C; ++r) Op::Split(h, Group::Map(h_hi, r)[at], Group::Map(h_lo, r)[at]);
+    for (int r = 0; r < C; ++r) {
+      const uint32_t remote = Group::MapAddress(h_hi, r) + at;
+      Group::StoreU16(remote, Op::Bits(hi));
+      Group::StoreU16(remote + kLoBytes, Op::Bits(lo));
+    }
   };
   // The inputs of steps 0 and 1 are copied in while the cluster starts.
   const Inputs inputs(args, b0, head * D + u0, nd);
@@ -174,8 +218,12 @@ __global__ void __launch_bounds__(MmaClusterForwardLayout<Cell, T, D, C>::kThrea
     const int cur = static_cast<int>(step & 1);
     inputs.Issue(args, wx_stages, stage == 0 ? 2 : stage - 1, static_cast<int>(step) + 2);
     float acc[GW][4] = {};
-    MmaHiLo<T, GW, KTP, kStride>(h_hi + cur * Layout::kBufferValues,
-                                 h_lo + cur * Layout::kBufferValues, kp * KTP, lane, a, acc);
+    const T* step_hi = h_hi + cur * Layout::kBufferValues;
+    const T* step_lo = h_lo + cur * Layout::kBufferValues;
+    MmaHiLo<T, GW, KR, kStride>(step_hi, step_lo, kp * KTP, lane, a, acc);
+    if constexpr (KS > 0) {
+      MmaHiLoSharedA<T, GW, KS, kStride>(step_hi, step_lo, kp * KTP + KR, lane, r_shared, acc);
+    }
 #pragma unroll
     for (int g = 0; g < GW; ++g) {
 #pragma unroll

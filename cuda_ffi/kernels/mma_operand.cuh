@@ -40,6 +40,7 @@ struct MmaOperand<__nv_bfloat16> {
   __device__ static uint32_t Pack(__nv_bfloat16 lo, __nv_bfloat16 hi) {
     return uint32_t{__bfloat16_as_ushort(lo)} | (uint32_t{__bfloat16_as_ushort(hi)} << 16);
   }
+  __device__ static uint16_t Bits(__nv_bfloat16 v) { return __bfloat16_as_ushort(v); }
   // c += a (16x16, row-major fragments) * b (16x8, column-major fragments), float32 c.
   __device__ static void Mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
     FLASHRNN_MMA_M16N8K16("bf16", c, a, b0, b1);
@@ -58,6 +59,7 @@ struct MmaOperand<__half> {
   __device__ static uint32_t Pack(__half lo, __half hi) {
     return uint32_t{__half_as_ushort(lo)} | (uint32_t{__half_as_ushort(hi)} << 16);
   }
+  __device__ static uint16_t Bits(__half v) { return __half_as_ushort(v); }
   __device__ static void Mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
     FLASHRNN_MMA_M16N8K16("f16", c, a, b0, b1);
   }
@@ -92,48 +94,88 @@ __device__ __forceinline__ void LoadRowFragments(const T* R, int64_t N, int64_t 
 // the k-tiles [kt0, kt0 + KTiles). Register r of k-tile kt holds row group (+8 for odd r) of
 // its tile and the column pair 2 tig (+8 for r >= 2), two consecutive o of one gate (kUnits is
 // a multiple of 16).
+template <typename T, int D, int kUnits>
+__device__ __forceinline__ void LoadTransposedFragment(const T* R, int64_t N, int64_t head,
+                                                       int row0, int o0, int kt, int lane,
+                                                       uint32_t (&a)[4]) {
+  static_assert(kUnits % 16 == 0, "a column pair stays within one gate");
+  const int group = lane / 4, tig = lane % 4;
+#pragma unroll
+  for (int r = 0; r < 4; ++r) {
+    const int u = row0 + group + 8 * (r % 2);
+    const int k = 16 * kt + 2 * tig + 8 * (r / 2), g = k / kUnits;
+    const int o = o0 + k % kUnits;
+    const T* at = R + ((int64_t{g} * N + head) * D + o) * D + u;
+    a[r] = MmaOperand<T>::Pack(at[0], at[D]);
+  }
+}
+
 template <typename T, int D, int kUnits, int MTiles, int KTiles>
 __device__ __forceinline__ void LoadTransposedFragments(const T* R, int64_t N, int64_t head,
                                                         int row0, int o0, int kt0, int lane,
                                                         uint32_t (&a)[MTiles][KTiles][4]) {
-  static_assert(kUnits % 16 == 0, "a column pair stays within one gate");
-  const int group = lane / 4, tig = lane % 4;
 #pragma unroll
   for (int mi = 0; mi < MTiles; ++mi) {
 #pragma unroll
     for (int kt = 0; kt < KTiles; ++kt) {
-#pragma unroll
-      for (int r = 0; r < 4; ++r) {
-        const int u = row0 + 16 * mi + group + 8 * (r % 2);
-        const int k = 16 * (kt0 + kt) + 2 * tig + 8 * (r / 2), g = k / kUnits;
-        const int o = o0 + k % kUnits;
-        const T* at = R + ((int64_t{g} * N + head) * D + o) * D + u;
-        a[mi][kt][r] = MmaOperand<T>::Pack(at[0], at[D]);
-      }
+      LoadTransposedFragment<T, D, kUnits>(R, N, head, row0 + 16 * mi, o0, kt0 + kt, lane,
+                                           a[mi][kt]);
     }
   }
 }
 
-// acc[g] += A[g] B over k-tiles [kt0, kt0 + KTiles), where B (16 x 8 per k-tile) is the
-// shared-memory matrix [batch row][k] (row stride kStride values) kept as hi and lo parts,
-// both multiplied: lane (group, tig) loads row group, k = 16 kt + 2 tig (+8), two values per
-// register.
+// The B fragments (16 x 8) of k-tile kt of the shared-memory matrix [batch row][k] (row stride
+// kStride values) kept as hi and lo parts: lane (group, tig) loads row group, k = 16 kt + 2 tig
+// (+8), two values per register.
+struct HiLoFragments {
+  uint32_t hi0, hi1, lo0, lo1;
+};
+
+template <typename T, int kStride>
+__device__ __forceinline__ HiLoFragments LoadHiLoFragments(const T* hi, const T* lo, int kt,
+                                                           int lane) {
+  const int at = (lane / 4) * kStride + 16 * kt + 2 * (lane % 4);
+  return {*reinterpret_cast<const uint32_t*>(hi + at),
+          *reinterpret_cast<const uint32_t*>(hi + at + 8),
+          *reinterpret_cast<const uint32_t*>(lo + at),
+          *reinterpret_cast<const uint32_t*>(lo + at + 8)};
+}
+
+// acc += a B_hi + a B_lo.
+template <typename T>
+__device__ __forceinline__ void MmaHiLoTile(float (&acc)[4], const uint32_t (&a)[4],
+                                            const HiLoFragments& b) {
+  MmaOperand<T>::Mma(acc, a, b.hi0, b.hi1);
+  MmaOperand<T>::Mma(acc, a, b.lo0, b.lo1);
+}
+
+// acc[g] += A[g] B over k-tiles [kt0, kt0 + KTiles), where B is the shared-memory matrix of
+// LoadHiLoFragments, both parts multiplied, and A[g] k-tile j is a[g][j].
 template <typename T, int Gr, int KTiles, int kStride>
 __device__ __forceinline__ void MmaHiLo(const T* hi, const T* lo, int kt0, int lane,
                                         const uint32_t (&a)[Gr][KTiles][4],
                                         float (&acc)[Gr][4]) {
-  const int group = lane / 4, tig = lane % 4;
 #pragma unroll
   for (int j = 0; j < KTiles; ++j) {
-    const int at = group * kStride + 16 * (kt0 + j) + 2 * tig;
-    const uint32_t hi0 = *reinterpret_cast<const uint32_t*>(hi + at);
-    const uint32_t hi1 = *reinterpret_cast<const uint32_t*>(hi + at + 8);
-    const uint32_t lo0 = *reinterpret_cast<const uint32_t*>(lo + at);
-    const uint32_t lo1 = *reinterpret_cast<const uint32_t*>(lo + at + 8);
+    const HiLoFragments b = LoadHiLoFragments<T, kStride>(hi, lo, kt0 + j, lane);
+#pragma unroll
+    for (int g = 0; g < Gr; ++g) MmaHiLoTile<T>(acc[g], a[g][j], b);
+  }
+}
+
+// The same with A in shared memory instead of registers: A[g] k-tile j is this lane's four
+// registers at a_shared[(g KTiles + j) 32 + lane] (one conflict-free 16-byte load per lane).
+template <typename T, int Gr, int KTiles, int kStride>
+__device__ __forceinline__ void MmaHiLoSharedA(const T* hi, const T* lo, int kt0, int lane,
+                                               const uint4* a_shared, float (&acc)[Gr][4]) {
+#pragma unroll
+  for (int j = 0; j < KTiles; ++j) {
+    const HiLoFragments b = LoadHiLoFragments<T, kStride>(hi, lo, kt0 + j, lane);
 #pragma unroll
     for (int g = 0; g < Gr; ++g) {
-      MmaOperand<T>::Mma(acc[g], a[g][j], hi0, hi1);
-      MmaOperand<T>::Mma(acc[g], a[g][j], lo0, lo1);
+      const uint4 v = a_shared[(g * KTiles + j) * 32 + lane];
+      const uint32_t a[4] = {v.x, v.y, v.z, v.w};
+      MmaHiLoTile<T>(acc[g], a, b);
     }
   }
 }

@@ -6,6 +6,27 @@
 
 #include <cstdint>
 
+// The CMake options of the tensor-core kernels, which CMakeLists.txt passes as 0 or 1: off
+// where a compile of its own names none (tests/test_kernels_compile.py).
+#ifndef FLASHRNN_MMA_FORWARD
+#define FLASHRNN_MMA_FORWARD 0
+#endif
+#ifndef FLASHRNN_MMA_BACKWARD
+#define FLASHRNN_MMA_BACKWARD 0
+#endif
+#ifndef FLASHRNN_MMA_SPLIT_FORWARD
+#define FLASHRNN_MMA_SPLIT_FORWARD 0
+#endif
+#ifndef FLASHRNN_MMA_SPLIT_BACKWARD
+#define FLASHRNN_MMA_SPLIT_BACKWARD 0
+#endif
+#ifndef FLASHRNN_MMA_CLUSTER_FORWARD
+#define FLASHRNN_MMA_CLUSTER_FORWARD 0
+#endif
+#ifndef FLASHRNN_MMA_CLUSTER_BACKWARD
+#define FLASHRNN_MMA_CLUSTER_BACKWARD 0
+#endif
+
 namespace flashrnn {
 
 struct LstmCell;
@@ -74,5 +95,26 @@ cudaError_t LaunchForward(const ForwardArgs& args, cudaStream_t stream);
 
 template <typename Cell, typename T, typename Tile>
 cudaError_t LaunchBackward(const BackwardArgs& args, cudaStream_t stream);
+
+// Which kernel LaunchForward and LaunchBackward run for a compiled tiling: the tiling's own FMA
+// kernel on one CTA or a cluster, or on a group beyond a cluster (which needs the workspace of
+// grid_workspace.h), or a tensor-core kernel the CMake options built that takes the call.
+enum class KernelPath { kFma, kFmaGridGroup, kMma, kMmaSplit, kMmaCluster };
+
+inline const char* KernelPathName(KernelPath path) {
+  switch (path) {
+    case KernelPath::kFma: return "fma";
+    case KernelPath::kFmaGridGroup: return "fma_grid_group";
+    case KernelPath::kMma: return "mma";
+    case KernelPath::kMmaSplit: return "mma_split";
+    default: return "mma_cluster";
+  }
+}
+
+template <typename Cell, typename T, typename Tile>
+KernelPath ForwardPath();
+
+template <typename Cell, typename T, typename Tile>
+KernelPath BackwardPath();
 
 }  // namespace flashrnn
