@@ -75,10 +75,12 @@ def record(impl, function, dtype, B, T, N, D, **fields):
 
 
 def bench_case(function, backend, dtype, B, T, N, D, key):
+    """The median times of one case; for the fused backend also the kernels it ran."""
     key, mask_key = jax.random.split(key)
     data = random_inputs(function, dtype, B, T, N, D, key)
     fwd, fwdbwd = case_functions(function, backend, B, T, mask_key)
-    return record(backend, function, dtype, B, T, N, D,
+    kernels = {} if backend != "fused" else {"kernels": fused.kernels_for(dtype, D, function)}
+    return record(backend, function, dtype, B, T, N, D, **kernels,
                   fwd_ms=median_ms(fwd, *data), fwdbwd_ms=median_ms(fwdbwd, *data))
 
 
@@ -101,9 +103,11 @@ def bench_mask_cost(function, dtype, B, T, N, D, key):
 def bench_smallest_group(function, dtype, B, T, N, D, key):
     """For a head beyond a cluster: the fused kernels on the smallest group of CTAs compiled
     beside the preferred (largest) one, chosen as for a device with fewer SMs than the largest
-    group needs; None where the head has no such pair."""
+    group needs; None where the head has no such pair or neither direction runs a group kernel
+    on it (16-bit heads of 768 run the tensor-core cluster kernels whatever the tiling)."""
     tilings = hardware.compiled_tilings(function, fused._XLA_DTYPE_NAMES[np.dtype(dtype)], D)
-    if len(tilings) < 2:
+    kernels = fused.kernels_for(dtype, D, function)
+    if len(tilings) < 2 or kernels is None or "fma_grid_group" not in kernels:
         return None
     smallest = tilings[-1]
     limits = dataclasses.replace(fused.device_limits(), sm_count=tilings[0].cluster - 1)
@@ -127,7 +131,8 @@ def main():
     parser.add_argument("--json", help="write the records here")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--steps", type=int, default=1024)
-    # 1 x 768: a head beyond a cluster, on a group of CTAs that meets through global memory.
+    # 1 x 768: the largest head of the issue's table (the tensor-core kernels on 16-CTA
+    # clusters, R partly in shared memory).
     parser.add_argument("--shapes", nargs="+", type=heads_by_size,
                         default=[(12, 64), (3, 256), (1, 768)],
                         help="heads x head size of the cases, e.g. 12x64 (default: 12x64 3x256 "

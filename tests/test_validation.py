@@ -250,6 +250,9 @@ def test_auto_leaves_kernels_not_yet_run_to_the_scan(monkeypatch):
         assert fused.unsupported_reason(np.dtype("float32"), d, "lstm") is None
         reason = fused.unsupported_reason(np.dtype("float32"), d, "lstm", for_auto=True)
         assert f"({unrun})" in reason and "backend='fused'" in reason, reason
+    # The benchmarks' record of what ran: the selected tiling's kernels; none for another dtype.
+    assert fused.kernels_for(np.dtype("float32"), 512, "lstm") == ("mma_cluster", "fma")
+    assert fused.kernels_for(np.dtype("int8"), 512, "lstm") is None
     monkeypatch.setattr(fused, "AUTO_TAKES_UNRUN_KERNELS", True)
     for d in (512, 768):
         assert fused.unsupported_reason(np.dtype("float32"), d, "lstm", for_auto=True) is None
