@@ -46,8 +46,9 @@ _XLA_DTYPE_NAMES = {
 _poison_outputs = False
 
 # Kernels compiled and checked without a GPU that have not yet run on one: the FMA kernels of
-# groups of CTAs beyond a cluster (heads from 512 or 768 on, by cell and dtype) and the
-# tensor-core cluster kernels at heads of 512 and 768. Until their GPU tests and the benchmark
+# groups of CTAs beyond a cluster (heads from 512 or 768 on, by cell and dtype), the
+# tensor-core cluster kernels at heads of 512 and 768, and the split tensor-core kernels (CMake
+# FLASHRNN_MMA_SPLIT_FORWARD / _BACKWARD, off by default). Until their GPU tests and the benchmark
 # against the scan have run (benchmarks/NOTES.md), backend="auto" leaves calls that need them to
 # the scan; backend="fused" runs them.
 AUTO_TAKES_UNRUN_KERNELS = False
@@ -56,7 +57,7 @@ AUTO_TAKES_UNRUN_KERNELS = False
 def kernel_not_yet_run(path: str, head_size: int) -> bool:
     """Whether the kernel ``path`` (a name of the module's ``compiled_grid``) at this head size
     is one of those that have not yet run on a GPU (:data:`AUTO_TAKES_UNRUN_KERNELS`)."""
-    return path == "fma_grid_group" or (path == "mma_cluster" and head_size > 256)
+    return path in ("fma_grid_group", "mma_split") or (path == "mma_cluster" and head_size > 256)
 
 
 class FusedBackendUnavailableError(RuntimeError):

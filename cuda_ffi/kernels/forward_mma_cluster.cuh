@@ -1,5 +1,5 @@
 // The tensor-core forward kernel for heads split over a thread-block cluster (bfloat16 /
-// float16, head size 256). Built with the CMake option FLASHRNN_MMA_CLUSTER_FORWARD (ON by
+// float16, head sizes 256, 512 and 768). Built with the CMake option FLASHRNN_MMA_CLUSTER_FORWARD (ON by
 // default; sm_90 or newer); benchmarks/NOTES.md has its design and measurements. With a
 // "cluster" of one CTA it is also the split forward for heads of 16, 32 and 64
 // (FLASHRNN_MMA_SPLIT_FORWARD, below).
@@ -9,8 +9,9 @@
 // of a lane position: warp (m, s) multiplies the part s % P of the head's inputs (K split in
 // P = 4 parts where the head has 4 k-tiles or more) for the gate group s / P (the gates split
 // in 4 / P groups where it has fewer: 2 at D = 32, 4 at D = 16), so that its R fragments
-// (Gr x D/64 k-tiles, 64 registers per lane for the LSTM at D = 256) stay in registers for the
-// whole sequence. The partial sums meet in shared memory, where each thread picks up the sums
+// (Gr x D/64 k-tiles, 64 registers per lane for the LSTM at D = 256) stay on chip for the whole
+// sequence: in registers, and where they do not fit (LSTM, sLSTM and GRU at D = 768) partly in
+// shared memory, read each step. The partial sums meet in shared memory, where each thread picks up the sums
 // of one element (accumulator register s of its lane position) and runs its cell step: one
 // element per thread. h goes, as hi + lo values of the input dtype (forward_mma.cuh says why),
 // into the h buffer of every CTA of the cluster (distributed shared memory), double-buffered;

@@ -107,8 +107,9 @@ inline const char* KernelPathName(KernelPath path) {
     case KernelPath::kFmaGridGroup: return "fma_grid_group";
     case KernelPath::kMma: return "mma";
     case KernelPath::kMmaSplit: return "mma_split";
-    default: return "mma_cluster";
+    case KernelPath::kMmaCluster: return "mma_cluster";
   }
+  return "unknown";
 }
 
 template <typename Cell, typename T, typename Tile>
