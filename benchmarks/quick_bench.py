@@ -100,6 +100,27 @@ def bench_mask_cost(function, dtype, B, T, N, D, key):
     return record("fused+masks", function, dtype, B, T, N, D, **fields)
 
 
+def bench_weight_gradient_contraction(function, dtype, B, T, N, D, key):
+    """The fused forward+backward with dR contracted as three bfloat16 products (the default
+    for 16-bit R) and as one float32 contraction (``fused.R_GRADIENT_CONTRACTION``), timed in
+    alternation on the same data."""
+    key, mask_key = jax.random.split(key)
+    data = random_inputs(function, dtype, B, T, N, D, key)
+    compiled = []
+    previous = fused.R_GRADIENT_CONTRACTION
+    for setting in ("bf16x3", "float32"):
+        _, fwdbwd = case_functions(function, "fused", B, T, mask_key)
+        try:
+            # The setting is read while the backward is traced.
+            fused.R_GRADIENT_CONTRACTION = setting
+            compiled.append(fwdbwd.lower(*data).compile())
+        finally:
+            fused.R_GRADIENT_CONTRACTION = previous
+    bf16x3_ms, float32_ms = interleaved_median_ms(compiled, *data, runs=50)
+    return record("fused dR bf16x3", function, dtype, B, T, N, D, fwdbwd_ms=bf16x3_ms,
+                  fwdbwd_dr_float32_ms=float32_ms, dr_float32_over_bf16x3=float32_ms / bf16x3_ms)
+
+
 def bench_smallest_group(function, dtype, B, T, N, D, key):
     """For a head beyond a cluster: the fused kernels on the smallest group of CTAs compiled
     beside the preferred (largest) one, chosen as for a device with fewer SMs than the largest
@@ -140,6 +161,8 @@ def main():
     parser.add_argument("--no-masks", action="store_true", help="leave out the mask cost")
     parser.add_argument("--no-groups", action="store_true",
                         help="leave out the smallest compiled group of heads beyond a cluster")
+    parser.add_argument("--no-contraction", action="store_true",
+                        help="leave out the dR contraction's two settings (LSTM)")
     args = parser.parse_args()
     key = jax.random.key(0)
     records = []
@@ -155,11 +178,15 @@ def main():
     mask_records = [] if args.no_masks else [
         bench_mask_cost("lstm", jnp.bfloat16, args.batch, args.steps, N, D, key)
         for N, D in args.shapes if D in (64, 256)]
+    contraction_records = [] if args.no_contraction else [
+        bench_weight_gradient_contraction("lstm", jnp.bfloat16, args.batch, args.steps, N, D, key)
+        for N, D in args.shapes]
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"gpu": jax.devices()[0].device_kind, "jax": jax.__version__,
                        "tensor_core": fused.tensor_core_kernels(),
-                       "records": records + group_records + mask_records}, f, indent=1)
+                       "records": records + group_records + mask_records
+                       + contraction_records}, f, indent=1)
     print(f"{'function':8} {'N x D':>8} {'impl':>6} {'fwd ms':>9} {'fwd+bwd ms':>11} {'speed-up':>9}")
     for fused_rec, scan_rec in zip(records[::2], records[1::2]):
         for r in (fused_rec, scan_rec):
@@ -170,6 +197,11 @@ def main():
     for rec in group_records:
         print(f"{rec['function']:8} {rec['N']:>3}x{rec['D']:<4} {rec['impl']:>6} "
               f"{rec['fwd_ms']:9.3f} {rec['fwdbwd_ms']:11.3f}")
+
+    print(f"{'dR':8} {'N x D':>8} {'bf16x3 fwd+bwd ms':>18} {'float32 fwd+bwd ms':>19}")
+    for rec in contraction_records:
+        print(f"{rec['function']:8} {rec['N']:>3}x{rec['D']:<4} {rec['fwdbwd_ms']:18.3f} "
+              f"{rec['fwdbwd_dr_float32_ms']:19.3f}")
 
     print(f"{'masks':8} {'N x D':>8} {'fwd ms':>9} {'cost':>7} {'fwd+bwd ms':>11} {'cost':>7}")
     for masked in mask_records:

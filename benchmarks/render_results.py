@@ -40,12 +40,16 @@ def table(results: dict, plot_name: str) -> str:
          "| scan fwd+bwd | fwd+bwd speed-up |"),
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    masks, groups = [], []
+    masks, groups, contractions = [], [], []
     for (function, N, D, dtype, B, T), impls in by_case.items():
         f, s = impls["fused"], impls["scan"]
         groups += [f"{function} {N} × {D} on {g['cluster']}-CTA groups: {g['fwd_ms']:.2f} / "
                    f"{g['fwdbwd_ms']:.2f}" for impl, g in impls.items()
                    if impl.startswith("fused@C")]
+        if "fused dR bf16x3" in impls:
+            c = impls["fused dR bf16x3"]
+            contractions.append(f"{function} {N} × {D}: {c['fwdbwd_ms']:.2f} against "
+                                f"{c['fwdbwd_dr_float32_ms']:.2f}")
         if "fused+masks" in impls:
             m = impls["fused+masks"]
             masks.append(f"{function} {N} × {D}: forward {m['fwd_cost_vs_plain']:+.1%}, "
@@ -58,6 +62,10 @@ def table(results: dict, plot_name: str) -> str:
     if groups:
         lines += ["", "Heads beyond a cluster on the smallest group of CTAs compiled beside the "
                   "preferred one (forward / forward+backward ms): " + "; ".join(groups) + "."]
+    if contractions:
+        lines += ["", "Forward+backward ms with dR contracted as three bfloat16 products (the "
+                  "default for 16-bit R) against one float32 contraction, timed in alternation: "
+                  + "; ".join(contractions) + "."]
     if masks:
         lines += ["", "Cost of the sequence masks in the fused kernels (full `seq_lengths` and 1% "
                   "random `resets`, timed in alternation with the plain kernels on the same "

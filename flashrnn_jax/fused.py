@@ -322,6 +322,42 @@ def recurrent_inputs(states, states_f32, seq_lengths, resets, options: _Options)
     return jnp.where(first[:, :, None, None], h0[:, None], shifted)
 
 
+# How the custom_vjp contracts dR = sum over batch and time of dg h_prevᵀ (XLA, not a kernel)
+# for 16-bit R: "bf16x3" splits both float32 operands into bfloat16 hi + lo parts and sums the
+# products hi·hi, hi·lo and lo·hi, each on the tensor cores with float32 accumulation (~16
+# mantissa bits a product, as the kernels' own hi + lo operands, far below the rounding of the
+# 16-bit dR); "float32" runs one float32 contraction at Precision.HIGHEST, without tensor cores.
+# float32 R always takes "float32". (A module setting so that the benchmark can time both.)
+R_GRADIENT_CONTRACTION = "bf16x3"
+
+
+def _bfloat16_parts(x):
+    hi = x.astype(jnp.bfloat16)
+    return hi, (x - hi.astype(x.dtype)).astype(jnp.bfloat16)
+
+
+def bf16x3_einsum(spec: str, a, b):
+    """``jnp.einsum(spec, a, b)`` of float32 operands to ~16 mantissa bits a product, as three
+    bfloat16 products with float32 accumulation (the lo·lo product, ~2⁻¹⁸ relative, left out)."""
+    (a_hi, a_lo), (b_hi, b_lo) = _bfloat16_parts(a), _bfloat16_parts(b)
+
+    def product(x, y):
+        return jnp.einsum(spec, x, y, preferred_element_type=jnp.float32)
+
+    return product(a_hi, b_hi) + (product(a_hi, b_lo) + product(a_lo, b_hi))
+
+
+def recurrent_weight_gradient(d_gates_r, h_prev, r_dtype):
+    """dR ``[Gr, N, D, D]`` in ``r_dtype`` from the recurrent gate cotangents ``[B, T, Gr, N, D]``
+    and the ``h_prev`` ``[B, T, N, D]`` of every step (both float32), as
+    :data:`R_GRADIENT_CONTRACTION` says."""
+    spec = "btgno,btni->gnoi"
+    if np.dtype(r_dtype).itemsize == 2 and R_GRADIENT_CONTRACTION == "bf16x3":
+        return bf16x3_einsum(spec, d_gates_r, h_prev).astype(r_dtype)
+    return jnp.einsum(spec, d_gates_r, h_prev,
+                      precision=jax.lax.Precision.HIGHEST).astype(r_dtype)
+
+
 def _fused_bwd(options, residuals, cotangents):
     R, states, seq_lengths, resets, gate_cache, states_f32 = residuals
     d_states_all, d_last = cotangents
@@ -334,12 +370,7 @@ def _fused_bwd(options, residuals, cotangents):
     offset = cell.wx_bias_offset
     d_wx = d_gates[:, :, offset : offset + cell.gates_wx].astype(wx_dtype)
     h_prev = recurrent_inputs(states, states_f32, seq_lengths, resets, options)
-    d_r = jnp.einsum(
-        "btgno,btni->gnoi",
-        d_gates[:, :, : cell.gates_r],
-        h_prev,
-        precision=jax.lax.Precision.HIGHEST,
-    ).astype(R.dtype)
+    d_r = recurrent_weight_gradient(d_gates[:, :, : cell.gates_r], h_prev, R.dtype)
     d_b = d_gates.sum(axis=(0, 1))
     # seq_lengths and resets are integer and boolean: no cotangent.
     return d_wx, d_r, d_b, d_states0, None, None

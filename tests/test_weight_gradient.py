@@ -1,0 +1,61 @@
+"""The custom_vjp's contraction dR = sum over batch and time of dg h_prevᵀ
+(fused.recurrent_weight_gradient): for 16-bit R as three bfloat16 products, against float64."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from flashrnn_jax import fused
+
+SPEC = "btgno,btni->gnoi"
+B, T, G, N, D = 3, 40, 4, 2, 32
+
+
+def _operands(rng):
+    # Gate cotangents over four decades, h_prev in (-1, 1), as the backward sees them.
+    d_gates = rng.normal(size=(B, T, G, N, D)) * 10.0 ** rng.uniform(-2, 2, size=(1, T, G, 1, 1))
+    h_prev = np.tanh(rng.normal(size=(B, T, N, D)))
+    return d_gates.astype(np.float32), h_prev.astype(np.float32)
+
+
+def _rel_err(got, want):
+    return float(np.max(np.abs(np.asarray(got, np.float64) - want)) / np.max(np.abs(want)))
+
+
+def test_bf16x3_contraction_is_close_to_float32(rng):
+    d_gates, h_prev = _operands(rng)
+    want = np.einsum(SPEC, d_gates.astype(np.float64), h_prev.astype(np.float64))
+    got = fused.bf16x3_einsum(SPEC, jnp.asarray(d_gates), jnp.asarray(h_prev))
+    assert got.dtype == jnp.float32
+    assert _rel_err(got, want) < 2e-5
+    # One bfloat16 product is two orders of magnitude worse: the lo parts are what counts.
+    single = jnp.einsum(SPEC, jnp.asarray(d_gates, jnp.bfloat16),
+                        jnp.asarray(h_prev, jnp.bfloat16), preferred_element_type=jnp.float32)
+    assert _rel_err(single, want) > 1e-3
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_16_bit_dR_is_the_rounded_float64_contraction(rng, dtype):
+    d_gates, h_prev = _operands(rng)
+    want = np.einsum(SPEC, d_gates.astype(np.float64), h_prev.astype(np.float64))
+    got = fused.recurrent_weight_gradient(jnp.asarray(d_gates), jnp.asarray(h_prev), dtype)
+    assert got.dtype == dtype
+    # Within one rounding of the 16-bit result: |got - want| <= half an ulp of got plus the
+    # contraction's own ~1e-5, relative to the largest entry.
+    eps = float(jnp.finfo(dtype).eps)
+    bound = 0.5 * eps * np.abs(np.asarray(got, np.float64)) + 2e-5 * np.max(np.abs(want))
+    assert np.all(np.abs(np.asarray(got, np.float64) - want) <= bound)
+
+
+def test_float32_R_keeps_the_float32_contraction(rng, monkeypatch):
+    d_gates, h_prev = _operands(rng)
+    want = np.einsum(SPEC, d_gates.astype(np.float64), h_prev.astype(np.float64))
+    got = fused.recurrent_weight_gradient(jnp.asarray(d_gates), jnp.asarray(h_prev), jnp.float32)
+    assert _rel_err(got, want) < 1e-6
+    # And the setting that times the float32 contraction for 16-bit R too.
+    monkeypatch.setattr(fused, "R_GRADIENT_CONTRACTION", "float32")
+    got16 = fused.recurrent_weight_gradient(jnp.asarray(d_gates), jnp.asarray(h_prev),
+                                            jnp.bfloat16)
+    np.testing.assert_array_equal(np.asarray(got16), np.asarray(got.astype(jnp.bfloat16)))
