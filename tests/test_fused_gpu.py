@@ -143,6 +143,7 @@ def _check_against_reference(function, dtype, head_size, B, T, N, rng, gpu_case)
     grad_scan_errs = [rel_err(g, np.asarray(e)) for g, e in zip(scan_grads, expected_grads)]
 
     gpu_case(function=function, dtype=jnp.dtype(dtype).name, D=head_size, N=N, B=B, T=T,
+             kernels=fused.kernels_for(dtype, head_size, function),
              fwd_rel_err=fwd_err, grad_rel_err=max(grad_errs))
     allowance = floor(dtype)
     assert fwd_err <= 2 * fwd_scan_err + allowance, (fwd_err, fwd_scan_err)

@@ -105,7 +105,8 @@ def test_fused_options_match_reference(function, dtype, head_size, combo, rng, g
     grad_scan_errs = [rel_err(g, np.asarray(e)) for g, e in zip(scan_grads, expected)]
 
     gpu_case(function=function, dtype=jnp.dtype(dtype).name, D=head_size, N=N, B=B, T=T,
-             options=combo, fwd_rel_err=fwd_err, grad_rel_err=max(grad_errs))
+             options=combo, kernels=fused.kernels_for(dtype, head_size, function),
+             fwd_rel_err=fwd_err, grad_rel_err=max(grad_errs))
     allowance = floor(dtype)
     assert fwd_err <= 2 * fwd_scan_err + allowance, (fwd_err, fwd_scan_err)
     for name, err, scan_err in zip(("Wx", "R", "b", "states"), grad_errs, grad_scan_errs):
