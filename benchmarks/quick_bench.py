@@ -121,20 +121,22 @@ def bench_weight_gradient_contraction(function, dtype, B, T, N, D, key):
                   fwdbwd_dr_float32_ms=float32_ms, dr_float32_over_bf16x3=float32_ms / bf16x3_ms)
 
 
-def bench_smallest_group(function, dtype, B, T, N, D, key):
-    """For a head beyond a cluster: the fused kernels on the smallest group of CTAs compiled
-    beside the preferred (largest) one, chosen as for a device with fewer SMs than the largest
-    group needs; None where the head has no such pair or neither direction runs a group kernel
-    on it (16-bit heads of 768 run the tensor-core cluster kernels whatever the tiling)."""
+def bench_group_sizes(function, dtype, B, T, N, D, key):
+    """For a head beyond a cluster: the fused kernels on the preferred (largest) group of CTAs
+    and on the smallest compiled beside it (chosen as for a device with fewer SMs than the
+    largest group needs); none where the head has no such pair or neither direction runs a
+    group kernel on it (16-bit heads of 768 run the tensor-core cluster kernels whatever the
+    tiling)."""
     tilings = hardware.compiled_tilings(function, fused._XLA_DTYPE_NAMES[np.dtype(dtype)], D)
     kernels = fused.kernels_for(dtype, D, function)
     if len(tilings) < 2 or kernels is None or "fma_grid_group" not in kernels:
-        return None
-    smallest = tilings[-1]
+        return []
+    preferred = bench_case(function, "fused", dtype, B, T, N, D, key)
     limits = dataclasses.replace(fused.device_limits(), sm_count=tilings[0].cluster - 1)
     with fused.tilings_as_for(limits):
-        rec = bench_case(function, "fused", dtype, B, T, N, D, key)
-    return {**rec, "impl": f"fused@C{smallest.cluster}", "cluster": smallest.cluster}
+        smallest = bench_case(function, "fused", dtype, B, T, N, D, key)
+    return [{**rec, "impl": f"fused@C{tiling.cluster}", "cluster": tiling.cluster}
+            for rec, tiling in ((preferred, tilings[0]), (smallest, tilings[-1]))]
 
 
 def heads_by_size(text: str) -> tuple[int, int]:
@@ -160,7 +162,8 @@ def main():
                              "1x768); the mask cost is measured at those of 64 and 256")
     parser.add_argument("--no-masks", action="store_true", help="leave out the mask cost")
     parser.add_argument("--no-groups", action="store_true",
-                        help="leave out the smallest compiled group of heads beyond a cluster")
+                        help="leave out the two group sizes of heads beyond a cluster (float32, "
+                             "where the group kernels run)")
     parser.add_argument("--no-contraction", action="store_true",
                         help="leave out the dR contraction's two settings (LSTM)")
     args = parser.parse_args()
@@ -173,8 +176,7 @@ def main():
                                           args.steps, N, D, key))
     group_records = [] if args.no_groups else [
         rec for function in ("lstm", "slstm") for N, D in args.shapes
-        if (rec := bench_smallest_group(function, jnp.bfloat16, args.batch, args.steps, N, D,
-                                        key)) is not None]
+        for rec in bench_group_sizes(function, jnp.float32, args.batch, args.steps, N, D, key)]
     mask_records = [] if args.no_masks else [
         bench_mask_cost("lstm", jnp.bfloat16, args.batch, args.steps, N, D, key)
         for N, D in args.shapes if D in (64, 256)]
@@ -196,7 +198,7 @@ def main():
 
     for rec in group_records:
         print(f"{rec['function']:8} {rec['N']:>3}x{rec['D']:<4} {rec['impl']:>6} "
-              f"{rec['fwd_ms']:9.3f} {rec['fwdbwd_ms']:11.3f}")
+              f"{rec['fwd_ms']:9.3f} {rec['fwdbwd_ms']:11.3f} ({rec['dtype']})")
 
     print(f"{'dR':8} {'N x D':>8} {'bf16x3 fwd+bwd ms':>18} {'float32 fwd+bwd ms':>19}")
     for rec in contraction_records:

@@ -42,10 +42,12 @@ def table(results: dict, plot_name: str) -> str:
     ]
     masks, groups, contractions = [], [], []
     for (function, N, D, dtype, B, T), impls in by_case.items():
-        f, s = impls["fused"], impls["scan"]
-        groups += [f"{function} {N} × {D} on {g['cluster']}-CTA groups: {g['fwd_ms']:.2f} / "
-                   f"{g['fwdbwd_ms']:.2f}" for impl, g in impls.items()
+        groups += [f"{function} {N} × {D} {dtype} on {g['cluster']}-CTA groups: "
+                   f"{g['fwd_ms']:.2f} / {g['fwdbwd_ms']:.2f}" for impl, g in impls.items()
                    if impl.startswith("fused@C")]
+        if "fused" not in impls or "scan" not in impls:
+            continue
+        f, s = impls["fused"], impls["scan"]
         if "fused dR bf16x3" in impls:
             c = impls["fused dR bf16x3"]
             contractions.append(f"{function} {N} × {D}: {c['fwdbwd_ms']:.2f} against "
@@ -60,8 +62,9 @@ def table(results: dict, plot_name: str) -> str:
             f"{s['fwdbwd_ms'] / f['fwdbwd_ms']:.1f}× |"
         )
     if groups:
-        lines += ["", "Heads beyond a cluster on the smallest group of CTAs compiled beside the "
-                  "preferred one (forward / forward+backward ms): " + "; ".join(groups) + "."]
+        lines += ["", "Heads beyond a cluster on the preferred group of CTAs and on the smallest "
+                  "compiled beside it (forward / forward+backward ms): " + "; ".join(groups)
+                  + "."]
     if contractions:
         lines += ["", "Forward+backward ms with dR contracted as three bfloat16 products (the "
                   "default for 16-bit R) against one float32 contraction, timed in alternation: "
@@ -124,7 +127,8 @@ def plot(results: dict, path: pathlib.Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    cases = sorted({(r["function"], r["N"], r["D"]) for r in results["records"]})
+    cases = sorted({(r["function"], r["N"], r["D"]) for r in results["records"]
+                    if r["impl"] in ("fused", "scan")})
     labels = [f"{f}\n{n}×{d}" for f, n, d in cases]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=False)
     width = 0.38

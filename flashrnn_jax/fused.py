@@ -45,19 +45,19 @@ _XLA_DTYPE_NAMES = {
 # so that an element the kernel fails to write shows up.
 _poison_outputs = False
 
-# Kernels compiled and checked without a GPU that have not yet run on one: the FMA kernels of
-# groups of CTAs beyond a cluster (heads from 512 or 768 on, by cell and dtype), the
-# tensor-core cluster kernels at heads of 512 and 768, and the split tensor-core kernels (CMake
-# FLASHRNN_MMA_SPLIT_FORWARD / _BACKWARD, off by default). Until their GPU tests and the benchmark
-# against the scan have run (benchmarks/NOTES.md), backend="auto" leaves calls that need them to
-# the scan; backend="fused" runs them.
+# Kernels compiled and checked without a GPU that have not yet run on one: every kernel of heads
+# above 256 (the FMA kernels on 8- and 16-CTA clusters and on groups of CTAs beyond a cluster,
+# the tensor-core cluster kernels at 512 and 768) and the split tensor-core kernels (CMake
+# FLASHRNN_MMA_SPLIT_FORWARD / _BACKWARD, off by default). Until their GPU tests and the
+# benchmark against the scan have run (benchmarks/NOTES.md), backend="auto" leaves calls that need
+# them to the scan; backend="fused" runs them.
 AUTO_TAKES_UNRUN_KERNELS = False
 
 
 def kernel_not_yet_run(path: str, head_size: int) -> bool:
     """Whether the kernel ``path`` (a name of the module's ``compiled_grid``) at this head size
     is one of those that have not yet run on a GPU (:data:`AUTO_TAKES_UNRUN_KERNELS`)."""
-    return path in ("fma_grid_group", "mma_split") or (path == "mma_cluster" and head_size > 256)
+    return head_size > 256 or path == "mma_split"
 
 
 class FusedBackendUnavailableError(RuntimeError):
@@ -106,9 +106,10 @@ def kernel_paths() -> dict[tuple[tuple[str, str, int], hardware.Tiling], tuple[s
     and backward run (``fma``, ``fma_grid_group``, ``mma``, ``mma_split``, ``mma_cluster``)."""
     module = extension()
     paths = {}
-    for function, dtype, head_size, *rest in module.compiled_grid() if module else ():
-        *tiling, forward, backward = rest
-        paths[(function, dtype, head_size), hardware.Tiling(*tiling)] = (forward, backward)
+    for (function, dtype, head_size, cluster, batch_tile, threads, forward,
+         backward) in module.compiled_grid() if module else ():
+        tiling = hardware.Tiling(cluster, batch_tile, threads)
+        paths[(function, dtype, head_size), tiling] = (forward, backward)
     return paths
 
 
@@ -332,13 +333,17 @@ R_GRADIENT_CONTRACTION = "bf16x3"
 
 
 def _bfloat16_parts(x):
-    hi = x.astype(jnp.bfloat16)
-    return hi, (x - hi.astype(x.dtype)).astype(jnp.bfloat16)
+    # Rounded to bfloat16 by reduce_precision, not by a round trip of converts: XLA's GPU
+    # compiler folds f32 -> bf16 -> f32 into nothing (SimplifyFPConversions, with excess
+    # precision allowed, its default), which would leave every lo part zero.
+    hi = jax.lax.reduce_precision(x, exponent_bits=8, mantissa_bits=7)
+    return hi.astype(jnp.bfloat16), (x - hi).astype(jnp.bfloat16)
 
 
 def bf16x3_einsum(spec: str, a, b):
     """``jnp.einsum(spec, a, b)`` of float32 operands to ~16 mantissa bits a product, as three
-    bfloat16 products with float32 accumulation (the lo·lo product, ~2⁻¹⁸ relative, left out)."""
+    bfloat16 products with float32 accumulation (the lo·lo product, ~2⁻¹⁸ relative, is left
+    out)."""
     (a_hi, a_lo), (b_hi, b_lo) = _bfloat16_parts(a), _bfloat16_parts(b)
 
     def product(x, y):

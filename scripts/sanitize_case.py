@@ -2,9 +2,10 @@
 for compute-sanitizer: single-CTA heads (bf16, D=16: the tensor-core forward and the FMA
 backward; D=32: both tensor-core kernels), a cluster head (f32, D=128: two CTAs per head, the
 FMA kernels), a bf16 head of 256 (the cluster tensor-core forward and backward where they are
-built), a bf16 head of 512 and two of 768 (the tensor-core kernels on 16-CTA clusters, at 768
-with part of R in shared memory) and two f32 heads of 768 (groups of CTAs beyond a cluster,
-exchanging through global memory); each plain, and with every sequence option and the recurrent
+built), a bf16 head of 512 and two of 768 (the tensor-core kernels on 16-CTA clusters; at 768
+the LSTM, sLSTM and GRU with part of R in shared memory) and two f32 heads of 768 (groups of
+CTAs beyond a cluster, exchanging through global memory; the Elman on a 16-CTA cluster); each
+plain, and with every sequence option and the recurrent
 gradient clip (lengths 0, 3 and 2 of 3; a reset; reverse).
 
 SANITIZE_HEAD_SIZES (e.g. "16 32 64", for a narrow build such as gpu_check.sh's split step)

@@ -227,8 +227,8 @@ def test_auto_backend_runs_on_cpu_without_warning(rng):
 def test_auto_leaves_kernels_not_yet_run_to_the_scan(monkeypatch):
     """The backend choice with kernels present (stood in for here): while
     AUTO_TAKES_UNRUN_KERNELS is off, 'auto' does not take a call whose forward or backward runs
-    on a kernel not yet run on a GPU (the FMA group kernels beyond a cluster, the tensor-core
-    cluster kernels beyond 256, the split kernels), and says which; 'fused' takes it; the other kernels go to
+    on a kernel not yet run on a GPU (any kernel of heads above 256, the split kernels), and
+    says which; 'fused' takes it; the other kernels go to
     'auto' either way."""
     from flashrnn_jax import fused
     from flashrnn_jax.constrint import hardware
@@ -236,19 +236,22 @@ def test_auto_leaves_kernels_not_yet_run_to_the_scan(monkeypatch):
     key = lambda d: ("lstm", "F32", d)  # noqa: E731
     tilings = {32: hardware.Tiling(1, 16, 512), 64: hardware.Tiling(1, 16, 512),
                256: hardware.Tiling(4, 16, 512),
-               512: hardware.Tiling(16, 16, 256), 768: hardware.Tiling(128, 16, 96)}
+               512: hardware.Tiling(16, 16, 256), 768: hardware.Tiling(128, 16, 96),
+               1024: hardware.Tiling(16, 16, 512)}
     paths = {(key(32), tilings[32]): ("mma_split", "mma"),
              (key(64), tilings[64]): ("mma", "fma"),
              (key(256), tilings[256]): ("mma_cluster", "mma_cluster"),
              (key(512), tilings[512]): ("mma_cluster", "fma"),
-             (key(768), tilings[768]): ("fma", "fma_grid_group")}
+             (key(768), tilings[768]): ("fma", "fma_grid_group"),
+             (key(1024), tilings[1024]): ("fma", "fma")}
     monkeypatch.setattr(fused, "_has_cuda_device", lambda: True)
     monkeypatch.setattr(fused, "extension", lambda: object())
     monkeypatch.setattr(fused, "_select_tiling", lambda function, dtype, d: tilings[d])
     monkeypatch.setattr(fused, "kernel_paths", lambda: paths)
     for d in (64, 256):
         assert fused.unsupported_reason(np.dtype("float32"), d, "lstm", for_auto=True) is None
-    for d, unrun in ((32, "mma_split"), (512, "mma_cluster"), (768, "fma_grid_group")):
+    for d, unrun in ((32, "mma_split"), (512, "fma, mma_cluster"), (768, "fma, fma_grid_group"),
+                     (1024, "fma")):
         assert fused.unsupported_reason(np.dtype("float32"), d, "lstm") is None
         reason = fused.unsupported_reason(np.dtype("float32"), d, "lstm", for_auto=True)
         assert f"({unrun})" in reason and "backend='fused'" in reason, reason
@@ -256,7 +259,7 @@ def test_auto_leaves_kernels_not_yet_run_to_the_scan(monkeypatch):
     assert fused.kernels_for(np.dtype("float32"), 512, "lstm") == ("mma_cluster", "fma")
     assert fused.kernels_for(np.dtype("int8"), 512, "lstm") is None
     monkeypatch.setattr(fused, "AUTO_TAKES_UNRUN_KERNELS", True)
-    for d in (32, 512, 768):
+    for d in (32, 512, 768, 1024):
         assert fused.unsupported_reason(np.dtype("float32"), d, "lstm", for_auto=True) is None
 
 

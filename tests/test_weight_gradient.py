@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -34,6 +35,18 @@ def test_bf16x3_contraction_is_close_to_float32(rng):
     single = jnp.einsum(SPEC, jnp.asarray(d_gates, jnp.bfloat16),
                         jnp.asarray(h_prev, jnp.bfloat16), preferred_element_type=jnp.float32)
     assert _rel_err(single, want) > 1e-3
+
+
+def test_bf16x3_contraction_under_jit_keeps_its_low_parts(rng):
+    """Compiled, as in the backward: as accurate as eagerly, and the split rounds with
+    reduce-precision, which XLA keeps, not with a convert round trip, which XLA's GPU compiler
+    folds away (leaving lo = 0; tests/test_fused_gpu.py checks the GPU's result)."""
+    d_gates, h_prev = _operands(rng)
+    want = np.einsum(SPEC, d_gates.astype(np.float64), h_prev.astype(np.float64))
+    contract = jax.jit(lambda a, b: fused.bf16x3_einsum(SPEC, a, b))
+    args = jnp.asarray(d_gates), jnp.asarray(h_prev)
+    assert _rel_err(contract(*args), want) < 2e-5
+    assert "reduce_precision" in contract.lower(*args).as_text()
 
 
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
