@@ -47,7 +47,7 @@ _poison_outputs = False
 
 # Kernels compiled and checked without a GPU that have not yet run on one: every kernel of heads
 # above 256 (the FMA kernels on 8- and 16-CTA clusters and on groups of CTAs beyond a cluster,
-# the tensor-core cluster kernels at 512 and 768) and the split tensor-core kernels (CMake
+# the tensor-core cluster kernels at 512 to 1024) and the split tensor-core kernels (CMake
 # FLASHRNN_MMA_SPLIT_FORWARD / _BACKWARD, off by default). Until their GPU tests and the
 # benchmark against the scan have run (benchmarks/NOTES.md), backend="auto" leaves calls that need
 # them to the scan; backend="fused" runs them.

@@ -32,12 +32,12 @@ HEAD_SIZES = (6, 16, 24, 32, 64, 128, 256)
 # (B, T, N): every odd batch, length and head count of the issue appears for every cell and
 # dtype as the head sizes rotate through these.
 SHAPES = ((1, 7, 3), (3, 1000, 1), (17, 7, 12), (3, 1, 3), (17, 1000, 1))
-# Large heads: 16-bit heads of 512 and 768 on the tensor-core cluster kernels (16 CTAs; the
-# float16 backward on the FMA kernels), the others on a 16-CTA cluster or on groups of up to 128
-# CTAs that meet through global memory (fma_exchange.cuh), where the hardware model fits them
-# (not float32 heads of 1536 with several R gates; at 2048 and 2560 the Elman only). Shorter
-# sequences keep the float64 reference affordable; 3 heads of 1536 (128 CTAs each) take one
-# launch per head, 17 rows two or three batch tiles.
+# Large heads: 16-bit heads of 512 and 768 (Elman: 1024) on the tensor-core cluster kernels (16
+# CTAs; the float16 backward on the FMA kernels), the others on a 16-CTA cluster or on groups of
+# up to 128 CTAs that meet through global memory (fma_exchange.cuh), where the hardware model
+# fits them (not float32 heads of 1536 with several R gates; at 2048 and 2560 the Elman only).
+# Shorter sequences keep the float64 reference affordable; 3 heads of 1536 (128 CTAs each) take
+# one launch per head, 17 rows two or three batch tiles.
 LARGE_HEAD_SIZES = (512, 768, 1024, 1536, 2048, 2560)
 LARGE_SHAPES = ((3, 20, 2), (17, 5, 1), (2, 9, 3))
 

@@ -35,8 +35,8 @@ INSTANTIATIONS = [
     ("Backward", "LstmCell", "__nv_bfloat16", (256, 4, 16, 512)),
     ("Backward", "SlstmCell", "__nv_bfloat16", (256, 4, 16, 512)),
     # Heads beyond a cluster: groups of 32 to 128 CTAs that meet through global memory, but for
-    # 16-bit heads of 512 and 768, which the tensor-core cluster kernels take (768: R partly in
-    # shared memory).
+    # 16-bit heads of 512 and 768 and Elman heads of 1024, which the tensor-core cluster kernels
+    # take (768: R partly in shared memory).
     ("Forward", "LstmCell", "__nv_bfloat16", (768, 32, 16, 384)),
     ("Backward", "LstmCell", "__nv_bfloat16", (768, 32, 16, 384)),
     ("Forward", "GruCell", "__nv_bfloat16", (512, 16, 16, 512)),
@@ -44,6 +44,8 @@ INSTANTIATIONS = [
     ("Forward", "LstmCell", "__nv_bfloat16", (512, 16, 16, 512)),
     ("Backward", "LstmCell", "__nv_bfloat16", (512, 16, 16, 512)),
     ("Backward", "SlstmCell", "__nv_bfloat16", (768, 32, 16, 384)),
+    ("Forward", "ElmanCell", "__nv_bfloat16", (1024, 16, 8, 512)),
+    ("Backward", "ElmanCell", "__nv_bfloat16", (1024, 16, 8, 512)),
     ("Forward", "LstmCell", "__nv_bfloat16", (1024, 64, 16, 256)),
     ("Backward", "LstmCell", "__half", (768, 32, 16, 384)),
     ("Forward", "GruCell", "float", (1024, 64, 8, 128)),
@@ -55,7 +57,8 @@ INSTANTIATIONS = [
 def _source(instantiations) -> str:
     return "".join(
         f'#include "kernels/{header}.cuh"\n'
-        for header in ("backward", "forward", "gru_pointwise", "lstm_pointwise", "slstm_pointwise")
+        for header in ("backward", "forward", "elman_pointwise", "gru_pointwise", "lstm_pointwise",
+                       "slstm_pointwise")
     ) + "namespace flashrnn {\n" + "".join(
         f"template cudaError_t Launch{direction}<{cell}, {dtype}, "
         f"Tiling<{', '.join(map(str, tile))}>>(const {direction}Args&, cudaStream_t);\n"
@@ -115,14 +118,15 @@ def test_kernels_compile_without_the_tensor_core_kernels(tmp_path):
 
 def test_tensor_core_kernels_compile_with_their_mma_count_and_no_spills(mma_build):
     # ptxas reports every kernel: the forwards (LSTM bf16 D=64 in one CTA; LSTM bf16 and sLSTM
-    # f16 at D=256, GRU and LSTM bf16 at 512 and LSTM bf16 at 768 over a cluster) and the bf16
+    # f16 at D=256, GRU and LSTM bf16 at 512, LSTM bf16 at 768 and Elman bf16 at 1024 over a
+    # cluster) and the bf16
     # backwards are the tensor-core ones now; each forward with residuals too.
     reports, entries = mma_build
     forward = [name for name in reports if "ForwardMmaKernel" in name]
     cluster = [name for name in reports if "ForwardMmaClusterKernel" in name]
     backward = [name for name in reports if "BackwardMmaKernel" in name]
     cluster_backward = [name for name in reports if "BackwardMmaClusterKernel" in name]
-    assert (len(forward), len(cluster), len(backward), len(cluster_backward)) == (2, 10, 5, 6), \
+    assert (len(forward), len(cluster), len(backward), len(cluster_backward)) == (2, 12, 5, 7), \
         list(reports)
     # Allowed to spill: the sLSTM backward at D=128 (to L1; backward_mma.cuh says why it still
     # beats the FMA kernel), and a few words at D=512 (255 registers: the LSTM forward's 8 bytes,
@@ -158,9 +162,11 @@ def test_tensor_core_kernels_compile_with_their_mma_count_and_no_spills(mma_buil
     # Cluster backward: per warp its products (destination unit tiles) x (Gr gates x U units /
     # 16) k-tiles x (hi, lo), once: in the step loop, whose last iteration also sends step 0's
     # product back. D=256: 2 x 8 (LSTM, sLSTM); 512: 4 x 6 (GRU), 4 x 8 (LSTM); 768: 4 x 12
-    # (LSTM, sLSTM).
+    # (LSTM, sLSTM); Elman 1024: 4 x 4. The Elman forward at 1024: 16 k-tiles of one gate.
     cluster_counts = sorted(c for name, c in counts.items() if "BackwardMmaClusterKernel" in name)
-    assert cluster_counts == [32, 32, 48, 64, 96, 96], counts
+    assert cluster_counts == [32, 32, 32, 48, 64, 96, 96], counts
+    assert [c for name, c in counts.items()
+            if "ForwardMmaClusterKernel" in name and "ElmanCell" in name] == [32, 32], counts
 
 
 # The hardware model's tilings of these heads (the split kernel launches its own shape).
@@ -197,8 +203,8 @@ def test_cluster_kernels_store_to_global_memory_only_between_the_barrier_halves(
     or read-modify-write of the initial states' cotangents would show as one too) must sit
     between an arrive and its wait; only the epilogue after the last wait stores elsewhere."""
     cluster = {name: body for name, body in mma_build[1].items() if "MmaClusterKernel" in name}
-    # forwards (5 x with/without residuals) and backwards (6)
-    assert len(cluster) == 16, list(cluster)
+    # forwards (6 x with/without residuals) and backwards (7)
+    assert len(cluster) == 19, list(cluster)
     for name, body in cluster.items():
         # (Not the "red.global" in cp.async's "shared.global".)
         events = re.findall(r"barrier\.cluster\.(arrive|wait)|(?<![\w.])((?:st|red|atom)\.global)",

@@ -157,11 +157,11 @@ template <typename Cell, typename T, typename Tile>
 constexpr KernelPath kBackwardPath =
     FLASHRNN_MMA_SPLIT_BACKWARD && kMmaSplitBackwardSupported<Cell, T, Tile>
         ? KernelPath::kMmaSplit
-    : FLASHRNN_MMA_CLUSTER_BACKWARD && kMmaClusterBackwardSupported<T, Tile>
+    : FLASHRNN_MMA_CLUSTER_BACKWARD && kMmaClusterBackwardSupported<Cell, T, Tile>
         ? KernelPath::kMmaCluster
     : FLASHRNN_MMA_BACKWARD && kMmaBackwardSupported<Cell, T, Tile> ? KernelPath::kMma
-    : IsGridGroup(Tile::kCluster)                                   ? KernelPath::kFmaGridGroup
-                                                                    : KernelPath::kFma;
+    : IsGridGroup(Tile::kCluster) ? KernelPath::kFmaGridGroup
+                                  : KernelPath::kFma;
 
 template <typename Cell, typename T, typename Tile>
 KernelPath BackwardPath() {

@@ -38,12 +38,13 @@
 namespace flashrnn {
 
 // Which calls the cluster tensor-core backward takes: bfloat16 (backward_mma.cuh says why not
-// float16) and head sizes 256, 512 and 768 (the single-CTA tensor-core backward covers up to
-// 128).
-template <typename T, typename Tile>
+// float16) and the head sizes of the cluster forward: 256, 512 and 768, and 1024 for the Elman
+// (the single-CTA tensor-core backward covers up to 128).
+template <typename Cell, typename T, typename Tile>
 constexpr bool kMmaClusterBackwardSupported =
     std::is_same_v<T, __nv_bfloat16> &&
-    (Tile::kHeadSize == 256 || Tile::kHeadSize == 512 || Tile::kHeadSize == 768);
+    (Tile::kHeadSize == 256 || Tile::kHeadSize == 512 || Tile::kHeadSize == 768 ||
+     (Tile::kHeadSize == 1024 && Cell::kGatesR == 1));
 
 // CTAs per head: as the cluster forward's (forward_mma_cluster.cuh), 32 units each up to the
 // largest cluster of 16.

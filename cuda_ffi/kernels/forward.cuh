@@ -126,11 +126,13 @@ __global__ void __launch_bounds__(Tile::kThreads, 1)
 // kernels the CMake options built, then the tiling's FMA kernel.
 template <typename Cell, typename T, typename Tile>
 constexpr KernelPath kForwardPath =
-    FLASHRNN_MMA_SPLIT_FORWARD && kMmaSplitForwardSupported<Cell, T, Tile> ? KernelPath::kMmaSplit
-    : FLASHRNN_MMA_FORWARD && kMmaForwardSupported<T, Tile>                ? KernelPath::kMma
-    : FLASHRNN_MMA_CLUSTER_FORWARD && kMmaClusterForwardSupported<T, Tile> ? KernelPath::kMmaCluster
-    : IsGridGroup(Tile::kCluster)                                          ? KernelPath::kFmaGridGroup
-                                                                           : KernelPath::kFma;
+    FLASHRNN_MMA_SPLIT_FORWARD && kMmaSplitForwardSupported<Cell, T, Tile>
+        ? KernelPath::kMmaSplit
+    : FLASHRNN_MMA_FORWARD && kMmaForwardSupported<T, Tile> ? KernelPath::kMma
+    : FLASHRNN_MMA_CLUSTER_FORWARD && kMmaClusterForwardSupported<Cell, T, Tile>
+        ? KernelPath::kMmaCluster
+    : IsGridGroup(Tile::kCluster) ? KernelPath::kFmaGridGroup
+                                  : KernelPath::kFma;
 
 template <typename Cell, typename T, typename Tile>
 KernelPath ForwardPath() {

@@ -38,15 +38,18 @@
 namespace flashrnn {
 
 // Which calls the cluster tensor-core forward takes: 16-bit inputs and head sizes 256, 512 and
-// 768 (the single-CTA tensor-core forward covers up to 128; beyond 768 a CTA's R slice fits
-// neither its registers nor its shared memory).
-template <typename T, typename Tile>
+// 768, and 1024 for the Elman (the single-CTA tensor-core forward covers up to 128; beyond 768
+// the R slice of a CTA with more than one R gate fits neither its registers nor its shared
+// memory, while the Elman's one gate at 1024 still fits the registers).
+template <typename Cell, typename T, typename Tile>
 constexpr bool kMmaClusterForwardSupported =
     (std::is_same_v<T, __nv_bfloat16> || std::is_same_v<T, __half>) &&
-    (Tile::kHeadSize == 256 || Tile::kHeadSize == 512 || Tile::kHeadSize == 768);
+    (Tile::kHeadSize == 256 || Tile::kHeadSize == 512 || Tile::kHeadSize == 768 ||
+     (Tile::kHeadSize == 1024 && Cell::kGatesR == 1));
 
 // CTAs per head: 32 units and 8 warps each (4 quarters of K for each of 2 unit tiles) up to the
-// largest cluster, 16 CTAs (D = 512); at D = 768 the 16 CTAs have 48 units and 12 warps.
+// largest cluster, 16 CTAs (D = 512); at D = 768 the 16 CTAs have 48 units and 12 warps, at
+// 1024 64 units and 16 warps.
 template <int D>
 constexpr int kMmaClusterSize = std::min(D / 32, 16);
 
