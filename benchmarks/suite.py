@@ -6,7 +6,9 @@ device-synchronised with ``jax.block_until_ready``, on fresh random data (never 
 peak device memory of the forward+backward step. Implementations:
 
 * ``fused``      ``flashrnn(..., backend="fused")``: the CUDA kernels; recorded as skipped, with
-                 the library's reason, where they cannot run (CPU, kernels not built, ...).
+                 the library's reason, where they cannot run (CPU, kernels not built, ...), and
+                 otherwise with ``kernels``: the kernels its forward and backward ran
+                 (``fused.kernel_paths``).
 * ``scan``       ``flashrnn(..., backend="scan")``: the ``lax.scan`` backend.
 * ``flax_lstm``  ``flax.linen.RNN(flax.linen.OptimizedLSTMCell(N*D))``: dense (one head of size
                  N*D), input features = N*D, lstm only. Note it includes the input projection
@@ -274,6 +276,9 @@ def measure(case: Case, key, device, warmup: int, runs: int) -> dict:
         out["fwd_ms"] = median_ms(fwd_c, *args, warmup=warmup, runs=runs)
         out["fwdbwd_ms"] = median_ms(fwdbwd_c, *args, warmup=warmup, runs=runs)
         out["peak_mem_mb"] = peak_mem_mb(fwdbwd_c, device, in_use_before, peak_before)
+        if case.impl == "fused":
+            # The kernels this case ran (forward, backward): fused.kernel_paths names them.
+            out["kernels"] = fused.kernels_for(jnp.dtype(case.dtype), case.D, case.function)
     except FusedBackendUnavailableError as e:
         out.update(fwd_ms=None, fwdbwd_ms=None, skipped=f"fused unavailable: {e}")
     except Exception as e:  # noqa: BLE001 -- e.g. out of memory at B=256: record, go on
