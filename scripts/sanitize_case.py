@@ -12,6 +12,7 @@ SANITIZE_HEAD_SIZES (e.g. "16 32 64", for a narrow build such as gpu_check.sh's 
 replaces these heads by the ones it names, each in bf16 and f16."""
 
 import os
+import time
 
 import jax
 import jax.numpy as jnp
@@ -46,6 +47,9 @@ for function, cell in CELLS.items():
                                             **opts)
                 return states_all.astype(jnp.float32).sum() + last.astype(jnp.float32).sum()
 
+            start = time.perf_counter()
             value, grads = jax.value_and_grad(loss, argnums=(0, 1, 2))(Wx, R, b)
             jax.block_until_ready(grads)
-            print(f"{function} {jnp.dtype(dtype).name} D={D} {name}: loss {float(value):.4f}")
+            # The seconds under the sanitizer tell the next run which cases its timeout must fit.
+            print(f"{function} {jnp.dtype(dtype).name} D={D} {name}: loss {float(value):.4f} "
+                  f"({time.perf_counter() - start:.1f} s)", flush=True)
