@@ -219,6 +219,21 @@ def test_cluster_kernels_store_to_global_memory_only_between_the_barrier_halves(
         assert any(store for _, store in events[:last_wait]), f"{name}: no store in the steps"
 
 
+def test_cluster_forwards_of_16_ctas_push_h_in_16_byte_pieces(mma_build):
+    """kStagedBroadcast: the cluster forwards of 16 CTAs (heads of 512 to 1024) send their h
+    slice to the other CTAs as 16-byte remote stores after a block barrier; the 8-CTA forward
+    (256) keeps one 2-byte remote store per CTA, hi and lo, for each thread."""
+    forwards = {name: body for name, body in mma_build[1].items()
+                if "ForwardMmaClusterKernel" in name}
+    assert len(forwards) == 12, list(forwards)
+    for name, body in forwards.items():
+        wide, narrow = body.count("st.shared::cluster.v4.b32"), body.count("st.shared::cluster.u16")
+        if "Li256ELi8E" in name:
+            assert (wide, narrow) == (0, 2 * 8 * 2), (name, wide, narrow)  # prologue and loop
+        else:
+            assert wide > 0 and narrow == 0, (name, wide, narrow)
+
+
 def test_grid_kernels_meet_at_a_release_acquire_counter_and_stage_the_exchange_from_l2(mma_build):
     """The kernels of groups beyond a cluster (ForwardGridKernel, BackwardGridKernel): without
     spills; their barrier publishes with a release add and waits with acquire loads at GPU

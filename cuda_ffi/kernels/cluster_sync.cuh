@@ -44,6 +44,11 @@ struct CtaGroup {
   __device__ static void StoreU16(uint32_t address, uint16_t value) {
     asm volatile("st.shared::cluster.u16 [%0], %1;" ::"r"(address), "h"(value) : "memory");
   }
+  __device__ static void StoreV4(uint32_t address, uint4 value) {
+    asm volatile("st.shared::cluster.v4.b32 [%0], {%1, %2, %3, %4};" ::"r"(address),
+                 "r"(value.x), "r"(value.y), "r"(value.z), "r"(value.w)
+                 : "memory");
+  }
 };
 
 template <>

@@ -73,6 +73,16 @@ constexpr bool kMmaSplitForwardSupported =
     (Tile::kHeadSize == 16 || Tile::kHeadSize == 32 || Tile::kHeadSize == 64) &&
     Cell::kGatesR % MmaForwardGateGroups(Tile::kHeadSize) == 0;
 
+// How h reaches the CTAs of the cluster. Up to 8 CTAs (the D = 256 kernel, measured so) each
+// thread stores its h, hi and lo, into every CTA: 2 C two-byte remote stores a step. From 16 CTAs
+// on (D = 512 and 768: 32 such stores a thread and step, ~24 KB arriving at each SM) a CTA
+// writes its slice into its own next buffer, meets at a block barrier, and pushes the slice to
+// the other CTAs in 16-byte pieces (about 4 loads and 4 remote stores a thread), so that the
+// cluster's network carries whole rows of the slice rather than the 16-byte segments that a
+// warp's 2-byte stores gather into; at the cost of the block barrier (benchmarks/NOTES.md).
+template <int C>
+constexpr bool kStagedBroadcast = C >= 16;
+
 // Registers per thread that a warp's R fragments may take in a CTA of `threads` threads: what
 // each thread can have (65536 per SM in steps of 8, at most 255) less 64 for the rest of the
 // step.
@@ -116,6 +126,8 @@ struct MmaClusterForwardLayout {
   static_assert((D / 16) % kKParts == 0 && Cell::kGatesR % kGateGroups == 0,
                 "whole k-tiles per K part and whole gates per gate group");
   static_assert(kRegisterKTiles > 0, "a k-tile of R in registers at least");
+  static_assert(kRowStride * sizeof(T) % 16 == 0 && D / C * sizeof(T) % 16 == 0,
+                "rows and CTA slices of h in whole 16-byte chunks (kStagedBroadcast)");
 };
 
 // Launch bounds (threads, 1): as the other persistent kernels.
@@ -183,18 +195,43 @@ __global__ void __launch_bounds__(MmaClusterForwardLayout<Cell, T, D, C>::kThrea
 #pragma unroll
   for (int i = 0; i < S; ++i) initial[i] = s[i];
   const int h_at = batch_row * kStride + u0 + unit;
-  // h into buffer `buffer` of every CTA of the cluster, where h_lo lies kLoBytes after h_hi
-  // as here.
-  constexpr uint32_t kLoBytes = 2 * Layout::kBufferValues * sizeof(T);
+  // h into buffer `buffer` of every CTA of the cluster (kStagedBroadcast says how). Called by
+  // every thread of the CTA alike.
   auto broadcast_h = [&](int buffer, float h) {
     T hi, lo;
     Op::Split(h, hi, lo);
-    const uint32_t at = (buffer * Layout::kBufferValues + h_at) * sizeof(T);
+    if constexpr (kStagedBroadcast<C>) {
+      const int at = buffer * Layout::kBufferValues + h_at;
+      h_hi[at] = hi;
+      h_lo[at] = lo;
+      __syncthreads();
+      // The slice in 16-byte chunks (hi then lo, row by row, 8 units a chunk), each to the other
+      // C - 1 CTAs, at the same offset there.
+      constexpr int kUnitsPerChunk = 16 / static_cast<int>(sizeof(T));
+      constexpr int kChunksPerRow = U / kUnitsPerChunk, kChunks = 2 * BT * kChunksPerRow;
+      constexpr int kPushes = (C - 1) * kChunks;
 #pragma unroll
-    for (int r = 0; r < C; ++r) {
-      const uint32_t remote = Group::MapAddress(h_hi, r) + at;
-      Group::StoreU16(remote, Op::Bits(hi));
-      Group::StoreU16(remote + kLoBytes, Op::Bits(lo));
+      for (int k = 0; k < (kPushes + Layout::kThreads - 1) / Layout::kThreads; ++k) {
+        const int idx = static_cast<int>(threadIdx.x) + k * Layout::kThreads;
+        if (kPushes % Layout::kThreads == 0 || idx < kPushes) {
+          const int to = (rank + 1 + idx / kChunks) % C, chunk = idx % kChunks;
+          const int row = chunk / kChunksPerRow % BT;
+          const T* local = (chunk < BT * kChunksPerRow ? h_hi : h_lo) +
+                           buffer * Layout::kBufferValues + row * kStride + u0 +
+                           chunk % kChunksPerRow * kUnitsPerChunk;
+          Group::StoreV4(Group::MapAddress(local, to), *reinterpret_cast<const uint4*>(local));
+        }
+      }
+    } else {
+      // h_lo lies kLoBytes after h_hi in every CTA.
+      constexpr uint32_t kLoBytes = 2 * Layout::kBufferValues * sizeof(T);
+      const uint32_t at = (buffer * Layout::kBufferValues + h_at) * sizeof(T);
+#pragma unroll
+      for (int r = 0; r < C; ++r) {
+        const uint32_t remote = Group::MapAddress(h_hi, r) + at;
+        Group::StoreU16(remote, Op::Bits(hi));
+        Group::StoreU16(remote + kLoBytes, Op::Bits(lo));
+      }
     }
   };
   // The inputs of steps 0 and 1 are copied in while the cluster starts.
