@@ -32,8 +32,9 @@ struct CtaGroup {
     return cooperative_groups::this_cluster().map_shared_rank(local, rank);
   }
 
-  // The same as a 32-bit shared::cluster address, for StoreU16: a kernel that writes to every
-  // CTA of a 16-CTA cluster keeps 16 of these in registers where Map's generic pointers take 32.
+  // The same as a 32-bit shared::cluster address, for StoreU16 and StoreV4: a kernel that writes
+  // to every CTA of a 16-CTA cluster keeps 16 of these in registers where Map's generic pointers
+  // take 32.
   __device__ static uint32_t MapAddress(const void* local, int rank) {
     uint32_t remote;
     asm("mapa.shared::cluster.u32 %0, %1, %2;"

@@ -1,8 +1,8 @@
 // The tensor-core forward kernel for heads split over a thread-block cluster (bfloat16 /
-// float16, head sizes 256, 512 and 768). Built with the CMake option FLASHRNN_MMA_CLUSTER_FORWARD (ON by
-// default; sm_90 or newer); benchmarks/NOTES.md has its design and measurements. With a
-// "cluster" of one CTA it is also the split forward for heads of 16, 32 and 64
-// (FLASHRNN_MMA_SPLIT_FORWARD, below).
+// float16, head sizes 256, 512 and 768, and the Elman's 1024). Built with the CMake option
+// FLASHRNN_MMA_CLUSTER_FORWARD (ON by default; sm_90 or newer); benchmarks/NOTES.md has its
+// design and measurements. With a "cluster" of one CTA it is also the split forward for heads of
+// 16, 32 and 64 (FLASHRNN_MMA_SPLIT_FORWARD, below).
 //
 // A head's units are split over the C CTAs of a cluster (U = D / C each). Within a CTA four
 // warps share each unit tile [16m, 16m + 16) of the CTA's units, one per accumulator register
@@ -11,11 +11,12 @@
 // in 4 / P groups where it has fewer: 2 at D = 32, 4 at D = 16), so that its R fragments
 // (Gr x D/64 k-tiles, 64 registers per lane for the LSTM at D = 256) stay on chip for the whole
 // sequence: in registers, and where they do not fit (LSTM, sLSTM and GRU at D = 768) partly in
-// shared memory, read each step. The partial sums meet in shared memory, where each thread picks up the sums
-// of one element (accumulator register s of its lane position) and runs its cell step: one
-// element per thread. h goes, as hi + lo values of the input dtype (forward_mma.cuh says why),
-// into the h buffer of every CTA of the cluster (distributed shared memory), double-buffered;
-// one block barrier and one cluster barrier per step.
+// shared memory, read each step. The partial sums meet in shared memory, where each thread
+// picks up the sums of one element (accumulator register s of its lane position) and runs its
+// cell step: one element per thread. h goes, as hi + lo values of the input dtype
+// (forward_mma.cuh says why), into the h buffer of every CTA of the cluster (distributed shared
+// memory, kStagedBroadcast says how), double-buffered; per step one block barrier (two from 16
+// CTAs on) and one cluster barrier.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -75,7 +76,7 @@ constexpr bool kMmaSplitForwardSupported =
 
 // How h reaches the CTAs of the cluster. Up to 8 CTAs (the D = 256 kernel, measured so) each
 // thread stores its h, hi and lo, into every CTA: 2 C two-byte remote stores a step. From 16 CTAs
-// on (D = 512 and 768: 32 such stores a thread and step, ~24 KB arriving at each SM) a CTA
+// on (D = 512 to 1024: 32 such stores a thread and step, ~24 KB arriving at each SM at 768) a CTA
 // writes its slice into its own next buffer, meets at a block barrier, and pushes the slice to
 // the other CTAs in 16-byte pieces (about 4 loads and 4 remote stores a thread), so that the
 // cluster's network carries whole rows of the slice rather than the 16-byte segments that a
