@@ -31,6 +31,7 @@
 #include "backward_element.cuh"
 #include "cluster_sync.cuh"
 #include "launch.cuh"
+#include "mma_cluster_shape.h"
 #include "mma_operand.cuh"
 #include "params.h"
 #include "tiling.h"
@@ -38,18 +39,11 @@
 namespace flashrnn {
 
 // Which calls the cluster tensor-core backward takes: bfloat16 (backward_mma.cuh says why not
-// float16) and the head sizes of the cluster forward: 256, 512 and 768, and 1024 for the Elman
-// (the single-CTA tensor-core backward covers up to 128).
+// float16) and the head sizes of MmaClusterTakesHead (mma_cluster_shape.h), over the cluster
+// forward's kMmaClusterSize CTAs.
 template <typename Cell, typename T, typename Tile>
 constexpr bool kMmaClusterBackwardSupported =
-    std::is_same_v<T, __nv_bfloat16> &&
-    (Tile::kHeadSize == 256 || Tile::kHeadSize == 512 || Tile::kHeadSize == 768 ||
-     (Tile::kHeadSize == 1024 && Cell::kGatesR == 1));
-
-// CTAs per head: as the cluster forward's (forward_mma_cluster.cuh), 32 units each up to the
-// largest cluster of 16.
-template <int D>
-constexpr int kMmaClusterBackwardSize = std::min(D / 32, 16);
+    std::is_same_v<T, __nv_bfloat16> && MmaClusterTakesHead<Cell>(Tile::kHeadSize);
 
 // Shared memory: this CTA's gate cotangents [batch row][gate * U + unit] as hi and lo parts
 // (single-buffered: the cluster barrier orders a step's reads before the next step's writes),
@@ -67,7 +61,7 @@ struct MmaClusterBackwardLayout {
   static constexpr int kThreads = kUnits * kMmaBatchTile;
   static constexpr int kProductsPerWarp = C * kUnitTiles / (kThreads / 32);
   static constexpr int kRegisterProducts =
-      std::min(kProductsPerWarp, (std::min(65536 / kThreads / 8 * 8, 255) - 64) / (4 * kKTiles));
+      std::min(kProductsPerWarp, MmaFragmentRegisters(kThreads) / (4 * kKTiles));
   static constexpr int kSharedProducts = kProductsPerWarp - kRegisterProducts;
   static constexpr int kRowStride = kGatesR * kUnits + 8;
   static constexpr int kGateValues = kMmaBatchTile * kRowStride;
@@ -226,7 +220,7 @@ __global__ void __launch_bounds__(MmaClusterBackwardLayout<Cell::kGatesR, D, C>:
 // Launches the cluster tensor-core backward over every head and batch tile of 8 rows.
 template <typename Cell, typename T, int D>
 cudaError_t LaunchBackwardMmaCluster(const BackwardArgs& args, cudaStream_t stream) {
-  constexpr int C = kMmaClusterBackwardSize<D>;
+  constexpr int C = kMmaClusterSize<D>;
   using Layout = MmaClusterBackwardLayout<Cell::kGatesR, D, C>;
   using Shape = Tiling<D, C, kMmaBatchTile, Layout::kThreads>;
   return LaunchOverHeadsAndBatchTiles<Shape>(BackwardMmaClusterKernel<Cell, T, D, C>, args,

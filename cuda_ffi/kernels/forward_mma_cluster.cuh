@@ -32,27 +32,19 @@
 #include "forward_element.cuh"
 #include "input_stage.cuh"
 #include "launch.cuh"
+#include "mma_cluster_shape.h"
 #include "mma_operand.cuh"
 #include "params.h"
 #include "tiling.h"
 
 namespace flashrnn {
 
-// Which calls the cluster tensor-core forward takes: 16-bit inputs and head sizes 256, 512 and
-// 768, and 1024 for the Elman (the single-CTA tensor-core forward covers up to 128; beyond 768
-// the R slice of a CTA with more than one R gate fits neither its registers nor its shared
-// memory, while the Elman's one gate at 1024 still fits the registers).
+// Which calls the cluster tensor-core forward takes: 16-bit inputs and the head sizes of
+// MmaClusterTakesHead (mma_cluster_shape.h).
 template <typename Cell, typename T, typename Tile>
 constexpr bool kMmaClusterForwardSupported =
     (std::is_same_v<T, __nv_bfloat16> || std::is_same_v<T, __half>) &&
-    (Tile::kHeadSize == 256 || Tile::kHeadSize == 512 || Tile::kHeadSize == 768 ||
-     (Tile::kHeadSize == 1024 && Cell::kGatesR == 1));
-
-// CTAs per head: 32 units and 8 warps each (4 quarters of K for each of 2 unit tiles) up to the
-// largest cluster, 16 CTAs (D = 512); at D = 768 the 16 CTAs have 48 units and 12 warps, at
-// 1024 64 units and 16 warps.
-template <int D>
-constexpr int kMmaClusterSize = std::min(D / 32, 16);
+    MmaClusterTakesHead<Cell>(Tile::kHeadSize);
 
 // The gate groups of the four warps of a unit tile (below): K splits into min(4, D / 16) parts
 // (its k-tiles), and the gates into as many groups as that leaves warps.
@@ -83,13 +75,6 @@ constexpr bool kMmaSplitForwardSupported =
 // warp's 2-byte stores gather into; at the cost of the block barrier (benchmarks/NOTES.md).
 template <int C>
 constexpr bool kStagedBroadcast = C >= 16;
-
-// Registers per thread that a warp's R fragments may take in a CTA of `threads` threads: what
-// each thread can have (65536 per SM in steps of 8, at most 255) less 64 for the rest of the
-// step.
-constexpr int MmaFragmentRegisters(int threads) {
-  return std::min(65536 / threads / 8 * 8, 255) - 64;
-}
 
 // Shared memory: h of the whole head as hi and lo parts, double-buffered, rows padded by 8
 // values (distinct banks for the B-fragment loads); then the partial sums
