@@ -88,17 +88,15 @@ def _compile(tmp_path, mma: bool, *extra: str, source_text: str = SOURCE
 
 def _ptxas_reports_and_ptx(tmp_path, *flags: str, source_text: str = SOURCE):
     """ptxas -v's report of every kernel (name -> its lines up to the spill counts) and every
-    kernel's PTX body (name -> text), all tensor-core kernels on plus ``flags``."""
-    result = _compile(tmp_path, True, *flags, "-c", "-Xptxas", "-v", "-o", str(tmp_path / "k.o"),
-                      source_text=source_text)
+    kernel's PTX body (name -> text), all tensor-core kernels on plus ``flags``: one compile,
+    which keeps its PTX (named after the source and -arch of _compile)."""
+    result = _compile(tmp_path, True, *flags, "-c", "-Xptxas", "-v", "-keep", "-keep-dir",
+                      str(tmp_path), "-o", str(tmp_path / "k.o"), source_text=source_text)
     assert result.returncode == 0, result.stderr[-3000:]
     reports = dict(re.findall(r"Compiling entry function '(\w+)'.*?\n(.*?spill loads)",
                               result.stderr, re.S))
-    ptx = _compile(tmp_path, True, *flags, "--ptx", "-o", str(tmp_path / "k.ptx"),
-                   source_text=source_text)
-    assert ptx.returncode == 0, ptx.stderr[-3000:]
-    entries = dict(re.findall(r"\.entry (\w+)\((.*?)\n\}\n", (tmp_path / "k.ptx").read_text(),
-                              re.S))
+    ptx = (tmp_path / "kernels.compute_90a.ptx").read_text()
+    entries = dict(re.findall(r"\.entry (\w+)\((.*?)\n\}\n", ptx, re.S))
     return reports, entries
 
 

@@ -14,45 +14,44 @@ SPEC = "btgno,btni->gnoi"
 B, T, G, N, D = 3, 40, 4, 2, 32
 
 
-def _operands(rng):
-    # Gate cotangents over four decades, h_prev in (-1, 1), as the backward sees them.
+def operands(rng):
+    """Gate cotangents over four decades and h_prev in (-1, 1) in float32, as the backward sees
+    them, and their float64 contraction (also tests/test_fused_gpu.py's)."""
     d_gates = rng.normal(size=(B, T, G, N, D)) * 10.0 ** rng.uniform(-2, 2, size=(1, T, G, 1, 1))
     h_prev = np.tanh(rng.normal(size=(B, T, N, D)))
-    return d_gates.astype(np.float32), h_prev.astype(np.float32)
+    d_gates, h_prev = d_gates.astype(np.float32), h_prev.astype(np.float32)
+    return d_gates, h_prev, np.einsum(SPEC, d_gates.astype(np.float64), h_prev.astype(np.float64))
 
 
-def _rel_err(got, want):
+def rel_err(got, want):
     return float(np.max(np.abs(np.asarray(got, np.float64) - want)) / np.max(np.abs(want)))
 
 
 def test_bf16x3_contraction_is_close_to_float32(rng):
-    d_gates, h_prev = _operands(rng)
-    want = np.einsum(SPEC, d_gates.astype(np.float64), h_prev.astype(np.float64))
+    d_gates, h_prev, want = operands(rng)
     got = fused.bf16x3_einsum(SPEC, jnp.asarray(d_gates), jnp.asarray(h_prev))
     assert got.dtype == jnp.float32
-    assert _rel_err(got, want) < 2e-5
+    assert rel_err(got, want) < 2e-5
     # One bfloat16 product is two orders of magnitude worse: the lo parts are what counts.
     single = jnp.einsum(SPEC, jnp.asarray(d_gates, jnp.bfloat16),
                         jnp.asarray(h_prev, jnp.bfloat16), preferred_element_type=jnp.float32)
-    assert _rel_err(single, want) > 1e-3
+    assert rel_err(single, want) > 1e-3
 
 
 def test_bf16x3_contraction_under_jit_keeps_its_low_parts(rng):
     """Compiled, as in the backward: as accurate as eagerly, and the split rounds with
     reduce-precision, which XLA keeps, not with a convert round trip, which XLA's GPU compiler
     folds away (leaving lo = 0; tests/test_fused_gpu.py checks the GPU's result)."""
-    d_gates, h_prev = _operands(rng)
-    want = np.einsum(SPEC, d_gates.astype(np.float64), h_prev.astype(np.float64))
+    d_gates, h_prev, want = operands(rng)
     contract = jax.jit(lambda a, b: fused.bf16x3_einsum(SPEC, a, b))
     args = jnp.asarray(d_gates), jnp.asarray(h_prev)
-    assert _rel_err(contract(*args), want) < 2e-5
+    assert rel_err(contract(*args), want) < 2e-5
     assert "reduce_precision" in contract.lower(*args).as_text()
 
 
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
 def test_16_bit_dR_is_the_rounded_float64_contraction(rng, dtype):
-    d_gates, h_prev = _operands(rng)
-    want = np.einsum(SPEC, d_gates.astype(np.float64), h_prev.astype(np.float64))
+    d_gates, h_prev, want = operands(rng)
     got = fused.recurrent_weight_gradient(jnp.asarray(d_gates), jnp.asarray(h_prev), dtype)
     assert got.dtype == dtype
     # Within one rounding of the 16-bit result: |got - want| <= half an ulp of got plus the
@@ -63,10 +62,9 @@ def test_16_bit_dR_is_the_rounded_float64_contraction(rng, dtype):
 
 
 def test_float32_R_keeps_the_float32_contraction(rng, monkeypatch):
-    d_gates, h_prev = _operands(rng)
-    want = np.einsum(SPEC, d_gates.astype(np.float64), h_prev.astype(np.float64))
+    d_gates, h_prev, want = operands(rng)
     got = fused.recurrent_weight_gradient(jnp.asarray(d_gates), jnp.asarray(h_prev), jnp.float32)
-    assert _rel_err(got, want) < 1e-6
+    assert rel_err(got, want) < 1e-6
     # And the setting that times the float32 contraction for 16-bit R too.
     monkeypatch.setattr(fused, "R_GRADIENT_CONTRACTION", "float32")
     got16 = fused.recurrent_weight_gradient(jnp.asarray(d_gates), jnp.asarray(h_prev),
