@@ -13,6 +13,7 @@ import argparse
 import dataclasses
 import json
 import time
+from unittest import mock
 
 import jax
 import jax.numpy as jnp
@@ -107,15 +108,11 @@ def bench_weight_gradient_contraction(function, dtype, B, T, N, D, key):
     key, mask_key = jax.random.split(key)
     data = random_inputs(function, dtype, B, T, N, D, key)
     compiled = []
-    previous = fused.R_GRADIENT_CONTRACTION
     for setting in ("bf16x3", "float32"):
         _, fwdbwd = case_functions(function, "fused", B, T, mask_key)
-        try:
-            # The setting is read while the backward is traced.
-            fused.R_GRADIENT_CONTRACTION = setting
+        # The setting is read while the backward is traced.
+        with mock.patch.object(fused, "R_GRADIENT_CONTRACTION", setting):
             compiled.append(fwdbwd.lower(*data).compile())
-        finally:
-            fused.R_GRADIENT_CONTRACTION = previous
     bf16x3_ms, float32_ms = interleaved_median_ms(compiled, *data, runs=50)
     return record("fused dR bf16x3", function, dtype, B, T, N, D, fwdbwd_ms=bf16x3_ms,
                   fwdbwd_dr_float32_ms=float32_ms, dr_float32_over_bf16x3=float32_ms / bf16x3_ms)
@@ -127,7 +124,9 @@ def bench_group_sizes(function, dtype, B, T, N, D, key):
     largest group needs); none where the head has no such pair or neither direction runs a
     group kernel on it (16-bit heads of 768 run the tensor-core cluster kernels whatever the
     tiling)."""
-    tilings = hardware.compiled_tilings(function, fused._XLA_DTYPE_NAMES[np.dtype(dtype)], D)
+    # The installed build's tilings, preferred first.
+    tilings = sorted(fused.compiled_grid().get(
+        (function, fused._XLA_DTYPE_NAMES[np.dtype(dtype)], D), ()), key=hardware.preference_key)
     kernels = fused.kernels_for(dtype, D, function)
     if len(tilings) < 2 or kernels is None or "fma_grid_group" not in kernels:
         return []

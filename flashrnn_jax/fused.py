@@ -210,11 +210,10 @@ def unsupported_reason(dtype, head_size: int, function: str, for_auto: bool = Fa
 def kernels_for(dtype, head_size: int, function: str) -> tuple[str, str] | None:
     """The names of the kernels (:func:`kernel_paths`) that the forward and the backward of a
     fused call run on this device, or None where the fused kernels cannot run it."""
-    name = _XLA_DTYPE_NAMES.get(np.dtype(dtype))
-    if name is None or unsupported_reason(dtype, head_size, function) is not None:
+    if unsupported_reason(dtype, head_size, function) is not None:
         return None
-    tiling = _select_tiling(function, name, head_size)
-    return kernel_paths().get(((function, name, head_size), tiling))
+    key = (function, _XLA_DTYPE_NAMES[np.dtype(dtype)], head_size)
+    return kernel_paths().get((key, _select_tiling(*key)))
 
 
 @contextlib.contextmanager

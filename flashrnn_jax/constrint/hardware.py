@@ -234,22 +234,28 @@ def pick_compiled(function: str, dtype: str, head_size: int, compiled: Iterable[
 
 def main(argv=None) -> None:
     """Print ``function dtype head_size cluster batch_tile threads`` for CMake, one line per
-    tiling to compile (compiled_tilings)."""
+    tiling to compile (compiled_tilings), and one ``# skipped:`` line naming the combinations
+    no tiling fits (CMake warns with it; a fused call names the binding limit)."""
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--functions", required=True, help="';'-separated, e.g. 'lstm;gru'")
     parser.add_argument("--dtypes", required=True, help="';'-separated, e.g. 'bf16;f32'")
     parser.add_argument("--head-sizes", required=True, help="';'-separated, e.g. '16;64'")
     args = parser.parse_args(argv)
+    skipped = []
     for function in args.functions.split(";"):
         for dtype in args.dtypes.split(";"):
             for head_size in args.head_sizes.split(";"):
                 try:
                     tilings = compiled_tilings(function, dtype, int(head_size))
-                except InfeasibleTilingError as err:
-                    print(f"# skipped: {err}")
+                except InfeasibleTilingError:
+                    skipped.append(f"function={function!r} {dtype} {head_size}")
                     continue
                 for t in tilings:
                     print(function, dtype, head_size, t.cluster, t.batch_tile, t.threads)
+    if skipped:
+        # One line without ';', which CMake would take for a list separator.
+        print(f"# skipped: no kernel tiling fits on chip, so these are not built (backend="
+              f"'fused' names the binding limit at a call): {', '.join(skipped)}")
 
 
 if __name__ == "__main__":
