@@ -64,6 +64,16 @@ class FusedBackendUnavailableError(RuntimeError):
     """``backend="fused"`` was asked for a call the fused kernels cannot run."""
 
 
+# The kernel name (kernel_paths) of a direction that no kernel of the build runs, and why that
+# happens.
+NO_KERNEL = "none"
+_NO_KERNEL_WHY = (
+    "only the tensor-core group kernels hold its R on chip (16-bit heads of 2048); their "
+    "backward takes bfloat16 only, and both need the CMake options FLASHRNN_MMA_CLUSTER_FORWARD "
+    "and FLASHRNN_MMA_CLUSTER_BACKWARD (on by default)"
+)
+
+
 @functools.cache
 def extension():
     """The compiled module ``flashrnn_jax._cuda`` with its FFI targets registered, or None."""
@@ -103,7 +113,10 @@ def compiled_grid() -> dict[tuple[str, str, int], tuple[hardware.Tiling, ...]]:
 @functools.cache
 def kernel_paths() -> dict[tuple[tuple[str, str, int], hardware.Tiling], tuple[str, str]]:
     """((function, XLA dtype name, head size), tiling) -> the names of the kernels its forward
-    and backward run (``fma``, ``fma_grid_group``, ``mma``, ``mma_split``, ``mma_cluster``)."""
+    and backward run (``fma``, ``fma_grid_group``, ``mma``, ``mma_split``, ``mma_cluster``,
+    ``mma_grid_group``), ``none`` for a direction no kernel of the build runs (a tiling that
+    only the tensor-core group kernels hold: their backward takes bfloat16 only, and both are
+    off with the CMake options ``FLASHRNN_MMA_CLUSTER_FORWARD`` / ``_BACKWARD``)."""
     module = extension()
     paths = {}
     for (function, dtype, head_size, cluster, batch_tile, threads, forward,
@@ -198,8 +211,15 @@ def unsupported_reason(dtype, head_size: int, function: str, for_auto: bool = Fa
     tiling = _select_tiling(function, name, head_size)
     if isinstance(tiling, str):
         return tiling
+    paths = kernel_paths().get(((function, name, head_size), tiling), ())
+    if paths and paths[0] == NO_KERNEL:
+        return (f"no fused forward kernel of this build runs function={function!r}, dtype "
+                f"{name}, head size {head_size}: {_NO_KERNEL_WHY}")
+    if for_auto and paths and paths[1] == NO_KERNEL:
+        return (f"no fused backward kernel of this build runs function={function!r}, dtype "
+                f"{name}, head size {head_size} ({_NO_KERNEL_WHY}), and the call may be "
+                "differentiated; backend='fused' runs its forward")
     if for_auto and not AUTO_TAKES_UNRUN_KERNELS:
-        paths = kernel_paths().get(((function, name, head_size), tiling), ())
         unrun = [path for path in paths if kernel_not_yet_run(path, head_size)]
         if unrun:
             return (f"head size {head_size} runs on kernels that have not yet run on a GPU "
@@ -364,6 +384,12 @@ def recurrent_weight_gradient(d_gates_r, h_prev, r_dtype):
 
 def _fused_bwd(options, residuals, cotangents):
     R, states, seq_lengths, resets, gate_cache, states_f32 = residuals
+    kernels = kernels_for(R.dtype, R.shape[-1], options.function)
+    if kernels is not None and kernels[1] == NO_KERNEL:
+        raise FusedBackendUnavailableError(
+            f"backend='fused' cannot differentiate function={options.function!r} with dtype "
+            f"{np.dtype(R.dtype)} at head size {R.shape[-1]}: no fused backward kernel of this "
+            f"build runs it ({_NO_KERNEL_WHY}); use bfloat16 or backend='scan'")
     d_states_all, d_last = cotangents
     wx_dtype = d_states_all.dtype  # the outputs, and so their cotangents, have Wx's dtype
     d_gates, d_states0 = _backward_call(

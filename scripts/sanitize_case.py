@@ -4,7 +4,9 @@ backward; D=32: both tensor-core kernels), a cluster head (f32, D=128: two CTAs 
 FMA kernels), a bf16 head of 256 (the cluster tensor-core forward and backward where they are
 built), a bf16 head of 512 and two of 768 (the tensor-core kernels on 16-CTA clusters; at 768
 the LSTM, sLSTM and GRU with part of R in shared memory) and two f32 heads of 768 (groups of
-CTAs beyond a cluster, exchanging through global memory; the Elman on a 16-CTA cluster); each
+CTAs beyond a cluster, exchanging through global memory; the Elman on a 16-CTA cluster), and a
+bf16 head of 2048 (the LSTM, sLSTM and GRU on the tensor-core group kernels, whose warps
+reuse their part of the staged h for their partial sums; the Elman on FMA groups); each
 plain, and with every sequence option and the recurrent
 gradient clip (lengths 0, 3 and 2 of 3; a reset; reverse).
 
@@ -21,7 +23,7 @@ from flashrnn_jax import flashrnn
 from flashrnn_jax.cells import CELLS
 
 SIZES = [(jnp.bfloat16, 16), (jnp.bfloat16, 32), (jnp.float32, 128), (jnp.bfloat16, 256),
-         (jnp.bfloat16, 512), (jnp.bfloat16, 768), (jnp.float32, 768)]
+         (jnp.bfloat16, 512), (jnp.bfloat16, 768), (jnp.float32, 768), (jnp.bfloat16, 2048)]
 if os.environ.get("SANITIZE_HEAD_SIZES"):
     SIZES = [(dtype, int(d)) for d in os.environ["SANITIZE_HEAD_SIZES"].split()
              for dtype in (jnp.bfloat16, jnp.float16)]

@@ -22,11 +22,17 @@ H100 = hardware.DeviceLimits.sm90()
 
 # The default grid's combinations that fit no tiling (CMake skips them): heads whose R slice and
 # staged h exceed the shared memory of 128 CTAs — with more than one R gate float32 heads of
-# 1536 and every head of 2048 and 2560; the Elman's single gate fits up to 2560 but in float32.
-INFEASIBLE = ({(function, "f32", 1536) for function in ("lstm", "gru", "slstm")}
-              | {(function, dtype, d) for function in ("lstm", "gru", "slstm")
-                 for dtype in DTYPES for d in (2048, 2560)}
+# 1536 and 2048 and every head of 2560 — where the tensor-core group kernels (16-bit, 128 CTAs
+# at most, R in registers and shared memory) do not take them either; the Elman's single gate
+# fits up to 2560 but in float32.
+INFEASIBLE = ({(function, "f32", d) for function in ("lstm", "gru", "slstm") for d in (1536, 2048)}
+              | {(function, dtype, 2560) for function in ("lstm", "gru", "slstm")
+                 for dtype in DTYPES}
               | {("elman", "f32", 2560)})
+# The combinations only the tensor-core group kernels hold: 16-bit heads of 2048 with more than
+# one R gate.
+TENSOR_CORE_GROUP = {(function, dtype, 2048) for function in ("lstm", "gru", "slstm")
+                     for dtype in ("bf16", "f16")}
 
 
 def _grid():
@@ -72,10 +78,17 @@ def test_tilings_pass_the_kernels_static_checks(tmp_path):
     for function, dtype, head_size, t in _grid():
         tile = f"Tiling<{head_size}, {t.cluster}, {t.batch_tile}, {t.threads}>"
         gates, size = hardware.RECURRENT_GATES[function], hardware.DTYPE_BYTES[dtype]
+        if hardware.takes_tensor_core_group(function, dtype, head_size, t):
+            # The C++ side takes the tensor-core group kernels (their layouts' checks are
+            # nvcc's: tests/test_kernels_compile.py) exactly where no FMA grid layout fits.
+            lines.append(f"static_assert(!kFmaGridFits<{gates}, {size}, {tile}>);")
+            continue
         # Groups beyond a cluster run the grid kernels, with their own layouts.
         grid = "Grid" if t.grid_group else ""
         lines += [f"template struct Forward{grid}Layout<{gates}, {size}, {tile}>;",
                   f"template struct Backward{grid}Layout<{gates}, {size}, {tile}>;"]
+        if t.grid_group:
+            lines.append(f"static_assert(kFmaGridFits<{gates}, {size}, {tile}>);")
     lines.append("}")
     source = tmp_path / "tilings.cc"
     # Cells sharing a gate count and dtypes sharing a width give the same instantiation once.
@@ -118,6 +131,31 @@ def test_heads_beyond_a_cluster_take_the_largest_group_that_meets_through_global
     no_group = dataclasses.replace(H100, name="small GPU", sm_count=24)
     with pytest.raises(hardware.InfeasibleTilingError, match="streaming multiprocessors"):
         hardware.choose_tiling("lstm", "bf16", 768, no_group)
+
+
+def test_16_bit_heads_of_2048_take_the_tensor_core_group_kernels():
+    """R of an LSTM head of 2048 in bf16 (33.6 MB; 256 KB for each of 128 CTAs' 16 units) is
+    more than 128 CTAs' shared memory, but not more than their shared memory and half the
+    register file of 512 threads (64 of 128 registers each for R fragments) together: one
+    tiling, 128 CTAs of one unit tile and 8 batch rows, on the tensor-core group kernels, and
+    only on a device with 128 SMs or more. The FMA kernels keep every other head (Elman 2048)."""
+    slice_bytes = 4 * 16 * 2048 * 2
+    assert slice_bytes > H100.shared_memory_per_block_optin
+    assert slice_bytes <= H100.shared_memory_per_block_optin + 512 * 64 * 4
+    for function, dtype, head_size in sorted(TENSOR_CORE_GROUP):
+        tilings = hardware.compiled_tilings(function, dtype, head_size)
+        assert tilings == [hardware.Tiling(128, 8, 128)], (function, dtype, tilings)
+        assert hardware.takes_tensor_core_group(function, dtype, head_size, tilings[0])
+        h100_pcie = dataclasses.replace(H100, name="H100 PCIe", sm_count=114)
+        with pytest.raises(hardware.InfeasibleTilingError, match="streaming multiprocessors"):
+            hardware.check_tiling(function, dtype, head_size, tilings[0], h100_pcie)
+    for function, dtype, head_size, tiling in _grid():
+        assert hardware.takes_tensor_core_group(function, dtype, head_size, tiling) == (
+            (function, dtype, head_size) in TENSOR_CORE_GROUP), (function, dtype, head_size)
+    # With fewer registers per SM the fragments no longer fit: no tiling.
+    half_registers = dataclasses.replace(H100, name="small GPU", registers_per_sm=32768)
+    with pytest.raises(hardware.InfeasibleTilingError):
+        hardware.choose_tiling("lstm", "bf16", 2048, half_registers)
 
 
 def test_a_smaller_group_is_compiled_beside_the_largest_for_devices_with_fewer_sms():

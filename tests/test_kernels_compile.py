@@ -167,6 +167,45 @@ def test_tensor_core_kernels_compile_with_their_mma_count_and_no_spills(mma_buil
             if "ForwardMmaClusterKernel" in name and "ElmanCell" in name] == [32, 32], counts
 
 
+# The tilings that only the tensor-core group kernels hold (hardware.takes_tensor_core_group):
+# 16-bit LSTM, sLSTM and GRU heads of 2048 on 128 CTAs of 16 units and 8 batch rows.
+GROUP_TILE = (2048, 128, 8, 128)
+GROUP_SOURCE = _source([
+    ("Forward", "LstmCell", "__nv_bfloat16", GROUP_TILE),
+    ("Forward", "GruCell", "__half", GROUP_TILE),
+    ("Backward", "LstmCell", "__nv_bfloat16", GROUP_TILE),
+    ("Backward", "SlstmCell", "__nv_bfloat16", GROUP_TILE),
+    ("Backward", "GruCell", "__nv_bfloat16", GROUP_TILE),
+    ("Backward", "LstmCell", "__half", GROUP_TILE),
+])
+
+
+def test_tensor_core_group_kernels_take_heads_of_2048(tmp_path):
+    """The tensor-core group kernels: each of 16 warps multiplies a sixteenth of K for every
+    gate (forward: 8 k-tiles x Gr gates x (hi, lo) a step) or its 8 destination CTAs' products
+    (backward: 8 x Gr k-tiles x (hi, lo)); within the launch bounds' 128 registers and few
+    spills; their group meets at the release/acquire counter barrier and copies the exchange
+    from L2 (cp.async.cg). float16 has no tensor-core backward (backward_mma.cuh): its tiling
+    compiles to no kernel (KernelPath kNone), which fused.py refuses by name."""
+    reports, entries = _ptxas_reports_and_ptx(tmp_path, source_text=GROUP_SOURCE)
+    forward = sorted(name for name in reports if "ForwardMmaGroupKernel" in name)
+    backward = sorted(name for name in reports if "BackwardMmaGroupKernel" in name)
+    # Forwards with and without residuals; the float16 backward has none.
+    assert len(forward) == 4 and len(backward) == 3, list(reports)
+    assert not any("6__half" in name for name in backward), backward
+    assert set(reports) == set(forward + backward), list(reports)
+    for name in forward + backward:
+        spilled = int(re.search(r"(\d+) bytes spill stores", reports[name]).group(1))
+        # The sLSTM backward's four states and their initial cotangents crowd its registers
+        # (benchmarks/NOTES.md); the others spill a word or two at most.
+        assert spilled <= (128 if "Slstm" in name else 16), reports[name]
+        body = entries[name]
+        gates = 3 if "GruCell" in name else 4
+        assert body.count(MMA) == 8 * gates * 2, (name, body.count(MMA))
+        assert "red.release.gpu.global.add.u32" in body and "ld.acquire.gpu.global.u32" in body
+        assert "cp.async.cg.shared.global" in body
+
+
 # The hardware model's tilings of these heads (the split kernel launches its own shape).
 SPLIT_FORWARD_SOURCE = _source([
     ("Forward", cell, "__nv_bfloat16", (d, 1, 16, 256 if d == 16 else 512))

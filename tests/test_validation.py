@@ -263,6 +263,34 @@ def test_auto_leaves_kernels_not_yet_run_to_the_scan(monkeypatch):
         assert fused.unsupported_reason(np.dtype("float32"), d, "lstm", for_auto=True) is None
 
 
+def test_a_direction_without_a_kernel_is_named_before_any_call(monkeypatch):
+    """A tiling that only the tensor-core group kernels hold has no backward in float16 (and
+    neither direction with their CMake options off): 'fused' runs the forward and refuses to
+    differentiate, naming why, before any kernel runs; 'auto' leaves the call to the scan
+    since it may be differentiated; without a forward 'fused' refuses the call."""
+    from flashrnn_jax import fused
+    from flashrnn_jax.constrint import hardware
+
+    tiling = hardware.Tiling(128, 8, 128)
+    paths = {(("lstm", "F16", 2048), tiling): ("mma_grid_group", "none"),
+             (("gru", "F16", 2048), tiling): ("none", "none")}
+    monkeypatch.setattr(fused, "_has_cuda_device", lambda: True)
+    monkeypatch.setattr(fused, "extension", lambda: object())
+    monkeypatch.setattr(fused, "_select_tiling", lambda function, dtype, d: tiling)
+    monkeypatch.setattr(fused, "kernel_paths", lambda: paths)
+    monkeypatch.setattr(fused, "AUTO_TAKES_UNRUN_KERNELS", True)
+    f16 = np.dtype("float16")
+    assert fused.unsupported_reason(f16, 2048, "lstm") is None
+    reason = fused.unsupported_reason(f16, 2048, "lstm", for_auto=True)
+    assert "no fused backward kernel" in reason and "bfloat16" in reason, reason
+    reason = fused.unsupported_reason(f16, 2048, "gru")
+    assert "no fused forward kernel" in reason and "FLASHRNN_MMA_CLUSTER_FORWARD" in reason
+    R = np.zeros((4, 1, 2048, 2048), np.float16)
+    with pytest.raises(fused.FusedBackendUnavailableError,
+                       match="cannot differentiate function='lstm'.*float16.*2048"):
+        fused._fused_bwd(fused._Options("lstm"), (R,) + (None,) * 5, (None, None))
+
+
 def test_tilings_as_for_sets_the_limits_inside_only():
     """fused.tilings_as_for: the tilings are chosen for the given limits inside (nested: the
     innermost), for the device's own again after."""

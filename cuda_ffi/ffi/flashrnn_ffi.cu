@@ -138,7 +138,7 @@ ffi::Error AllocateWorkspace(ffi::ScratchAllocator& scratch, const CompiledKerne
                              bool backward, Args* args) {
   args->workspace = nullptr;
   args->workspace_groups = 0;
-  if ((backward ? k.backward_path : k.forward_path)() != KernelPath::kFmaGridGroup) {
+  if (!NeedsGridWorkspace((backward ? k.backward_path : k.forward_path)())) {
     return ffi::Error::Success();
   }
   int device = 0, sms = 0;

@@ -17,6 +17,7 @@
 #include "backward_element.cuh"
 #include "backward_mma.cuh"
 #include "backward_mma_cluster.cuh"
+#include "backward_mma_group.cuh"
 #include "backward_mma_split.cuh"
 #include "block_copy.cuh"
 #include "fma_exchange.cuh"
@@ -160,6 +161,10 @@ constexpr KernelPath kBackwardPath =
     : FLASHRNN_MMA_CLUSTER_BACKWARD && kMmaClusterBackwardSupported<Cell, T, Tile>
         ? KernelPath::kMmaCluster
     : FLASHRNN_MMA_BACKWARD && kMmaBackwardSupported<Cell, T, Tile> ? KernelPath::kMma
+    : FLASHRNN_MMA_CLUSTER_BACKWARD && kMmaGroupBackwardSupported<Cell, T, Tile>
+        ? KernelPath::kMmaGridGroup
+    : IsGridGroup(Tile::kCluster) && !kFmaGridFits<Cell::kGatesR, sizeof(T), Tile>
+        ? KernelPath::kNone
     : IsGridGroup(Tile::kCluster) ? KernelPath::kFmaGridGroup
                                   : KernelPath::kFma;
 
@@ -177,6 +182,10 @@ cudaError_t LaunchBackward(const BackwardArgs& args, cudaStream_t stream) {
     return LaunchBackwardMmaCluster<Cell, T, Tile::kHeadSize>(args, stream);
   } else if constexpr (path == KernelPath::kMma) {
     return LaunchBackwardMma<Cell, T, Tile::kHeadSize>(args, stream);
+  } else if constexpr (path == KernelPath::kMmaGridGroup) {
+    return LaunchBackwardMmaGroup<Cell, T, Tile::kHeadSize>(args, stream);
+  } else if constexpr (path == KernelPath::kNone) {
+    return cudaErrorNotSupported;
   } else if constexpr (path == KernelPath::kFmaGridGroup) {
     using Layout = BackwardGridLayout<Cell::kGatesR, sizeof(T), Tile>;
     return LaunchGridGroups<Tile>(BackwardGridKernel<Cell, T, Tile>, args, Layout::kBytes,

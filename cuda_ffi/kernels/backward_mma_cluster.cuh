@@ -103,8 +103,8 @@ __global__ void __launch_bounds__(MmaClusterBackwardLayout<Cell::kGatesR, D, C>:
                     warp * PS * KT * 32;  // this warp's [PS][KT][32]
 
   // Rᵀ as A fragments for this warp's products, over (gate, unit) of this CTA's own units: the
-  // first PR in registers, the other PS in shared memory (each lane writes and later reads
-  // only its own fragments there). Product i is unit tile `tile` of CTA `to`.
+  // first PR in registers, the other PS in shared memory. Product i is unit tile `tile` of CTA
+  // `to`.
   auto product = [&](int i, int& to, int& tile) {
     const int p = warp * P + i;
     to = p / Layout::kUnitTiles;
@@ -112,28 +112,14 @@ __global__ void __launch_bounds__(MmaClusterBackwardLayout<Cell::kGatesR, D, C>:
   };
   const T* R = static_cast<const T*>(args.r);
   uint32_t a[PR][KT][4];
-#pragma unroll
-  for (int i = 0; i < PR; ++i) {
-    int to, tile;
-    product(i, to, tile);
-#pragma unroll
-    for (int kt = 0; kt < KT; ++kt) {
-      LoadTransposedFragment<T, D, U>(R, N, head, U * to + 16 * tile, rank * U, kt, lane,
-                                      a[i][kt]);
-    }
-  }
-#pragma unroll 1
-  for (int i = 0; i < PS; ++i) {
-    int to, tile;
-    product(PR + i, to, tile);
-#pragma unroll 1
-    for (int kt = 0; kt < KT; ++kt) {
-      uint32_t staged[4];
-      LoadTransposedFragment<T, D, U>(R, N, head, U * to + 16 * tile, rank * U, kt, lane,
-                                      staged);
-      r_shared[(i * KT + kt) * 32 + lane] = make_uint4(staged[0], staged[1], staged[2], staged[3]);
-    }
-  }
+  LoadProductFragmentsSplit<T, D, U, PR, PS, KT>(
+      R, N, head,
+      [&](int i) {
+        int to, tile;
+        product(i, to, tile);
+        return U * to + 16 * tile;
+      },
+      rank * U, lane, a, r_shared);
 
   // This thread's element, named by the accumulator it collects: register c = j % 4 of lane
   // l = j / 4 % 32 in unit tile mi = j / 128 is unit 16 mi + l / 4 + 8 (c / 2) of this CTA and

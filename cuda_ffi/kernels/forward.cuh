@@ -19,6 +19,7 @@
 #include "forward_element.cuh"
 #include "forward_mma.cuh"
 #include "forward_mma_cluster.cuh"
+#include "forward_mma_group.cuh"
 #include "launch.cuh"
 #include "layouts.h"
 #include "params.h"
@@ -123,7 +124,8 @@ __global__ void __launch_bounds__(Tile::kThreads, 1)
 }
 
 // The first kernel that takes the tiling's calls, in this order of preference: the tensor-core
-// kernels the CMake options built, then the tiling's FMA kernel.
+// kernels the CMake options built, then the tiling's FMA kernel; a group tiling that the FMA
+// group kernel does not hold has only the tensor-core group kernel (layouts.h kFmaGridFits).
 template <typename Cell, typename T, typename Tile>
 constexpr KernelPath kForwardPath =
     FLASHRNN_MMA_SPLIT_FORWARD && kMmaSplitForwardSupported<Cell, T, Tile>
@@ -131,6 +133,10 @@ constexpr KernelPath kForwardPath =
     : FLASHRNN_MMA_FORWARD && kMmaForwardSupported<T, Tile> ? KernelPath::kMma
     : FLASHRNN_MMA_CLUSTER_FORWARD && kMmaClusterForwardSupported<Cell, T, Tile>
         ? KernelPath::kMmaCluster
+    : FLASHRNN_MMA_CLUSTER_FORWARD && kMmaGroupForwardSupported<Cell, T, Tile>
+        ? KernelPath::kMmaGridGroup
+    : IsGridGroup(Tile::kCluster) && !kFmaGridFits<Cell::kGatesR, sizeof(T), Tile>
+        ? KernelPath::kNone
     : IsGridGroup(Tile::kCluster) ? KernelPath::kFmaGridGroup
                                   : KernelPath::kFma;
 
@@ -149,6 +155,10 @@ cudaError_t LaunchForward(const ForwardArgs& args, cudaStream_t stream) {
   } else if constexpr (path == KernelPath::kMmaCluster) {
     return LaunchForwardMmaCluster<Cell, T, Tile::kHeadSize, kMmaClusterSize<Tile::kHeadSize>>(
         args, stream);
+  } else if constexpr (path == KernelPath::kMmaGridGroup) {
+    return LaunchForwardMmaGroup<Cell, T, Tile::kHeadSize>(args, stream);
+  } else if constexpr (path == KernelPath::kNone) {
+    return cudaErrorNotSupported;
   } else if constexpr (path == KernelPath::kFmaGridGroup) {
     using Layout = ForwardGridLayout<Cell::kGatesR, sizeof(T), Tile>;
     return LaunchGridGroups<Tile>(args.gate_cache != nullptr

@@ -152,21 +152,11 @@ __global__ void __launch_bounds__(MmaClusterForwardLayout<Cell, T, D, C>::kThrea
   const int u0 = rank * U;  // this CTA's first unit of the head
 
   // R[gq GW + g, head, u0 + 16 mt + row, 16 (kp KTP + j) + col] as A fragments for this
-  // warp's gates g and k-tiles j: the first KR in registers, the other KS in shared memory
-  // (each lane writes and later reads only its own fragments there).
+  // warp's gates g and k-tiles j: the first KR in registers, the other KS in shared memory.
   const T* R = static_cast<const T*>(args.r);
   uint32_t a[GW][KR][4];
-  LoadRowFragments<T, D>(R, N, head, gq * GW, u0 + 16 * mt, kp * KTP, lane, a);
-#pragma unroll 1
-  for (int j = 0; j < KS; ++j) {
-    uint32_t staged[GW][1][4];
-    LoadRowFragments<T, D>(R, N, head, gq * GW, u0 + 16 * mt, kp * KTP + KR + j, lane, staged);
-#pragma unroll
-    for (int g = 0; g < GW; ++g) {
-      r_shared[(g * KS + j) * 32 + lane] =
-          make_uint4(staged[g][0][0], staged[g][0][1], staged[g][0][2], staged[g][0][3]);
-    }
-  }
+  LoadRowFragmentsSplit<T, D, GW, KR, KS>(R, N, head, gq * GW, u0 + 16 * mt, kp * KTP, lane, a,
+                                          r_shared);
 
   // This thread's element: accumulator register `split` of its lane position in the unit tile
   // mt, i.e. unit 16 mt + group + 8 (split / 2) of this CTA, batch row 2 tig + split % 2.

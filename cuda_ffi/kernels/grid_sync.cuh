@@ -15,10 +15,22 @@ class GroupCounterBarrier {
   // the group's threads after it. Readers of the exchanged data copy it with cp.async.cg (from
   // L2), so no line of an earlier step can be served from this SM's L1.
   __device__ void Sync() {
+    Arrive();
+    Wait();
+  }
+
+  // Sync in two halves, as CtaGroup's (cluster_sync.cuh): Arrive after the writes the group
+  // reads (the release waits for this CTA's earlier global writes), Wait before the reads.
+  // Global stores placed between the two are not held up by the release.
+  __device__ void Arrive() {
     __syncthreads();
     if (threadIdx.x == 0) {
       target_ += ctas_;
       asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(counter_) : "memory");
+    }
+  }
+  __device__ void Wait() {
+    if (threadIdx.x == 0) {
       unsigned seen;
       do {
         asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(seen) : "l"(counter_) : "memory");

@@ -1,6 +1,8 @@
-// The shape both tensor-core cluster kernels share (forward_mma_cluster.cuh,
-// backward_mma_cluster.cuh): which head sizes they take, how many CTAs a head spans, and how
-// many registers a thread may give to R fragments before the rest go to shared memory.
+// The shape the tensor-core kernels of heads over several CTAs share: which head sizes the
+// cluster kernels take (forward_mma_cluster.cuh, backward_mma_cluster.cuh) and how many CTAs a
+// head spans there, the CTA of the group kernels beyond a cluster (forward_mma_group.cuh,
+// backward_mma_group.cuh), and how many registers a thread may give to R fragments before the
+// rest go to shared memory.
 #pragma once
 
 #include <algorithm>
@@ -23,11 +25,21 @@ constexpr bool MmaClusterTakesHead(int head_size) {
 template <int D>
 constexpr int kMmaClusterSize = std::min(D / 32, 16);
 
+// A CTA of the group kernels: one unit tile (so a group of D / 16 CTAs: 128 at D = 2048) and
+// 16 warps, whose 512 register files and shared memory hold its R slice between them.
+inline constexpr int kMmaGroupUnits = 16;
+inline constexpr int kMmaGroupWarps = 16;
+
 // Registers per thread that a warp's R fragments may take in a CTA of `threads` threads: what
-// each thread can have (65536 per SM in steps of 8, at most 255) less 64 for the rest of the
-// step (with 56 the kernels at 768 spill in the step loop: benchmarks/NOTES.md).
-constexpr int MmaFragmentRegisters(int threads) {
-  return std::min(65536 / threads / 8 * 8, 255) - 64;
+// each thread can have (65536 per SM in steps of 8, at most 255) less `step_registers` for the
+// rest of the step: 64 (with 56 the kernels at 768 spill in the step loop: benchmarks/NOTES.md),
+// 80 for the group backward, whose elements keep their initial states' cotangents and the next
+// step's inputs in registers too (with 64 its LSTM spilled 108 bytes, 26 accesses a step).
+inline constexpr int kMmaStepRegisters = 64;
+inline constexpr int kMmaGroupBackwardStepRegisters = 80;
+
+constexpr int MmaFragmentRegisters(int threads, int step_registers = kMmaStepRegisters) {
+  return std::min(65536 / threads / 8 * 8, 255) - step_registers;
 }
 
 }  // namespace flashrnn

@@ -88,6 +88,27 @@ __device__ __forceinline__ void LoadRowFragments(const T* R, int64_t N, int64_t 
   }
 }
 
+// The same fragments for k-tiles [kt0, kt0 + KR + KS) split between the registers and shared
+// memory: the first KR into `a`, the other KS into the warp's `shared` [Gr][KS][32] uint4 (each
+// lane writes, and MmaHiLoSharedA later reads, only its own fragments there). The tensor-core
+// kernels whose R slice is larger than a register file keep it so.
+template <typename T, int D, int Gr, int KR, int KS>
+__device__ __forceinline__ void LoadRowFragmentsSplit(const T* R, int64_t N, int64_t head,
+                                                      int g0, int row0, int kt0, int lane,
+                                                      uint32_t (&a)[Gr][KR][4], uint4* shared) {
+  LoadRowFragments<T, D>(R, N, head, g0, row0, kt0, lane, a);
+#pragma unroll 1
+  for (int j = 0; j < KS; ++j) {
+    uint32_t staged[Gr][1][4];
+    LoadRowFragments<T, D>(R, N, head, g0, row0, kt0 + KR + j, lane, staged);
+#pragma unroll
+    for (int g = 0; g < Gr; ++g) {
+      shared[(g * KS + j) * 32 + lane] =
+          make_uint4(staged[g][0][0], staged[g][0][1], staged[g][0][2], staged[g][0][3]);
+    }
+  }
+}
+
 // The A fragments of Rᵀ for a backward's recurrent product dh[u, b] = sum over gates g and
 // units o of R[g, head, o0 + o, u] dg[g, o, b]: rows u of MTiles unit tiles from row0, columns
 // k = g kUnits + o over the kUnits units from o0 that the caller's gate cotangents cover, in
@@ -107,6 +128,33 @@ __device__ __forceinline__ void LoadTransposedFragment(const T* R, int64_t N, in
     const int o = o0 + k % kUnits;
     const T* at = R + ((int64_t{g} * N + head) * D + o) * D + u;
     a[r] = MmaOperand<T>::Pack(at[0], at[D]);
+  }
+}
+
+// The Rᵀ fragments of a backward warp's products i (unit tile from row0_of(i), all KT k-tiles
+// over kUnits units from o0): the first PR products into `a`, the other PS into the warp's
+// `shared` [PS][KT][32] uint4 (each lane writes, and MmaHiLoSharedA later reads, only its own
+// fragments there).
+template <typename T, int D, int kUnits, int PR, int PS, int KT, typename RowOf>
+__device__ __forceinline__ void LoadProductFragmentsSplit(const T* R, int64_t N, int64_t head,
+                                                          RowOf row0_of, int o0, int lane,
+                                                          uint32_t (&a)[PR][KT][4],
+                                                          uint4* shared) {
+#pragma unroll
+  for (int i = 0; i < PR; ++i) {
+#pragma unroll
+    for (int kt = 0; kt < KT; ++kt) {
+      LoadTransposedFragment<T, D, kUnits>(R, N, head, row0_of(i), o0, kt, lane, a[i][kt]);
+    }
+  }
+#pragma unroll 1
+  for (int i = 0; i < PS; ++i) {
+#pragma unroll 1
+    for (int kt = 0; kt < KT; ++kt) {
+      uint32_t staged[4];
+      LoadTransposedFragment<T, D, kUnits>(R, N, head, row0_of(PR + i), o0, kt, lane, staged);
+      shared[(i * KT + kt) * 32 + lane] = make_uint4(staged[0], staged[1], staged[2], staged[3]);
+    }
   }
 }
 

@@ -97,9 +97,18 @@ template <typename Cell, typename T, typename Tile>
 cudaError_t LaunchBackward(const BackwardArgs& args, cudaStream_t stream);
 
 // Which kernel LaunchForward and LaunchBackward run for a compiled tiling: the tiling's own FMA
-// kernel on one CTA or a cluster, or on a group beyond a cluster (which needs the workspace of
-// grid_workspace.h), or a tensor-core kernel the CMake options built that takes the call.
-enum class KernelPath { kFma, kFmaGridGroup, kMma, kMmaSplit, kMmaCluster };
+// kernel on one CTA or a cluster, or on a group beyond a cluster, or a tensor-core kernel the
+// CMake options built that takes the call (the group kernels need the workspace of
+// grid_workspace.h); kNone where no kernel built can run the tiling (a tiling that only the
+// tensor-core group kernels hold, in a direction or dtype they do not take or with their CMake
+// option off: the launcher returns cudaErrorNotSupported and flashrnn_jax.fused says why
+// before any call).
+enum class KernelPath { kFma, kFmaGridGroup, kMma, kMmaSplit, kMmaCluster, kMmaGridGroup, kNone };
+
+// Whether a kernel path exchanges through the global workspace of grid_workspace.h.
+constexpr bool NeedsGridWorkspace(KernelPath path) {
+  return path == KernelPath::kFmaGridGroup || path == KernelPath::kMmaGridGroup;
+}
 
 inline const char* KernelPathName(KernelPath path) {
   switch (path) {
@@ -108,6 +117,8 @@ inline const char* KernelPathName(KernelPath path) {
     case KernelPath::kMma: return "mma";
     case KernelPath::kMmaSplit: return "mma_split";
     case KernelPath::kMmaCluster: return "mma_cluster";
+    case KernelPath::kMmaGridGroup: return "mma_grid_group";
+    case KernelPath::kNone: return "none";
   }
   return "unknown";
 }

@@ -11,6 +11,13 @@ cluster fits, the largest group (GRID_PREFERENCE_ORDER). The numbers mirror ``cu
 ``*Layout`` structs of ``forward.cuh``/``backward.cuh``, whose static checks reject a tiling the
 kernels cannot run.
 
+Where no FMA kernel's R slice fits shared memory (16-bit LSTM, sLSTM and GRU heads of 2048), the
+model's variable ``TC`` = 2 admits the tensor-core group kernels (``forward_mma_group.cuh``),
+which keep a CTA's R slice in its 512 threads' registers and its shared memory together, on one
+unit tile and one batch tile of 8 per CTA. Their tiling reads ``NT`` = 128: the threads that run
+the elements, one each (the CTA has 512; the C++ side takes the kernel from the tiling alone,
+``layouts.h`` ``kFmaGridFits``). The FMA kernels are preferred wherever they fit.
+
 Used three ways: CMake asks it (``python -m flashrnn_jax.constrint.hardware``) which tiling to
 compile for each (cell, dtype, head size); at run time :mod:`flashrnn_jax.fused` checks a
 compiled tiling against the actual device; and for a head size that is not compiled it tells
@@ -45,6 +52,12 @@ _MAX_ELEMENTS_PER_THREAD = 8
 _MIN_GRID_GROUP = 32
 # Threads per CTA the kernels are tuned for (more only adds barrier cost at one CTA per SM).
 _MAX_THREADS = 512
+# The tensor-core group kernels (mma_cluster_shape.h, forward_mma_group.cuh): units per CTA,
+# threads per CTA, registers per thread kept for the step beside the R fragments.
+_MMA_GROUP_UNITS = 16
+_MMA_GROUP_THREADS = 512
+_MMA_STEP_REGISTERS = 64
+_MMA_GROUP_BACKWARD_STEP_REGISTERS = 80
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,23 +142,73 @@ def _constraints(function: str, dtype: str, head_size: int, device: DeviceLimits
          "shared memory per block, backward: R slice + partial cotangents + gate cotangents "
          "(backward.cuh)", True),
         (f"G * D * U * E + BT * D * 4 + {4 * _STAGED_H_PAD} * BT + {_ALIGNMENT_SLACK} "
-         f"<= {device.shared_memory_per_block_optin};",
+         f"<= {device.shared_memory_per_block_optin} | TC == 2;",
          "shared memory per block, forward of a group beyond a cluster: R slice + the step's h "
          "(fma_exchange.cuh; less than the cluster kernels need)", True),
         (f"G * U * D * E + G * BT * U * 4 + BT * D * 4 + {_ALIGNMENT_SLACK} "
-         f"<= {device.shared_memory_per_block_optin};",
+         f"<= {device.shared_memory_per_block_optin} | TC == 2;",
          "shared memory per block, backward of a group beyond a cluster: R slice + gate "
          "cotangents + the step's partials (fma_exchange.cuh)", True),
+    ] + _tensor_core_group_constraints(device)
+
+
+def _tensor_core_group_constraints(device: DeviceLimits):
+    """The tensor-core group kernels (``TC == 2``), as ``_constraints`` gives them.
+
+    Shared memory of the forward (``MmaGroupForwardLayout``): each of 16 warps' part of h, hi
+    and lo, 8 rows of D / 16 + 8 values (16 (D + 128) E bytes); 3 input stages of 8 rows of
+    16 G + 8 values; and the R fragments that the registers do not hold: those hold ``KR``
+    k-tiles of every gate per warp, 16 bytes per lane each (8192 G KR bytes per CTA), as many as
+    leave 64 registers of a thread for the step. Of the backward (``MmaGroupBackwardLayout``):
+    the gate cotangents, hi and lo, 8 rows of 16 G + 8 values; the partials received, 4 warps x
+    C sources x 32 floats (32 D bytes); and the Rᵀ fragments beyond the ``KB`` products of G
+    k-tiles per warp in registers (8192 G KB bytes), which leave 80 registers for the step."""
+    U, NT = _MMA_GROUP_UNITS, _MMA_GROUP_THREADS
+    registers = device.registers_per_sm // NT
+    return [
+        ("TC == [1, 2];", "the kernels: 1 the FMA kernels, 2 the tensor-core group kernels",
+         False),
+        ("TC == 1 | E == 2;", "tensor-core group kernels: 16-bit inputs", False),
+        (f"TC == 1 | U == {U};", "tensor-core group kernels: one unit tile per CTA", False),
+        ("TC == 1 | BT == 8;", "tensor-core group kernels: one mma batch tile per CTA", False),
+        (f"TC == 1 | NT == {U * 8};",
+         "tensor-core group kernels: one thread per element runs the cell (of 512)", False),
+        (f"TC == 1 | {_MIN_GRID_GROUP} <= C;", "tensor-core group kernels: beyond a cluster",
+         False),
+        ("KR <= 8;", "tensor-core group kernels: a warp's k-tiles of R in registers, of its "
+         "D / 256 (D <= 2048: 128 CTAs of 16 units)", False),
+        (f"TC == 1 | KR * {16 * NT // 32} <= D;",
+         "tensor-core group kernels: a warp's k-tiles, D / 256", False),
+        (f"TC == 1 | 4 * G * KR + {_MMA_STEP_REGISTERS} <= {registers};",
+         f"registers per thread of the tensor-core group kernels' {NT}: R fragments and the "
+         "step (mma_cluster_shape.h)", True),
+        (f"TC == 1 | G * U * D * E + 16 * D * E + 2048 * E + 384 * G * E + 192 * E + "
+         f"{_ALIGNMENT_SLACK} <= {device.shared_memory_per_block_optin} + {16 * NT} * G * KR;",
+         "shared memory per block, tensor-core group forward: h + input stages + the R slice "
+         "beyond the registers (forward_mma_group.cuh)", True),
+        ("KB <= 8;", "tensor-core group backward: a warp's products in registers, of its C / 16",
+         False),
+        (f"TC == 1 | KB * {16 * NT // 32} <= D;",
+         "tensor-core group backward: a warp's products, C / 16 = D / 256", False),
+        (f"TC == 1 | 4 * G * KB + {_MMA_GROUP_BACKWARD_STEP_REGISTERS} <= {registers};",
+         f"registers per thread of the tensor-core group backward's {NT}: Rᵀ fragments and the "
+         "step (mma_cluster_shape.h)", True),
+        (f"TC == 1 | G * U * D * E + 256 * G * E + 128 * E + 32 * D + {_ALIGNMENT_SLACK} "
+         f"<= {device.shared_memory_per_block_optin} + {16 * NT} * G * KB;",
+         "shared memory per block, tensor-core group backward: gate cotangents + the partials "
+         "received + the R slice beyond the registers (backward_mma_group.cuh)", True),
     ]
 
 
-# Fewest CTAs per head (cheapest per-step barrier), then the largest batch tile, most threads.
-PREFERENCE_ORDER = (("C", "smallest"), ("BT", "largest"), ("NT", "largest"))
+# The FMA kernels wherever they fit (the tensor-core group kernels only where none does); then
+# the fewest CTAs per head (cheapest per-step barrier), the largest batch tile, most threads.
+PREFERENCE_ORDER = (("TC", "smallest"), ("C", "smallest"), ("BT", "largest"), ("NT", "largest"))
 # Where only a group beyond a cluster fits: the largest. Every thread of the grid kernels runs
 # its elements' whole dot product over D, so their step is that chain times the warps per
 # scheduler: more CTAs for the same head mean fewer warps each (at 768, 128 CTAs of 3 warps
 # against 32 of 12), while a device full of groups does the same work either way.
-GRID_PREFERENCE_ORDER = (("C", "largest"), ("BT", "largest"), ("NT", "largest"))
+GRID_PREFERENCE_ORDER = (("TC", "smallest"), ("C", "largest"), ("BT", "largest"),
+                         ("NT", "largest"))
 
 
 def preference_key(tiling: Tiling) -> tuple:
@@ -153,7 +216,8 @@ def preference_key(tiling: Tiling) -> tuple:
     values = tiling.as_dict()
     order = GRID_PREFERENCE_ORDER if tiling.grid_group else PREFERENCE_ORDER
     return (tiling.grid_group,
-            *(values[name] if how == "smallest" else -values[name] for name, how in order))
+            *(values[name] if how == "smallest" else -values[name] for name, how in order
+              if name in values))
 
 
 def model_text(function: str, dtype: str, head_size: int, device: DeviceLimits) -> str:
@@ -213,6 +277,17 @@ def check_tiling(function: str, dtype: str, head_size: int, tiling: Tiling,
     if not solve(model_text(function, dtype, head_size, device) + fixed, cache=False):
         raise _infeasible(function, dtype, head_size, device, fixed,
                           f"the compiled tiling {tiling} does not fit")
+
+
+def takes_tensor_core_group(function: str, dtype: str, head_size: int, tiling: Tiling,
+                            device: DeviceLimits | None = None) -> bool:
+    """Whether only the tensor-core group kernels (``TC == 2``) hold ``tiling``: the tilings
+    whose R slice no FMA kernel keeps in shared memory (``layouts.h`` ``kFmaGridFits`` makes the
+    same choice in C++)."""
+    device = device or DeviceLimits.sm90()
+    fixed = "".join(f"\n{k} == {v};" for k, v in tiling.as_dict().items())
+    model = model_text(function, dtype, head_size, device) + fixed
+    return bool(solve(model, cache=False)) and not solve(model + "\nTC == 1;", cache=False)
 
 
 def pick_compiled(function: str, dtype: str, head_size: int, compiled: Iterable[Tiling],
