@@ -195,17 +195,27 @@ __global__ void __launch_bounds__(MmaGroupBackwardLayout<Cell::kGatesR, D>::kThr
     // This CTA's part of dh for the unit tiles of this warp's products, into slot `rank` of
     // their CTAs' blocks.
     if (recurrent) {
-      // The products share the B fragments (MmaHiLo's "gates" are the products here).
-      float acc[PR][4] = {}, acc_shared[PS > 0 ? PS : 1][4] = {};
-      MmaHiLo<T, PR, KT, kStride>(dg_hi, dg_lo, 0, lane, a, acc);
-      if constexpr (PS > 0) {
-        MmaHiLoSharedA<T, PS, KT, kStride>(dg_hi, dg_lo, 0, lane, r_shared, acc_shared);
-      }
+      // The products share the B fragments, loaded once; each product's accumulator is stored
+      // as soon as it is complete, so that only one is live (the warp has 8: 32 registers).
+      HiLoFragments b[KT];
+#pragma unroll
+      for (int kt = 0; kt < KT; ++kt) b[kt] = LoadHiLoFragments<T, kStride>(dg_hi, dg_lo, kt, lane);
 #pragma unroll
       for (int i = 0; i < P; ++i) {
-        const float(&sum)[4] = i < PR ? acc[i] : acc_shared[i - PR];
+        float acc[4] = {};
+#pragma unroll
+        for (int kt = 0; kt < KT; ++kt) {
+          if (i < PR) {
+            // (The index is clamped for the branch the unrolled loop never takes.)
+            MmaHiLoTile<T>(acc, a[i < PR ? i : 0][kt], b[kt]);
+          } else {
+            const uint4 v = r_shared[((i - PR) * KT + kt) * 32 + lane];
+            const uint32_t shared_a[4] = {v.x, v.y, v.z, v.w};
+            MmaHiLoTile<T>(acc, shared_a, b[kt]);
+          }
+        }
         reinterpret_cast<float4*>(slot(static_cast<int>(step & 1), warp * P + i, rank))[lane] =
-            make_float4(sum[0], sum[1], sum[2], sum[3]);
+            make_float4(acc[0], acc[1], acc[2], acc[3]);
       }
     }
     // Orders this step's partials before the group's reads of them in the next step, and this

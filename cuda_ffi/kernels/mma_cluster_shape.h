@@ -34,7 +34,7 @@ inline constexpr int kMmaGroupWarps = 16;
 // each thread can have (65536 per SM in steps of 8, at most 255) less `step_registers` for the
 // rest of the step: 64 (with 56 the kernels at 768 spill in the step loop: benchmarks/NOTES.md),
 // 80 for the group backward, whose elements keep their initial states' cotangents and the next
-// step's inputs in registers too (with 64 its LSTM spilled 108 bytes, 26 accesses a step).
+// step's inputs in registers too (with 64 its sLSTM spills 92 bytes, 23 accesses a step).
 inline constexpr int kMmaStepRegisters = 64;
 inline constexpr int kMmaGroupBackwardStepRegisters = 80;
 
