@@ -314,7 +314,22 @@ def _fused(Wx, R, b, states, seq_lengths, resets, options):
     return tuple(_forward_call(Wx, R, b, states, seq_lengths, resets, options, train=False))
 
 
+def _refuse_without_backward_kernel(dtype, head_size: int, function: str) -> None:
+    """Raise FusedBackendUnavailableError where the call's backward has no kernel (NO_KERNEL):
+    from the custom_vjp's forward rule, which runs only when the call is differentiated, so
+    before any launch."""
+    if _XLA_DTYPE_NAMES.get(np.dtype(dtype)) is None:
+        return
+    kernels = kernels_for(dtype, head_size, function)
+    if kernels is not None and kernels[1] == NO_KERNEL:
+        raise FusedBackendUnavailableError(
+            f"backend='fused' cannot differentiate function={function!r} with dtype "
+            f"{np.dtype(dtype)} at head size {head_size}: no fused backward kernel of this "
+            f"build runs it ({_NO_KERNEL_WHY}); use bfloat16 or backend='scan'")
+
+
 def _fused_fwd(Wx, R, b, states, seq_lengths, resets, options):
+    _refuse_without_backward_kernel(Wx.dtype, states.shape[-1], options.function)
     states_all, last, gate_cache, states_f32 = _forward_call(
         Wx, R, b, states, seq_lengths, resets, options, train=True
     )
@@ -384,12 +399,6 @@ def recurrent_weight_gradient(d_gates_r, h_prev, r_dtype):
 
 def _fused_bwd(options, residuals, cotangents):
     R, states, seq_lengths, resets, gate_cache, states_f32 = residuals
-    kernels = kernels_for(R.dtype, R.shape[-1], options.function)
-    if kernels is not None and kernels[1] == NO_KERNEL:
-        raise FusedBackendUnavailableError(
-            f"backend='fused' cannot differentiate function={options.function!r} with dtype "
-            f"{np.dtype(R.dtype)} at head size {R.shape[-1]}: no fused backward kernel of this "
-            f"build runs it ({_NO_KERNEL_WHY}); use bfloat16 or backend='scan'")
     d_states_all, d_last = cotangents
     wx_dtype = d_states_all.dtype  # the outputs, and so their cotangents, have Wx's dtype
     d_gates, d_states0 = _backward_call(

@@ -205,6 +205,47 @@ def test_tensor_core_group_kernels_take_heads_of_2048(tmp_path):
         assert "cp.async.cg.shared.global" in body
 
 
+def _group_layouts_source(cases) -> str:
+    """Instantiations of the tensor-core group kernels' layouts (their static checks) for
+    (cell, CUDA dtype, head size) cases, each once."""
+    lines = [f"template struct MmaGroupForwardLayout<{cell}, {dtype}, {d}>;"
+             for cell, dtype, d in cases]
+    lines += [f"template struct MmaGroupBackwardLayout<{GATES_R[cell]}, {d}>;"
+              for cell, _, d in cases]
+    return "".join(
+        f'#include "kernels/{header}.cuh"\n'
+        for header in ("forward_mma_group", "backward_mma_group", "elman_pointwise",
+                       "gru_pointwise", "lstm_pointwise", "slstm_pointwise")
+    ) + "namespace flashrnn {\n" + "\n".join(dict.fromkeys(lines)) + "\n}  // namespace flashrnn\n"
+
+
+GATES_R = {"LstmCell": 4, "GruCell": 3, "SlstmCell": 4, "ElmanCell": 1}
+
+
+def test_tensor_core_group_layouts_hold_every_tiling_the_model_admits(tmp_path):
+    """Every (cell, 16-bit dtype, head size) for which the hardware model admits the tensor-core
+    group kernels (TC == 2) passes their layouts' static checks (shared memory, registers, the
+    partial sums in a warp's part of h); and the checks are real: an LSTM head of 512, which the
+    model refuses them, fails to compile."""
+    from flashrnn_jax.constrint import hardware, solve
+
+    cells = {"lstm": "LstmCell", "gru": "GruCell", "slstm": "SlstmCell", "elman": "ElmanCell"}
+    dtypes = {"bf16": "__nv_bfloat16", "f16": "__half"}
+    admitted = [(cells[function], dtypes[dtype], d)
+                for function in cells for dtype in dtypes for d in (512, 1024, 1536, 2048, 2560)
+                if solve(hardware.model_text(function, dtype, d, hardware.DeviceLimits.sm90())
+                         + "\nTC == 2;", cache=False)]
+    assert ("LstmCell", "__nv_bfloat16", 2048) in admitted
+    assert ("LstmCell", "__nv_bfloat16", 512) not in admitted
+    assert not any(d in (1536, 2560) for _, _, d in admitted), admitted
+    result = _compile(tmp_path, True, "-c", "-o", str(tmp_path / "layouts.o"),
+                      source_text=_group_layouts_source(admitted))
+    assert result.returncode == 0, result.stderr[-3000:]
+    refused = _compile(tmp_path, True, "-c", "-o", str(tmp_path / "refused.o"),
+                       source_text=_group_layouts_source([("LstmCell", "__nv_bfloat16", 512)]))
+    assert refused.returncode != 0 and "partial sums fit" in refused.stderr, refused.stderr[-2000:]
+
+
 # The hardware model's tilings of these heads (the split kernel launches its own shape).
 SPLIT_FORWARD_SOURCE = _source([
     ("Forward", cell, "__nv_bfloat16", (d, 1, 16, 256 if d == 16 else 512))

@@ -285,10 +285,12 @@ def test_a_direction_without_a_kernel_is_named_before_any_call(monkeypatch):
     assert "no fused backward kernel" in reason and "bfloat16" in reason, reason
     reason = fused.unsupported_reason(f16, 2048, "gru")
     assert "no fused forward kernel" in reason and "FLASHRNN_MMA_CLUSTER_FORWARD" in reason
-    R = np.zeros((4, 1, 2048, 2048), np.float16)
+    # The custom_vjp's forward rule refuses before its launch (it runs only under a gradient).
+    Wx = np.zeros((1, 1, 4, 1, 2048), np.float16)
+    states = np.zeros((2, 1, 1, 2048), np.float32)
     with pytest.raises(fused.FusedBackendUnavailableError,
                        match="cannot differentiate function='lstm'.*float16.*2048"):
-        fused._fused_bwd(fused._Options("lstm"), (R,) + (None,) * 5, (None, None))
+        fused._fused_fwd(Wx, None, None, states, None, None, fused._Options("lstm"))
 
 
 def test_tilings_as_for_sets_the_limits_inside_only():

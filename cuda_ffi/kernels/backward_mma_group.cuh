@@ -187,14 +187,15 @@ __global__ void __launch_bounds__(MmaGroupBackwardLayout<Cell::kGatesR, D>::kThr
 #pragma unroll
       for (int g = 0; g < Gr; ++g) {
         const int at = batch_row * kStride + g * U + unit;
-        Op::Split(dg[g], dg_hi[at], dg_lo[at]);
+        if (recurrent) Op::Split(dg[g], dg_hi[at], dg_lo[at]);
       }
     }
-    __syncthreads();
 
     // This CTA's part of dh for the unit tiles of this warp's products, into slot `rank` of
-    // their CTAs' blocks.
+    // their CTAs' blocks. With the recurrent gradient cut nothing is exchanged, and no barrier
+    // is needed (every CTA of the group skips them alike).
     if (recurrent) {
+      __syncthreads();
       // The products share the B fragments, loaded once; each product's accumulator is stored
       // as soon as it is complete, so that only one is live (the warp has 8: 32 registers).
       HiLoFragments b[KT];
@@ -221,12 +222,12 @@ __global__ void __launch_bounds__(MmaGroupBackwardLayout<Cell::kGatesR, D>::kThr
     // Orders this step's partials before the group's reads of them in the next step, and this
     // step's reads of dg before the next step's writes. The step's gate cotangents and the next
     // step's inputs go between its halves (grid_sync.cuh).
-    barrier.Arrive();
+    if (recurrent) barrier.Arrive();
     if (runs_element) {
       StoreGateCotangents<Cell>(args, el, next.row, dg);
       if (step > 0) next.Load(args, el, length, step - 1);
     }
-    barrier.Wait();
+    if (recurrent) barrier.Wait();
   }
 
   // What step 0 sent back (buffer 0) reaches the initial h.

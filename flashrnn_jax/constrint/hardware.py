@@ -7,9 +7,9 @@ units, ``BT`` batch rows per CTA, ``NT`` threads per CTA, each owning ``P`` (uni
 elements. The model states the kernels' invariants and the device's limits as constraints (each
 with a comment naming the limit), and prefers the fewest CTAs per head (the cheapest per-step
 barrier), then the largest batch tile, then the most threads; where only a group beyond a
-cluster fits, the largest group (GRID_PREFERENCE_ORDER). The numbers mirror ``cuda_ffi/kernels/tiling.h`` and the
-``*Layout`` structs of ``forward.cuh``/``backward.cuh``, whose static checks reject a tiling the
-kernels cannot run.
+cluster fits, the largest group (GRID_PREFERENCE_ORDER). The numbers mirror
+``cuda_ffi/kernels/tiling.h`` and the ``*Layout`` structs of ``forward.cuh``/``backward.cuh``,
+whose static checks reject a tiling the kernels cannot run.
 
 Where no FMA kernel's R slice fits shared memory (16-bit LSTM, sLSTM and GRU heads of 2048), the
 model's variable ``TC`` = 2 admits the tensor-core group kernels (``forward_mma_group.cuh``),
@@ -175,6 +175,9 @@ def _tensor_core_group_constraints(device: DeviceLimits):
          "tensor-core group kernels: one thread per element runs the cell (of 512)", False),
         (f"TC == 1 | {_MIN_GRID_GROUP} <= C;", "tensor-core group kernels: beyond a cluster",
          False),
+        ("TC == 1 | 512 * G <= D * E + 128 * E;",
+         "tensor-core group forward: a warp's partial sums (G x 4 x 32 floats) fit its part of "
+         "h, 8 rows of hi and lo of D / 16 + 8 values", False),
         ("KR <= 8;", "tensor-core group kernels: a warp's k-tiles of R in registers, of its "
          "D / 256 (D <= 2048: 128 CTAs of 16 units)", False),
         (f"TC == 1 | KR * {16 * NT // 32} <= D;",
