@@ -318,8 +318,8 @@ def _refuse_without_backward_kernel(dtype, head_size: int, function: str) -> Non
     """Raise FusedBackendUnavailableError where the call's backward has no kernel (NO_KERNEL):
     from the custom_vjp's forward rule, which runs only when the call is differentiated, so
     before any launch."""
-    if _XLA_DTYPE_NAMES.get(np.dtype(dtype)) is None:
-        return
+    if _XLA_DTYPE_NAMES.get(np.dtype(dtype)) is None or extension() is None:
+        return  # no compiled kernels (a call traced or emulated without them): nothing to name
     kernels = kernels_for(dtype, head_size, function)
     if kernels is not None and kernels[1] == NO_KERNEL:
         raise FusedBackendUnavailableError(
