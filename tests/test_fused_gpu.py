@@ -208,6 +208,14 @@ def test_auto_takes_fused(rng):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(f))
 
 
+def _assert_auto_runs_the_scan(Wx, R, b, function):
+    """backend='auto' gives the call to the scan: every output bit-identical to backend='scan'."""
+    auto = flashrnn(Wx, R, b, function=function, backend="auto")
+    scan = flashrnn(Wx, R, b, function=function, backend="scan")
+    for a, s in zip(auto, scan):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(s))
+
+
 def test_auto_leaves_kernels_not_yet_run_to_the_scan(rng):
     """Until the tensor-core cluster kernels at 768 have run on a GPU, backend='auto' gives
     their heads to the scan (bit-identical to backend='scan'); backend='fused' still runs
@@ -216,10 +224,7 @@ def test_auto_leaves_kernels_not_yet_run_to_the_scan(rng):
     paths = {p for (key, _), p in fused.kernel_paths().items() if key == ("lstm", "BF16", 768)}
     assert paths == {("mma_cluster", "mma_cluster")}, paths
     Wx, R, b = (jnp.asarray(x, jnp.bfloat16) for x in random_inputs(rng, "lstm", 3, 5, 1, 768))
-    auto = flashrnn(Wx, R, b, function="lstm", backend="auto")
-    scan = flashrnn(Wx, R, b, function="lstm", backend="scan")
-    for a, s in zip(auto, scan):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(s))
+    _assert_auto_runs_the_scan(Wx, R, b, "lstm")
     assert fused.unsupported_reason(jnp.bfloat16, 768, "lstm") is None
 
 
@@ -227,9 +232,7 @@ def test_unsupported_head_size_says_why(rng):
     Wx, R, b = (jnp.asarray(x, jnp.float32) for x in random_inputs(rng, "lstm", 2, 3, 1, 48))
     with pytest.raises(fused.FusedBackendUnavailableError, match="head size 48 is not compiled"):
         flashrnn(Wx, R, b, function="lstm", backend="fused")
-    auto_all, _ = flashrnn(Wx, R, b, function="lstm", backend="auto")
-    scan_all, _ = flashrnn(Wx, R, b, function="lstm", backend="scan")
-    np.testing.assert_array_equal(np.asarray(auto_all), np.asarray(scan_all))
+    _assert_auto_runs_the_scan(Wx, R, b, "lstm")
 
 
 def test_head_beyond_the_chip_says_why(rng):
@@ -239,9 +242,7 @@ def test_head_beyond_the_chip_says_why(rng):
     with pytest.raises(fused.FusedBackendUnavailableError,
                        match="head size 2560 does not fit on chip.*shared memory per block"):
         flashrnn(Wx, R, b, function="lstm", backend="fused")
-    auto_all, _ = flashrnn(Wx, R, b, function="lstm", backend="auto")
-    scan_all, _ = flashrnn(Wx, R, b, function="lstm", backend="scan")
-    np.testing.assert_array_equal(np.asarray(auto_all), np.asarray(scan_all))
+    _assert_auto_runs_the_scan(Wx, R, b, "lstm")
 
 
 def test_flax_layer_grad_fused(rng):
