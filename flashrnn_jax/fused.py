@@ -68,9 +68,10 @@ class FusedBackendUnavailableError(RuntimeError):
 # happens.
 NO_KERNEL = "none"
 _NO_KERNEL_WHY = (
-    "only the tensor-core group kernels hold its R on chip (16-bit heads of 2048); their "
-    "backward takes bfloat16 only, and both need the CMake options FLASHRNN_MMA_CLUSTER_FORWARD "
-    "and FLASHRNN_MMA_CLUSTER_BACKWARD (on by default)"
+    "its tiling is the tensor-core group kernels' (bfloat16 heads of 1024 and 2048, float16 "
+    "LSTM, sLSTM and GRU heads of 2048, which no other kernel holds), whose backward takes "
+    "bfloat16 only and which need the CMake options FLASHRNN_MMA_CLUSTER_FORWARD and "
+    "FLASHRNN_MMA_CLUSTER_BACKWARD (on by default)"
 )
 
 
@@ -114,9 +115,9 @@ def compiled_grid() -> dict[tuple[str, str, int], tuple[hardware.Tiling, ...]]:
 def kernel_paths() -> dict[tuple[tuple[str, str, int], hardware.Tiling], tuple[str, str]]:
     """((function, XLA dtype name, head size), tiling) -> the names of the kernels its forward
     and backward run (``fma``, ``fma_grid_group``, ``mma``, ``mma_split``, ``mma_cluster``,
-    ``mma_grid_group``), ``none`` for a direction no kernel of the build runs (a tiling that
-    only the tensor-core group kernels hold: their backward takes bfloat16 only, and both are
-    off with the CMake options ``FLASHRNN_MMA_CLUSTER_FORWARD`` / ``_BACKWARD``)."""
+    ``mma_grid_group``), ``none`` for a direction no kernel of the build runs (a tiling of the
+    tensor-core group kernels: their backward takes bfloat16 only, and both are off with the
+    CMake options ``FLASHRNN_MMA_CLUSTER_FORWARD`` / ``_BACKWARD``)."""
     module = extension()
     paths = {}
     for (function, dtype, head_size, cluster, batch_tile, threads, forward,

@@ -5,8 +5,8 @@ FMA kernels), a bf16 head of 256 (the cluster tensor-core forward and backward w
 built), a bf16 head of 512 and two of 768 (the tensor-core kernels on 16-CTA clusters; at 768
 the LSTM, sLSTM and GRU with part of R in shared memory) and two f32 heads of 768 (groups of
 CTAs beyond a cluster, exchanging through global memory; the Elman on a 16-CTA cluster), and a
-bf16 head of 2048 last (the LSTM, sLSTM and GRU on the tensor-core group kernels, whose warps
-reuse their part of the staged h for their partial sums; the Elman on FMA groups); each
+bf16 head of 2048 last (every cell on the tensor-core group kernels, whose warps reuse their
+part of the staged h for their partial sums); each
 plain, and with every sequence option and the recurrent
 gradient clip (lengths 0, 3 and 2 of 3; a reset; reverse).
 

@@ -29,10 +29,13 @@ INFEASIBLE = ({(function, "f32", d) for function in ("lstm", "gru", "slstm") for
               | {(function, dtype, 2560) for function in ("lstm", "gru", "slstm")
                  for dtype in DTYPES}
               | {("elman", "f32", 2560)})
-# The combinations only the tensor-core group kernels hold: 16-bit heads of 2048 with more than
-# one R gate.
-TENSOR_CORE_GROUP = {(function, dtype, 2048) for function in ("lstm", "gru", "slstm")
-                     for dtype in ("bf16", "f16")}
+# The combinations the tensor-core group kernels take (hardware.GRID_PREFERENCE_ORDER): 16-bit
+# heads of 2048 with more than one R gate, which only they hold, and in bfloat16 (which has
+# their backward) heads of 1024 and the Elman's of 2048, which groups of FMA kernels would hold.
+TENSOR_CORE_GROUP = ({(function, dtype, 2048) for function in ("lstm", "gru", "slstm")
+                      for dtype in ("bf16", "f16")}
+                     | {(function, "bf16", 1024) for function in ("lstm", "gru", "slstm")}
+                     | {("elman", "bf16", 2048)})
 
 
 def _grid():
@@ -78,17 +81,16 @@ def test_tilings_pass_the_kernels_static_checks(tmp_path):
     for function, dtype, head_size, t in _grid():
         tile = f"Tiling<{head_size}, {t.cluster}, {t.batch_tile}, {t.threads}>"
         gates, size = hardware.RECURRENT_GATES[function], hardware.DTYPE_BYTES[dtype]
-        if hardware.takes_tensor_core_group(function, dtype, head_size, t):
-            # The C++ side takes the tensor-core group kernels (their layouts' checks are
-            # nvcc's: tests/test_kernels_compile.py) exactly where no FMA grid layout fits.
-            lines.append(f"static_assert(!kFmaGridFits<{gates}, {size}, {tile}>);")
+        # The C++ side tells the tensor-core group kernels' tilings by their threads (their
+        # layouts' checks are nvcc's: tests/test_kernels_compile.py).
+        tensor_core = hardware.takes_tensor_core_group(function, dtype, head_size, t)
+        lines.append(f"static_assert({tile}::kThreadsBeyondElements == {str(tensor_core).lower()});")
+        if tensor_core:
             continue
         # Groups beyond a cluster run the grid kernels, with their own layouts.
         grid = "Grid" if t.grid_group else ""
         lines += [f"template struct Forward{grid}Layout<{gates}, {size}, {tile}>;",
                   f"template struct Backward{grid}Layout<{gates}, {size}, {tile}>;"]
-        if t.grid_group:
-            lines.append(f"static_assert(kFmaGridFits<{gates}, {size}, {tile}>);")
     lines.append("}")
     source = tmp_path / "tilings.cc"
     # Cells sharing a gate count and dtypes sharing a width give the same instantiation once.
@@ -133,7 +135,7 @@ def test_heads_beyond_a_cluster_take_the_largest_group_that_meets_through_global
         hardware.choose_tiling("lstm", "bf16", 768, no_group)
 
 
-def test_16_bit_heads_of_2048_take_the_tensor_core_group_kernels():
+def test_16_bit_heads_of_2048_fit_on_the_tensor_core_group_kernels():
     """R of an LSTM head of 2048 in bf16 (33.6 MB; 256 KB for each of 128 CTAs' 16 units) is
     more than 128 CTAs' shared memory, but not more than their shared memory and half the
     register file of 512 threads (64 of 128 registers each for R fragments) together: one
@@ -143,19 +145,45 @@ def test_16_bit_heads_of_2048_take_the_tensor_core_group_kernels():
     assert slice_bytes > H100.shared_memory_per_block_optin
     assert slice_bytes <= H100.shared_memory_per_block_optin + 512 * 64 * 4
     for function, dtype, head_size in sorted(TENSOR_CORE_GROUP):
+        if function == "elman" or head_size != 2048:
+            continue
         tilings = hardware.compiled_tilings(function, dtype, head_size)
-        assert tilings == [hardware.Tiling(128, 8, 128)], (function, dtype, tilings)
+        assert tilings == [hardware.Tiling(128, 8, 512)], (function, dtype, tilings)
         assert hardware.takes_tensor_core_group(function, dtype, head_size, tilings[0])
         h100_pcie = dataclasses.replace(H100, name="H100 PCIe", sm_count=114)
         with pytest.raises(hardware.InfeasibleTilingError, match="streaming multiprocessors"):
             hardware.check_tiling(function, dtype, head_size, tilings[0], h100_pcie)
+    # The preferred (first) tiling of every combination of the default grid.
+    preferred = {}
     for function, dtype, head_size, tiling in _grid():
+        preferred.setdefault((function, dtype, head_size), tiling)
+    for (function, dtype, head_size), tiling in preferred.items():
         assert hardware.takes_tensor_core_group(function, dtype, head_size, tiling) == (
             (function, dtype, head_size) in TENSOR_CORE_GROUP), (function, dtype, head_size)
     # With fewer registers per SM the fragments no longer fit: no tiling.
     half_registers = dataclasses.replace(H100, name="small GPU", registers_per_sm=32768)
     with pytest.raises(hardware.InfeasibleTilingError):
         hardware.choose_tiling("lstm", "bf16", 2048, half_registers)
+
+
+def test_groups_prefer_the_tensor_core_kernels_where_they_fit():
+    """Among groups beyond a cluster the tensor-core group kernels come first (a step of a few
+    hundred tensor-core cycles, where an FMA group thread runs a whole dot product): bf16 heads
+    of 1024 on 64 CTAs of 16 units, alone (the FMA fallback would need as many SMs); the Elman
+    bf16 head of 2048 on 128, with the FMA group of 64 CTAs beside it for GPUs with fewer SMs;
+    float16 keeps the FMA groups where they fit (it has no tensor-core backward)."""
+    assert hardware.compiled_tilings("lstm", "bf16", 1024) == [hardware.Tiling(64, 8, 512)]
+    elman = hardware.compiled_tilings("elman", "bf16", 2048)
+    assert elman[0] == hardware.Tiling(128, 8, 512) and len(elman) == 2, elman
+    assert not hardware.takes_tensor_core_group("elman", "bf16", 2048, elman[1])
+    h100_pcie = dataclasses.replace(H100, name="H100 PCIe", sm_count=114)
+    assert hardware.pick_compiled("elman", "bf16", 2048, elman, H100) == elman[0]
+    assert hardware.pick_compiled("elman", "bf16", 2048, elman, h100_pcie) == elman[1]
+    for function in ("lstm", "elman"):
+        f16 = hardware.compiled_tilings(function, "f16", 1024)
+        assert not any(hardware.takes_tensor_core_group(function, "f16", 1024, t) for t in f16)
+        # The run time asks with XLA's dtype names.
+        assert hardware.compiled_tilings(function, "F16", 1024) == f16
 
 
 def test_a_smaller_group_is_compiled_beside_the_largest_for_devices_with_fewer_sms():

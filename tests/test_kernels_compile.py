@@ -167,10 +167,12 @@ def test_tensor_core_kernels_compile_with_their_mma_count_and_no_spills(mma_buil
             if "ForwardMmaClusterKernel" in name and "ElmanCell" in name] == [32, 32], counts
 
 
-# The tilings that only the tensor-core group kernels hold (hardware.takes_tensor_core_group):
-# 16-bit LSTM, sLSTM and GRU heads of 2048 on 128 CTAs of 16 units and 8 batch rows.
-GROUP_TILE = (2048, 128, 8, 128)
+# A tiling of the tensor-core group kernels (hardware.takes_tensor_core_group): 16-bit LSTM,
+# sLSTM and GRU heads of 2048 on 128 CTAs of 16 units, 8 batch rows and 512 threads.
+GROUP_TILE = (2048, 128, 8, 512)
 GROUP_SOURCE = _source([
+    ("Forward", "LstmCell", "__nv_bfloat16", (1024, 64, 8, 512)),
+    ("Backward", "LstmCell", "__nv_bfloat16", (1024, 64, 8, 512)),
     ("Forward", "LstmCell", "__nv_bfloat16", GROUP_TILE),
     ("Forward", "GruCell", "__half", GROUP_TILE),
     ("Backward", "LstmCell", "__nv_bfloat16", GROUP_TILE),
@@ -180,27 +182,28 @@ GROUP_SOURCE = _source([
 ])
 
 
-def test_tensor_core_group_kernels_take_heads_of_2048(tmp_path):
+def test_tensor_core_group_kernels_take_heads_of_1024_and_2048(tmp_path):
     """The tensor-core group kernels: each of 16 warps multiplies a sixteenth of K for every
-    gate (forward: 8 k-tiles x Gr gates x (hi, lo) a step) or its 8 destination CTAs' products
-    (backward: 8 x Gr k-tiles x (hi, lo)); within the launch bounds' 128 registers and few
-    spills; their group meets at the release/acquire counter barrier and copies the exchange
+    gate (forward: D / 256 k-tiles x Gr gates x (hi, lo) a step) or its C / 16 destination CTAs'
+    products (backward: C / 16 x Gr k-tiles x (hi, lo)); within the launch bounds' 128
+    registers and few spills; their group meets at the release/acquire counter barrier and copies the exchange
     from L2 (cp.async.cg). float16 has no tensor-core backward (backward_mma.cuh): its tiling
     compiles to no kernel (KernelPath kNone), which fused.py refuses by name."""
     reports, entries = _ptxas_reports_and_ptx(tmp_path, source_text=GROUP_SOURCE)
     forward = sorted(name for name in reports if "ForwardMmaGroupKernel" in name)
     backward = sorted(name for name in reports if "BackwardMmaGroupKernel" in name)
     # Forwards with and without residuals; the float16 backward has none.
-    assert len(forward) == 4 and len(backward) == 3, list(reports)
+    assert len(forward) == 6 and len(backward) == 4, list(reports)
     assert not any("6__half" in name for name in backward), backward
     assert set(reports) == set(forward + backward), list(reports)
     for name in forward + backward:
         spilled = int(re.search(r"(\d+) bytes spill stores", reports[name]).group(1))
-        # A few words at most (benchmarks/NOTES.md: the GRU backward's 12 bytes).
-        assert spilled <= 16, reports[name]
+        # None at 2048 but the LSTM forward's word; at 1024, where all of a warp's R fragments
+        # are registers, the LSTM forward spills a few words (benchmarks/NOTES.md).
+        assert spilled <= (32 if "Li1024E" in name else 4), reports[name]
         body = entries[name]
-        gates = 3 if "GruCell" in name else 4
-        assert body.count(MMA) == 8 * gates * 2, (name, body.count(MMA))
+        gates, k_tiles = (3 if "GruCell" in name else 4), (4 if "Li1024E" in name else 8)
+        assert body.count(MMA) == k_tiles * gates * 2, (name, body.count(MMA))
         assert "red.release.gpu.global.add.u32" in body and "ld.acquire.gpu.global.u32" in body
         assert "cp.async.cg.shared.global" in body
 

@@ -163,8 +163,7 @@ constexpr KernelPath kBackwardPath =
     : FLASHRNN_MMA_BACKWARD && kMmaBackwardSupported<Cell, T, Tile> ? KernelPath::kMma
     : FLASHRNN_MMA_CLUSTER_BACKWARD && kMmaGroupBackwardSupported<Cell, T, Tile>
         ? KernelPath::kMmaGridGroup
-    : IsGridGroup(Tile::kCluster) && !kFmaGridFits<Cell::kGatesR, sizeof(T), Tile>
-        ? KernelPath::kNone
+    : IsGridGroup(Tile::kCluster) && Tile::kThreadsBeyondElements ? KernelPath::kNone
     : IsGridGroup(Tile::kCluster) ? KernelPath::kFmaGridGroup
                                   : KernelPath::kFma;
 

@@ -1,6 +1,6 @@
 // The tensor-core backward for the tilings of the tensor-core group forward
-// (forward_mma_group.cuh): bfloat16 LSTM, sLSTM and GRU heads of 2048 over groups of D / 16
-// CTAs that exchange through global memory. Built with the CMake option
+// (forward_mma_group.cuh) in bfloat16: heads of 1024 and 2048 over groups of D / 16 CTAs that
+// exchange through global memory. Built with the CMake option
 // FLASHRNN_MMA_CLUSTER_BACKWARD; benchmarks/NOTES.md has its design and floor.
 //
 // CTA r owns the 16 units [16 r, 16 r + 16) of the head: warps 0 to 3 run their pointwise
@@ -27,7 +27,6 @@
 #include "grid_sync.cuh"
 #include "grid_workspace.h"
 #include "launch.cuh"
-#include "layouts.h"
 #include "mma_cluster_shape.h"
 #include "mma_operand.cuh"
 #include "params.h"
@@ -41,7 +40,7 @@ template <typename Cell, typename T, typename Tile>
 constexpr bool kMmaGroupBackwardSupported =
     std::is_same_v<T, __nv_bfloat16> && IsGridGroup(Tile::kCluster) &&
     Tile::kUnits == kMmaGroupUnits && Tile::kBatchTile == kMmaBatchTile &&
-    !kFmaGridFits<Cell::kGatesR, sizeof(T), Tile>;
+    Tile::kThreads == 32 * kMmaGroupWarps && Tile::kThreadsBeyondElements;
 
 // Shared memory: this CTA's gate cotangents [batch row][gate * 16 + unit] as hi and lo parts,
 // rows padded by 8 values (distinct banks for the B-fragment loads); then the partials that

@@ -124,8 +124,8 @@ __global__ void __launch_bounds__(Tile::kThreads, 1)
 }
 
 // The first kernel that takes the tiling's calls, in this order of preference: the tensor-core
-// kernels the CMake options built, then the tiling's FMA kernel; a group tiling that the FMA
-// group kernel does not hold has only the tensor-core group kernel (layouts.h kFmaGridFits).
+// kernels the CMake options built, then the tiling's FMA kernel; a tiling of the tensor-core
+// group kernels (tiling.h kThreadsBeyondElements) has no FMA kernel.
 template <typename Cell, typename T, typename Tile>
 constexpr KernelPath kForwardPath =
     FLASHRNN_MMA_SPLIT_FORWARD && kMmaSplitForwardSupported<Cell, T, Tile>
@@ -135,8 +135,7 @@ constexpr KernelPath kForwardPath =
         ? KernelPath::kMmaCluster
     : FLASHRNN_MMA_CLUSTER_FORWARD && kMmaGroupForwardSupported<Cell, T, Tile>
         ? KernelPath::kMmaGridGroup
-    : IsGridGroup(Tile::kCluster) && !kFmaGridFits<Cell::kGatesR, sizeof(T), Tile>
-        ? KernelPath::kNone
+    : IsGridGroup(Tile::kCluster) && Tile::kThreadsBeyondElements ? KernelPath::kNone
     : IsGridGroup(Tile::kCluster) ? KernelPath::kFmaGridGroup
                                   : KernelPath::kFma;
 

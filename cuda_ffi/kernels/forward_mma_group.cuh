@@ -1,7 +1,8 @@
-// The tensor-core forward for heads whose R no cluster holds and whose R slices the FMA group
-// kernels cannot keep in shared memory alone: the LSTM, sLSTM and GRU at D = 2048 in bfloat16
-// and float16 (layouts.h kFmaGridFits; the hardware model gives these tilings). Built with the
-// CMake option FLASHRNN_MMA_CLUSTER_FORWARD; benchmarks/NOTES.md has its design and floor.
+// The tensor-core forward for 16-bit heads whose R no cluster holds: the LSTM, sLSTM and GRU at
+// D = 1024 (bfloat16) and 2048, where the FMA group kernels cannot keep the R slices in shared
+// memory alone, and the Elman at 2048 (bfloat16); the hardware model gives these tilings
+// (hardware.takes_tensor_core_group). Built with the CMake option FLASHRNN_MMA_CLUSTER_FORWARD;
+// benchmarks/NOTES.md has its design and floor.
 //
 // A head's units are split over a group of C = D / 16 CTAs (128 at 2048), one unit tile each,
 // that exchange h through global memory and meet at a counter barrier, as the FMA group kernels
@@ -31,7 +32,6 @@
 #include "grid_workspace.h"
 #include "input_stage.cuh"
 #include "launch.cuh"
-#include "layouts.h"
 #include "mma_cluster_shape.h"
 #include "mma_operand.cuh"
 #include "params.h"
@@ -39,13 +39,15 @@
 
 namespace flashrnn {
 
-// Which calls the tensor-core group forward takes: 16-bit inputs and the group tilings of one
-// unit tile and one mma batch tile per CTA that the FMA group kernels do not hold.
+// Which calls the tensor-core group forward takes: 16-bit inputs and the hardware model's
+// tilings for it, groups of one unit tile and one mma batch tile per CTA and 512 threads (more
+// threads than elements: tiling.h).
 template <typename Cell, typename T, typename Tile>
 constexpr bool kMmaGroupForwardSupported =
     (std::is_same_v<T, __nv_bfloat16> || std::is_same_v<T, __half>) &&
     IsGridGroup(Tile::kCluster) && Tile::kUnits == kMmaGroupUnits &&
-    Tile::kBatchTile == kMmaBatchTile && !kFmaGridFits<Cell::kGatesR, sizeof(T), Tile>;
+    Tile::kBatchTile == kMmaBatchTile && Tile::kThreads == 32 * kMmaGroupWarps &&
+    Tile::kThreadsBeyondElements;
 
 // Shared memory: for each warp w (K part w), its part of h, hi then lo, [BT][kSliceStride] each
 // (rows padded by 8 values: the 8 rows of a B-fragment load start 4 banks apart), which after

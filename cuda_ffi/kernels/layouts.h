@@ -54,43 +54,19 @@ struct BackwardLayout {
 // cotangents of its units ([kCluster][kBatchTile][kUnits], as many); the backward also keeps its
 // gate cotangents dg_s [Gr][kBatchTile][kUnits].
 template <int kGatesR, std::size_t kElementBytes, typename Tile>
-constexpr std::size_t ForwardGridBytes() {
-  return RSliceBytes<kGatesR, kElementBytes, Tile>() +
-         HeadRowsBytes<Tile, StagedHStride(Tile::kHeadSize)>();
-}
-
-template <int kGatesR, std::size_t kElementBytes, typename Tile>
-constexpr std::size_t BackwardGridGateBytes() {
-  return AlignUp(std::size_t{kGatesR} * Tile::kBatchTile * Tile::kUnits * sizeof(float));
-}
-
-template <int kGatesR, std::size_t kElementBytes, typename Tile>
-constexpr std::size_t BackwardGridBytes() {
-  return RSliceBytes<kGatesR, kElementBytes, Tile>() +
-         BackwardGridGateBytes<kGatesR, kElementBytes, Tile>() + HeadRowsBytes<Tile>();
-}
-
-// Whether the FMA grid kernels hold a group tiling in both directions. The hardware model
-// gives a group tiling that they do not hold only where the tensor-core group kernels
-// (forward_mma_group.cuh, backward_mma_group.cuh) keep the R slice in registers and shared
-// memory together; those kernels take exactly these tilings.
-template <int kGatesR, std::size_t kElementBytes, typename Tile>
-constexpr bool kFmaGridFits =
-    ForwardGridBytes<kGatesR, kElementBytes, Tile>() <= kMaxSharedBytesPerBlock &&
-    BackwardGridBytes<kGatesR, kElementBytes, Tile>() <= kMaxSharedBytesPerBlock;
-
-template <int kGatesR, std::size_t kElementBytes, typename Tile>
 struct ForwardGridLayout {
   static constexpr std::size_t kRBytes = RSliceBytes<kGatesR, kElementBytes, Tile>();
-  static constexpr std::size_t kBytes = ForwardGridBytes<kGatesR, kElementBytes, Tile>();
+  static constexpr std::size_t kBytes =
+      kRBytes + HeadRowsBytes<Tile, StagedHStride(Tile::kHeadSize)>();
   static_assert(kBytes <= kMaxSharedBytesPerBlock, "shared memory per block (sm_90 opt-in)");
 };
 
 template <int kGatesR, std::size_t kElementBytes, typename Tile>
 struct BackwardGridLayout {
   static constexpr std::size_t kRBytes = RSliceBytes<kGatesR, kElementBytes, Tile>();
-  static constexpr std::size_t kGateBytes = BackwardGridGateBytes<kGatesR, kElementBytes, Tile>();
-  static constexpr std::size_t kBytes = BackwardGridBytes<kGatesR, kElementBytes, Tile>();
+  static constexpr std::size_t kGateBytes =
+      AlignUp(std::size_t{kGatesR} * Tile::kBatchTile * Tile::kUnits * sizeof(float));
+  static constexpr std::size_t kBytes = kRBytes + kGateBytes + HeadRowsBytes<Tile>();
   static_assert(kBytes <= kMaxSharedBytesPerBlock, "shared memory per block (sm_90 opt-in)");
 };
 

@@ -26,8 +26,12 @@ struct Tiling {
   static constexpr int kUnits = kHeadSize / kCluster;
   static constexpr int kElements = kUnits * kBatchTile;
   static_assert(kThreads % 32 == 0 && kThreads <= 1024, "whole warps, at most 1024 threads");
-  static_assert(kElements % kThreads == 0, "(unit, batch row) elements split evenly");
-  static constexpr int kPerThread = kElements / kThreads;
+  // More threads than elements: the tiling of the tensor-core group kernels, whose warps split
+  // K and of which the first kElements threads run one element each (forward_mma_group.cuh).
+  static constexpr bool kThreadsBeyondElements = kThreads > kElements;
+  static_assert(kElements % kThreads == 0 || kThreads % kElements == 0,
+                "(unit, batch row) elements split evenly, or one to a thread");
+  static constexpr int kPerThread = kThreadsBeyondElements ? 1 : kElements / kThreads;
   static_assert(kPerThread <= 8, "per-thread cell states must stay in registers");
 };
 

@@ -7,21 +7,19 @@ units, ``BT`` batch rows per CTA, ``NT`` threads per CTA, each owning ``P`` (uni
 elements. The model states the kernels' invariants and the device's limits as constraints (each
 with a comment naming the limit), and prefers the fewest CTAs per head (the cheapest per-step
 barrier), then the largest batch tile, then the most threads; where only a group beyond a
-cluster fits, the largest group (GRID_PREFERENCE_ORDER). The numbers mirror
+cluster fits, the tensor-core group kernels' (below), else the largest group
+(GRID_PREFERENCE_ORDER). The numbers mirror
 ``cuda_ffi/kernels/tiling.h`` and the ``*Layout`` structs of ``forward.cuh``/``backward.cuh``,
 whose static checks reject a tiling the kernels cannot run.
 
-Where no FMA kernel's R slice fits shared memory (16-bit LSTM, sLSTM and GRU heads of 2048), the
-model's variable ``TC`` = 2 admits the tensor-core group kernels (``forward_mma_group.cuh``),
-which keep a CTA's R slice in its 512 threads' registers and its shared memory together, on one
-unit tile and one batch tile of 8 per CTA. Their tiling reads ``NT`` = 128: the threads that run
-the elements, one each (the CTA has 512; the C++ side takes the kernel from the tiling alone,
-``layouts.h`` ``kFmaGridFits``). The FMA kernels are preferred wherever they fit.
-
-Used three ways: CMake asks it (``python -m flashrnn_jax.constrint.hardware``) which tiling to
-compile for each (cell, dtype, head size); at run time :mod:`flashrnn_jax.fused` checks a
-compiled tiling against the actual device; and for a head size that is not compiled it tells
-whether it could be, or which limit forbids it.
+Among groups beyond a cluster, the model's variable ``TC`` = 2 admits the tensor-core group
+kernels (``forward_mma_group.cuh``): 16-bit, one unit tile and a batch tile of 8 per CTA, 512
+threads whose registers keep part of the CTA's R slice beside its shared memory, so that they
+also hold the 16-bit LSTM, sLSTM and GRU heads of 2048 that no FMA kernel holds. They are
+preferred among groups (GRID_PREFERENCE_ORDER); in float16, which has no tensor-core backward,
+only where the FMA group kernels do not fit. Their tilings are the only ones with more threads
+than (unit, batch row) elements, by which the C++ side tells them (``tiling.h``
+``kThreadsBeyondElements``).
 """
 
 from __future__ import annotations
@@ -121,8 +119,8 @@ def _constraints(function: str, dtype: str, head_size: int, device: DeviceLimits
         ("U * C == D;", "a head's units split evenly over its CTAs (tiling.h)", False),
         ("BT == [8, 16];", "batch rows per CTA (tiling.h); more only idles rows at small batch",
          False),
-        ("NT * P == U * BT;", "(unit, batch row) elements split evenly over threads (tiling.h)",
-         False),
+        ("TC == 2 | NT * P == U * BT;",
+         "(unit, batch row) elements split evenly over threads (tiling.h)", False),
         ("NT == 32 * W;", "whole warps (tiling.h)", False),
         (f"P <= {_MAX_ELEMENTS_PER_THREAD};", "per-thread cell states stay in registers", False),
         (f"NT <= {_MAX_THREADS};", "threads per CTA the kernels are written for", False),
@@ -149,10 +147,10 @@ def _constraints(function: str, dtype: str, head_size: int, device: DeviceLimits
          f"<= {device.shared_memory_per_block_optin} | TC == 2;",
          "shared memory per block, backward of a group beyond a cluster: R slice + gate "
          "cotangents + the step's partials (fma_exchange.cuh)", True),
-    ] + _tensor_core_group_constraints(device)
+    ] + _tensor_core_group_constraints(dtype, device)
 
 
-def _tensor_core_group_constraints(device: DeviceLimits):
+def _tensor_core_group_constraints(dtype: str, device: DeviceLimits):
     """The tensor-core group kernels (``TC == 2``), as ``_constraints`` gives them.
 
     Shared memory of the forward (``MmaGroupForwardLayout``): each of 16 warps' part of h, hi
@@ -165,14 +163,23 @@ def _tensor_core_group_constraints(device: DeviceLimits):
     k-tiles per warp in registers (8192 G KB bytes), which leave 80 registers for the step."""
     U, NT = _MMA_GROUP_UNITS, _MMA_GROUP_THREADS
     registers = device.registers_per_sm // NT
-    return [
+    smem, slack = device.shared_memory_per_block_optin, _ALIGNMENT_SLACK
+    float16 = [] if dtype.lower() != "f16" else [
+        (f"TC == 1 | {smem} + 1 <= G * D * U * E + BT * D * 4 + {4 * _STAGED_H_PAD} * BT + "
+         f"{slack} | {smem} + 1 <= G * U * D * E + G * BT * U * 4 + BT * D * 4 + {slack};",
+         "tensor-core group kernels in float16: only where the FMA group kernels do not fit "
+         "(no float16 tensor-core backward: backward_mma.cuh)", False)]
+    return float16 + [
         ("TC == [1, 2];", "the kernels: 1 the FMA kernels, 2 the tensor-core group kernels",
          False),
         ("TC == 1 | E == 2;", "tensor-core group kernels: 16-bit inputs", False),
         (f"TC == 1 | U == {U};", "tensor-core group kernels: one unit tile per CTA", False),
         ("TC == 1 | BT == 8;", "tensor-core group kernels: one mma batch tile per CTA", False),
-        (f"TC == 1 | NT == {U * 8};",
-         "tensor-core group kernels: one thread per element runs the cell (of 512)", False),
+        (f"TC == 1 | NT == {NT};",
+         f"tensor-core group kernels: {NT} threads, {NT // 32} warps splitting K (the 128 of "
+         "warps 0 to 3 run one element each)", False),
+        ("TC == 1 | P == 1;", "tensor-core group kernels: one element a thread that runs one",
+         False),
         (f"TC == 1 | {_MIN_GRID_GROUP} <= C;", "tensor-core group kernels: beyond a cluster",
          False),
         ("TC == 1 | 512 * G <= D * E + 128 * E;",
@@ -203,14 +210,18 @@ def _tensor_core_group_constraints(device: DeviceLimits):
     ]
 
 
-# The FMA kernels wherever they fit (the tensor-core group kernels only where none does); then
-# the fewest CTAs per head (cheapest per-step barrier), the largest batch tile, most threads.
+# The fewest CTAs per head (cheapest per-step barrier), then the largest batch tile, most
+# threads; the FMA kernels first (the tensor-core group kernels' groups are larger than any
+# cluster, GRID_PREFERENCE_ORDER decides among groups).
 PREFERENCE_ORDER = (("TC", "smallest"), ("C", "smallest"), ("BT", "largest"), ("NT", "largest"))
-# Where only a group beyond a cluster fits: the largest. Every thread of the grid kernels runs
-# its elements' whole dot product over D, so their step is that chain times the warps per
-# scheduler: more CTAs for the same head mean fewer warps each (at 768, 128 CTAs of 3 warps
-# against 32 of 12), while a device full of groups does the same work either way.
-GRID_PREFERENCE_ORDER = (("TC", "smallest"), ("C", "largest"), ("BT", "largest"),
+# Where only a group beyond a cluster fits: the tensor-core group kernels where they fit (their
+# step is the tensor cores' share of the head's matmul, a few hundred cycles, where an FMA group
+# thread runs a whole dot product over D: ~7 µs a step at 1024, benchmarks/NOTES.md), else the
+# largest FMA group. Every thread of the FMA group kernels runs its elements' whole dot product,
+# so their step is that chain times the warps per scheduler: more CTAs for the same head mean
+# fewer warps each (at 768, 128 CTAs of 3 warps against 32 of 12), while a device full of groups
+# does the same work either way.
+GRID_PREFERENCE_ORDER = (("TC", "largest"), ("C", "largest"), ("BT", "largest"),
                          ("NT", "largest"))
 
 
@@ -264,7 +275,8 @@ def compiled_tilings(function: str, dtype: str, head_size: int,
         return [first]
     largest = solve(model, order=GRID_PREFERENCE_ORDER)[0]
     preferred = Tiling(largest["C"], largest["BT"], largest["NT"])
-    return [preferred] if preferred == first else [preferred, first]
+    # A fallback of no fewer CTAs fits no device that the preferred tiling does not.
+    return [preferred] if preferred.cluster <= first.cluster else [preferred, first]
 
 
 def choose_tiling(function: str, dtype: str, head_size: int,
@@ -284,9 +296,8 @@ def check_tiling(function: str, dtype: str, head_size: int, tiling: Tiling,
 
 def takes_tensor_core_group(function: str, dtype: str, head_size: int, tiling: Tiling,
                             device: DeviceLimits | None = None) -> bool:
-    """Whether only the tensor-core group kernels (``TC == 2``) hold ``tiling``: the tilings
-    whose R slice no FMA kernel keeps in shared memory (``layouts.h`` ``kFmaGridFits`` makes the
-    same choice in C++)."""
+    """Whether ``tiling`` is one of the tensor-core group kernels (``TC == 2``): no FMA kernel
+    runs it (``tiling.h`` ``kThreadsBeyondElements`` tells it in C++)."""
     device = device or DeviceLimits.sm90()
     fixed = "".join(f"\n{k} == {v};" for k, v in tiling.as_dict().items())
     model = model_text(function, dtype, head_size, device) + fixed
@@ -297,7 +308,12 @@ def pick_compiled(function: str, dtype: str, head_size: int, compiled: Iterable[
                   device: DeviceLimits) -> Tiling:
     """Among compiled tilings of one (cell, dtype, head size), the first in the model's
     preference order that fits ``device``; :class:`InfeasibleTilingError` when none does."""
-    candidates = sorted(compiled, key=preference_key)
+    def key(tiling: Tiling) -> tuple:
+        grid_group, *rest = preference_key(tiling)
+        tensor_core = takes_tensor_core_group(function, dtype, head_size, tiling, device)
+        return (grid_group, not tensor_core, *rest)
+
+    candidates = sorted(compiled, key=key)
     error = None
     for tiling in candidates:
         try:
