@@ -5,7 +5,8 @@ against the scan backend run in float64 with the same options (checked against f
 differences in test_sequence_options.py); DESIGN §4's rule: a fused error is at most twice the
 scan backend's at the same input dtype, plus a small floor. Outputs are poisoned with NaN before
 every launch. Batch 17 spans two batch tiles with padding; head size 256 runs as a cluster, 768 as
-groups of 128 CTAs meeting through global memory (one (head, batch tile) group per launch).
+groups of 128 CTAs meeting through global memory (one (head, batch tile) group per launch) in
+float32 and as 16-CTA clusters in bfloat16, and bfloat16 1024 as groups of 64.
 """
 
 from __future__ import annotations
@@ -64,10 +65,11 @@ def _fns(function, backend, static):
 
 
 # (dtype, head size): every kind of kernel (single CTA, cluster, group beyond a cluster) in a
-# 16-bit dtype and float32, and bfloat16 at 32 and 64, head sizes of the tensor-core kernels'
-# variants (the split forward and backward, gpu_check.sh's split step).
+# 16-bit dtype and float32, bfloat16 at 32 and 64, head sizes of the tensor-core kernels'
+# variants (the split forward and backward, gpu_check.sh's split step), and bfloat16 at 1024,
+# the tensor-core group kernels (64 CTAs).
 SIZES = [(dtype, d) for dtype in (jnp.bfloat16, jnp.float32) for d in (16, 256, 768)] + [
-    (jnp.bfloat16, 32), (jnp.bfloat16, 64)]
+    (jnp.bfloat16, 32), (jnp.bfloat16, 64), (jnp.bfloat16, 1024)]
 
 
 @pytest.mark.parametrize("combo", COMBOS)
