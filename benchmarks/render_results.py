@@ -113,6 +113,34 @@ def suite_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def size_table(results: dict) -> str:
+    """The size sweep (single heads): per function and head size, fused and scan forward /
+    forward+backward, the kernels the fused call ran or why it did not; "" without the sweep."""
+    sizes = [r for r in results["records"]
+             if r["sweep"] == "size" and r["impl"] in ("fused", "scan")]
+    if not sizes:
+        return ""
+    by_case = {}
+    for r in sizes:
+        by_case.setdefault((r["function"], r["dtype"], r["D"]), {})[r["impl"]] = r
+    first = sizes[0]
+    lines = [
+        (f"Single heads (size sweep), B={first['B']}, T={first['T']}; median ms, forward / "
+         "forward+backward; where the fused kernels did not run a head, why."),
+        "",
+        "| function | dtype | D | fused | scan | fused kernels (forward, backward) or why not |",
+        "|---|---|---|---|---|---|",
+    ]
+    for (function, dtype, D), impls in by_case.items():
+        cells = [f"{_ms(impls.get(impl), 'fwd_ms')} / {_ms(impls.get(impl), 'fwdbwd_ms')}"
+                 for impl in ("fused", "scan")]
+        fused = impls.get("fused") or {}
+        kernels = fused.get("kernels")
+        why = (", ".join(kernels) if kernels else (fused.get("skipped") or "").replace("|", "/"))
+        lines.append(f"| {function} | {dtype} | {D} | " + " | ".join(cells) + f" | {why} |")
+    return "\n".join(lines)
+
+
 def replace_block(text: str, markers: tuple[str, str], body: str) -> str:
     if markers[0] not in text:
         raise ValueError(f"README.md has no {markers[0]} block")
@@ -167,7 +195,9 @@ def main():
         suite = json.loads(args.suite.read_text())
         plots = suite_plot(suite, args.suite.with_suffix(""))
         links = "\n".join(f"![{p.stem}](benchmarks/results/{p.name})" for p in plots)
-        text = replace_block(text, SUITE_MARKERS, f"{suite_table(suite)}\n\n{links}")
+        sizes = size_table(suite)
+        body = suite_table(suite) + (f"\n\n{sizes}" if sizes else "") + f"\n\n{links}"
+        text = replace_block(text, SUITE_MARKERS, body)
     readme.write_text(text)
 
 

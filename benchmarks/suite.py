@@ -22,7 +22,10 @@ Sweeps (``--sweep``):
 * ``batch``  B in 1..256 (powers of two), 12 x 64, T=1024 (issue 5: throughput grows with B)
 * ``length`` T in 1..16384 (1, 16, 256, 1024, 4096, 16384), 12 x 64, B=16 (issue 5: time per
              step flat in T)
-* ``all``    the three
+* ``size``   one head of D in 256..2560 (256, 512, 768, 1024, 1536, 2048, 2560), B=16, T=1024
+             (issue 5: single heads up to what fits on chip; where the kernels cannot hold a
+             head the fused record is skipped with the library's reason)
+* ``all``    the four
 
 Peak memory (``peak_mem_mb``, MiB): JAX cannot reset the allocator's peak between cases, so the
 process-wide ``peak_bytes_in_use`` alone says nothing about one case. The suite takes the larger
@@ -73,13 +76,14 @@ except ImportError:  # run as `python -m benchmarks.suite` or imported from the 
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 IMPLS = ("fused", "scan", "flax_lstm", "cudnn_lstm")
-SWEEPS = ("heads", "batch", "length")
+SWEEPS = ("heads", "batch", "length", "size")
 
 # The paper's grid (FlashRNN, arXiv 2412.07752, §5).
 HIDDEN = 768
 HEAD_GRID = ((48, 16), (24, 32), (12, 64), (6, 128), (3, 256), (1, 768))
 BATCHES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 LENGTHS = (1, 16, 256, 1024, 4096, 16384)
+SINGLE_HEADS = (256, 512, 768, 1024, 1536, 2048, 2560)
 BASE_B, BASE_T, BASE_N = 16, 1024, 12
 
 # --tiny: B <= 2, T <= 8, hidden 32, keeping every sweep's points (those that collapse onto the
@@ -135,6 +139,9 @@ def sweep_points(sweep: str, scale: tuple[Fraction, Fraction, Fraction]) -> list
         points = [(_scaled(b, sb), _scaled(BASE_T, st), n12, 0) for b in BATCHES]
     elif sweep == "length":
         points = [(_scaled(BASE_B, sb), _scaled(t, st), n12, 0) for t in LENGTHS]
+    elif sweep == "size":
+        return list(dict.fromkeys((_scaled(BASE_B, sb), _scaled(BASE_T, st), 1, _scaled(d, sh))
+                                  for d in SINGLE_HEADS))
     else:
         raise ValueError(f"unknown sweep {sweep!r}")
     points = [(B, T, N, hidden // N) for B, T, N, _ in points]
@@ -312,7 +319,7 @@ def plot(results: dict, stem: pathlib.Path) -> list[pathlib.Path]:
                                       ("forward", "forward+backward")):
                 lines = sorted({(r["impl"], r["dtype"]) for r in frecs},
                                key=lambda x: (IMPLS.index(x[0]), x[1]))
-                if sweep == "heads":
+                if sweep in ("heads", "size"):
                     configs = sorted({(r["N"], r["D"]) for r in frecs}, key=lambda c: c[1])
                     labels = [f"{n}x{d}" for n, d in configs]
                     for impl, dtype in lines:
@@ -337,7 +344,8 @@ def plot(results: dict, stem: pathlib.Path) -> list[pathlib.Path]:
                     ax.set_yscale("log")
                 ax.set_ylabel("median ms")
                 fixed = {"heads": "B={B}, T={T}", "batch": "{N}x{D}, T={T}",
-                         "length": "{N}x{D}, B={B}"}[sweep].format(**frecs[0])
+                         "length": "{N}x{D}, B={B}", "size": "B={B}, T={T}"}[sweep].format(
+                             **frecs[0])
                 ax.set_title(f"{function} {title}, {fixed}")
                 ax.grid(True, which="both", alpha=0.3)
                 ax.legend(fontsize=8)

@@ -52,8 +52,9 @@ def check_schema(results):
         else:
             assert isinstance(r["skipped"], str) and r["skipped"], r
             assert r["fwd_ms"] is None and r["fwdbwd_ms"] is None, r
-        # tiny sizes, keeping the structure
-        assert r["B"] <= 2 and r["T"] <= 8 and r["N"] * r["D"] <= 32, r
+        # tiny sizes, keeping the structure: hidden 32, single heads up to 2560 / 24
+        assert r["B"] <= 2 and r["T"] <= 8, r
+        assert r["N"] * r["D"] <= (107 if r["sweep"] == "size" else 32), r
 
 
 def test_lstm_all_sweeps(runs):
@@ -62,19 +63,22 @@ def test_lstm_all_sweeps(runs):
     check_schema(results)
     assert results["complete"] is True
     recs = results["records"]
-    assert {r["sweep"] for r in recs} == {"heads", "batch", "length"}
+    sweeps = {"heads", "batch", "length", "size"}
+    assert {r["sweep"] for r in recs} == sweeps
     assert {r["function"] for r in recs} == {"lstm"}
-    # the head grid keeps its six points at tiny size
+    # the head grid keeps its six points at tiny size, the single heads their seven
     assert len({(r["N"], r["D"]) for r in recs if r["sweep"] == "heads"}) == 6
+    assert {(r["N"], r["D"]) for r in recs if r["sweep"] == "size"} == {
+        (1, d) for d in (11, 21, 32, 43, 64, 85, 107)}
     for impl in ("scan", "flax_lstm"):
         done = [r for r in recs if r["impl"] == impl and r["skipped"] is None]
-        assert {r["sweep"] for r in done} == {"heads", "batch", "length"}, impl
+        assert {r["sweep"] for r in done} == sweeps, impl
     for impl in ("fused", "cudnn_lstm"):  # CPU: no kernels, no cuDNN
         mine = [r for r in recs if r["impl"] == impl]
         assert mine and all(r["skipped"] for r in mine), impl
     assert all(r["dtype"] == "float32" for r in recs if r["impl"] == "cudnn_lstm")
     assert all(r["peak_mem_mb"] is None for r in recs)  # CPU reports no memory_stats
-    for sweep in ("heads", "batch", "length"):
+    for sweep in sweeps:
         png = tmp / f"lstm_{sweep}.png"
         assert png.stat().st_size > 1000, png
 
@@ -97,3 +101,23 @@ def test_max_minutes_still_writes_json(runs):
     assert results["complete"] is False
     assert "max-minutes" in results["stopped"]
     assert results["records"] == []
+
+
+def test_size_sweep_renders_for_the_readme(runs):
+    """render_results.size_table: one row per single head of the run, the scan's medians as
+    recorded, the fused column empty and the reason it gave where it did not run (CPU)."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from render_results import size_table
+
+    _, out = runs
+    results = out["lstm"]
+    rows = [line for line in size_table(results).splitlines() if line.startswith("| lstm |")]
+    sizes = [r for r in results["records"] if r["sweep"] == "size" and r["impl"] == "scan"]
+    assert len(rows) == len({r["D"] for r in sizes}) == 7
+    for r in sizes:
+        row = next(line for line in rows if line.split("|")[3].strip() == str(r["D"]))
+        assert f"{r['fwd_ms']:.2f} / {r['fwdbwd_ms']:.2f}" in row, row
+        assert "— / —" in row and "no CUDA device" in row, row
+    assert size_table({"records": [r for r in results["records"] if r["sweep"] != "size"]}) == ""
