@@ -68,7 +68,7 @@ class FusedBackendUnavailableError(RuntimeError):
 # happens.
 NO_KERNEL = "none"
 _NO_KERNEL_WHY = (
-    "its tiling is the tensor-core group kernels' (bfloat16 heads of 1024 and 2048, float16 "
+    "its tiling is the tensor-core group kernels' (bfloat16 heads of 1024 to 2048, float16 "
     "LSTM, sLSTM and GRU heads of 2048, which no other kernel holds), whose backward takes "
     "bfloat16 only and which need the CMake options FLASHRNN_MMA_CLUSTER_FORWARD and "
     "FLASHRNN_MMA_CLUSTER_BACKWARD (on by default)"

@@ -31,11 +31,13 @@ INFEASIBLE = ({(function, "f32", d) for function in ("lstm", "gru", "slstm") for
               | {("elman", "f32", 2560)})
 # The combinations the tensor-core group kernels take (hardware.GRID_PREFERENCE_ORDER): 16-bit
 # heads of 2048 with more than one R gate, which only they hold, and in bfloat16 (which has
-# their backward) heads of 1024 and the Elman's of 2048, which groups of FMA kernels would hold.
+# their backward) heads of 1024 and 1536 and the Elman's of 2048, which groups of FMA kernels
+# would hold.
 TENSOR_CORE_GROUP = ({(function, dtype, 2048) for function in ("lstm", "gru", "slstm")
                       for dtype in ("bf16", "f16")}
-                     | {(function, "bf16", 1024) for function in ("lstm", "gru", "slstm")}
-                     | {("elman", "bf16", 2048)})
+                     | {(function, "bf16", d) for function in ("lstm", "gru", "slstm")
+                        for d in (1024, 1536)}
+                     | {("elman", "bf16", d) for d in (1536, 2048)})
 
 
 def _grid():
@@ -169,10 +171,12 @@ def test_16_bit_heads_of_2048_fit_on_the_tensor_core_group_kernels():
 def test_groups_prefer_the_tensor_core_kernels_where_they_fit():
     """Among groups beyond a cluster the tensor-core group kernels come first (a step of a few
     hundred tensor-core cycles, where an FMA group thread runs a whole dot product): bf16 heads
-    of 1024 on 64 CTAs of 16 units, alone (the FMA fallback would need as many SMs); the Elman
+    of 1024 and 1536 on 64 and 96 CTAs of 16 units, alone (the FMA fallback would need as many SMs); the Elman
     bf16 head of 2048 on 128, with the FMA group of 64 CTAs beside it for GPUs with fewer SMs;
     float16 keeps the FMA groups where they fit (it has no tensor-core backward)."""
     assert hardware.compiled_tilings("lstm", "bf16", 1024) == [hardware.Tiling(64, 8, 512)]
+    # 96 CTAs of 16 units at 1536 (the FMA groups are powers of two: 128 of 12 units).
+    assert hardware.compiled_tilings("gru", "bf16", 1536) == [hardware.Tiling(96, 8, 512)]
     elman = hardware.compiled_tilings("elman", "bf16", 2048)
     assert elman[0] == hardware.Tiling(128, 8, 512) and len(elman) == 2, elman
     assert not hardware.takes_tensor_core_group("elman", "bf16", 2048, elman[1])

@@ -36,8 +36,8 @@ HEAD_SIZES = (6, 16, 24, 32, 64, 128, 256)
 # dtype as the head sizes rotate through these.
 SHAPES = ((1, 7, 3), (3, 1000, 1), (17, 7, 12), (3, 1, 3), (17, 1000, 1))
 # Large heads: 16-bit heads of 512 and 768 (Elman: 1024) on the tensor-core cluster kernels (16
-# CTAs; the float16 backward on the FMA kernels), bf16 heads of 1024 and 2048 and f16 LSTM,
-# sLSTM and GRU heads of 2048 on the tensor-core group kernels (64 and 128 CTAs; no float16
+# CTAs; the float16 backward on the FMA kernels), bf16 heads of 1024 to 2048 and f16 LSTM,
+# sLSTM and GRU heads of 2048 on the tensor-core group kernels (64 to 128 CTAs; no float16
 # backward), the others on a 16-CTA cluster or on groups of up to 128 CTAs that meet through
 # global memory (fma_exchange.cuh), where the hardware model fits them (not float32 heads of
 # 1536 and 2048 with several R gates; at 2560 the Elman only).

@@ -1,5 +1,5 @@
 // The tensor-core backward for the tilings of the tensor-core group forward
-// (forward_mma_group.cuh) in bfloat16: heads of 1024 and 2048 over groups of D / 16 CTAs that
+// (forward_mma_group.cuh) in bfloat16: heads of 1024 to 2048 over groups of D / 16 CTAs that
 // exchange through global memory. Built with the CMake option
 // FLASHRNN_MMA_CLUSTER_BACKWARD; benchmarks/NOTES.md has its design and floor.
 //

@@ -1,10 +1,10 @@
-// The tensor-core forward for 16-bit heads whose R no cluster holds: the LSTM, sLSTM and GRU at
-// D = 1024 (bfloat16) and 2048, where the FMA group kernels cannot keep the R slices in shared
-// memory alone, and the Elman at 2048 (bfloat16); the hardware model gives these tilings
+// The tensor-core forward for 16-bit heads whose R no cluster holds: bfloat16 heads of 1024 to
+// 2048, and the float16 LSTM, sLSTM and GRU at 2048, whose R slices the FMA group kernels cannot
+// keep in shared memory alone; the hardware model gives these tilings
 // (hardware.takes_tensor_core_group). Built with the CMake option FLASHRNN_MMA_CLUSTER_FORWARD;
 // benchmarks/NOTES.md has its design and floor.
 //
-// A head's units are split over a group of C = D / 16 CTAs (128 at 2048), one unit tile each,
+// A head's units are split over a group of C = D / 16 CTAs (64 to 128), one unit tile each,
 // that exchange h through global memory and meet at a counter barrier, as the FMA group kernels
 // do (fma_exchange.cuh, grid_sync.cuh). In a CTA the 16 warps split K in 16 parts: warp w
 // multiplies inputs [w D / 16, (w + 1) D / 16) for every gate, so that a CTA's slice of R
@@ -61,18 +61,29 @@ struct MmaGroupForwardLayout {
   static constexpr int kBatchTile = kMmaBatchTile;
   static constexpr int kSlice = D / kWarps;  // inputs per K part
   static constexpr int kKTilesPerWarp = kSlice / 16;
-  static constexpr int kRegisterKTiles =
-      std::min(kKTilesPerWarp, MmaFragmentRegisters(kThreads) / (4 * Cell::kGatesR));
-  static constexpr int kSharedKTiles = kKTilesPerWarp - kRegisterKTiles;
   static constexpr int kSliceStride = kSlice + 8;
   static constexpr int kPartValues = kBatchTile * kSliceStride;  // hi or lo of a warp's part
   static constexpr std::size_t kWarpBytes = 2 * std::size_t{kPartValues} * sizeof(T);
   static constexpr std::size_t kHBytes = AlignUp(kWarps * kWarpBytes);
   using Inputs = InputStage<Cell, T, kMmaGroupUnits, kBatchTile, kThreads>;
   static constexpr std::size_t kRSharedOffset = kHBytes + Inputs::kBytes;
-  static constexpr std::size_t kBytes =
-      kRSharedOffset +
-      std::size_t{kThreads} * Cell::kGatesR * kSharedKTiles * sizeof(uint4);
+  // Shared memory with `register_k_tiles` of a warp's k-tiles in registers.
+  static constexpr std::size_t BytesWith(int register_k_tiles) {
+    return kRSharedOffset + std::size_t{kThreads} * Cell::kGatesR *
+                                (kKTilesPerWarp - register_k_tiles) * sizeof(uint4);
+  }
+  // The k-tiles in registers: as many as leave kMmaGroupForwardStepRegisters for the step
+  // where shared memory holds the rest, else as many as leave kMmaStepRegisters (the LSTM and
+  // sLSTM at 2048).
+  static constexpr int kRoomyKTiles = std::min(
+      kKTilesPerWarp,
+      MmaFragmentRegisters(kThreads, kMmaGroupForwardStepRegisters) / (4 * Cell::kGatesR));
+  static constexpr int kRegisterKTiles =
+      BytesWith(kRoomyKTiles) <= kMaxSharedBytesPerBlock
+          ? kRoomyKTiles
+          : std::min(kKTilesPerWarp, MmaFragmentRegisters(kThreads) / (4 * Cell::kGatesR));
+  static constexpr int kSharedKTiles = kKTilesPerWarp - kRegisterKTiles;
+  static constexpr std::size_t kBytes = BytesWith(kRegisterKTiles);
   static_assert(kKTilesPerWarp * 16 == kSlice && kSlice * kWarps == D, "whole k-tiles per warp");
   static_assert(kGroup <= 128, "a group of at most 128 CTAs (tiling.h)");
   static_assert(std::size_t{Cell::kGatesR} * 4 * 32 * sizeof(float) <= kWarpBytes,

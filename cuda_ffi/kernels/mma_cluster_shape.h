@@ -37,6 +37,10 @@ inline constexpr int kMmaGroupWarps = 16;
 // step's inputs in registers too (with 64 its sLSTM spills 92 bytes, 23 accesses a step).
 inline constexpr int kMmaStepRegisters = 64;
 inline constexpr int kMmaGroupBackwardStepRegisters = 80;
+// The group forward leaves 72 where its shared memory can take the rest of R (with 64 its LSTM
+// and sLSTM spilled 10-17 local accesses a step at 1536 and 3-6 at 1024), 64 where it cannot
+// (the LSTM and sLSTM at 2048).
+inline constexpr int kMmaGroupForwardStepRegisters = 72;
 
 constexpr int MmaFragmentRegisters(int threads, int step_registers = kMmaStepRegisters) {
   return std::min(65536 / threads / 8 * 8, 255) - step_registers;

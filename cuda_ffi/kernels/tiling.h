@@ -19,9 +19,6 @@ struct Tiling {
   static constexpr int kCluster = kCluster_;
   static constexpr int kBatchTile = kBatchTile_;
   static constexpr int kThreads = kThreads_;
-  static_assert(kCluster >= 1 && kCluster <= 128 && (kCluster & (kCluster - 1)) == 0,
-                "a CTA group is a power of two of at most 128 CTAs: a cluster up to 16 (sm_90), "
-                "a cooperatively launched group beyond (grid_workspace.h)");
   static_assert(kHeadSize % kCluster == 0, "a head's units split evenly over its CTAs");
   static constexpr int kUnits = kHeadSize / kCluster;
   static constexpr int kElements = kUnits * kBatchTile;
@@ -29,6 +26,12 @@ struct Tiling {
   // More threads than elements: the tiling of the tensor-core group kernels, whose warps split
   // K and of which the first kElements threads run one element each (forward_mma_group.cuh).
   static constexpr bool kThreadsBeyondElements = kThreads > kElements;
+  static_assert(kCluster >= 1 && kCluster <= 128 &&
+                    ((kCluster & (kCluster - 1)) == 0 ||
+                     (kThreadsBeyondElements && kCluster % 32 == 0)),
+                "a CTA group of at most 128 CTAs, a power of two: a cluster up to 16 (sm_90), a "
+                "cooperatively launched group beyond (grid_workspace.h); the tensor-core group "
+                "kernels' groups a multiple of 32 (96 at D = 1536)");
   static_assert(kElements % kThreads == 0 || kThreads % kElements == 0,
                 "(unit, batch row) elements split evenly, or one to a thread");
   static constexpr int kPerThread = kThreadsBeyondElements ? 1 : kElements / kThreads;

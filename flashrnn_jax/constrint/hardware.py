@@ -114,8 +114,11 @@ def _constraints(function: str, dtype: str, head_size: int, device: DeviceLimits
     return [
         (f"D == {D}; G == {G}; E == {E};", "the problem: head size, R gates, bytes per element",
          False),
-        ("C == [1, 2, 4, 8, 16, 32, 64, 128];", "CTAs per head: a power of two (tiling.h)",
+        ("C == [1, 2, 4, 8, 16, 32, 64, 96, 128];",
+         "CTAs per head: a power of two, or 96 for the tensor-core group kernels (tiling.h)",
          False),
+        ("TC == 2 | C == [1, 2, 4, 8, 16, 32, 64, 128];",
+         "CTAs per head of the FMA kernels: a power of two (tiling.h)", False),
         ("U * C == D;", "a head's units split evenly over its CTAs (tiling.h)", False),
         ("BT == [8, 16];", "batch rows per CTA (tiling.h); more only idles rows at small batch",
          False),
@@ -147,10 +150,10 @@ def _constraints(function: str, dtype: str, head_size: int, device: DeviceLimits
          f"<= {device.shared_memory_per_block_optin} | TC == 2;",
          "shared memory per block, backward of a group beyond a cluster: R slice + gate "
          "cotangents + the step's partials (fma_exchange.cuh)", True),
-    ] + _tensor_core_group_constraints(dtype, device)
+    ] + _tensor_core_group_constraints(device)
 
 
-def _tensor_core_group_constraints(dtype: str, device: DeviceLimits):
+def _tensor_core_group_constraints(device: DeviceLimits):
     """The tensor-core group kernels (``TC == 2``), as ``_constraints`` gives them.
 
     Shared memory of the forward (``MmaGroupForwardLayout``): each of 16 warps' part of h, hi
@@ -163,13 +166,7 @@ def _tensor_core_group_constraints(dtype: str, device: DeviceLimits):
     k-tiles per warp in registers (8192 G KB bytes), which leave 80 registers for the step."""
     U, NT = _MMA_GROUP_UNITS, _MMA_GROUP_THREADS
     registers = device.registers_per_sm // NT
-    smem, slack = device.shared_memory_per_block_optin, _ALIGNMENT_SLACK
-    float16 = [] if dtype.lower() != "f16" else [
-        (f"TC == 1 | {smem} + 1 <= G * D * U * E + BT * D * 4 + {4 * _STAGED_H_PAD} * BT + "
-         f"{slack} | {smem} + 1 <= G * U * D * E + G * BT * U * 4 + BT * D * 4 + {slack};",
-         "tensor-core group kernels in float16: only where the FMA group kernels do not fit "
-         "(no float16 tensor-core backward: backward_mma.cuh)", False)]
-    return float16 + [
+    return [
         ("TC == [1, 2];", "the kernels: 1 the FMA kernels, 2 the tensor-core group kernels",
          False),
         ("TC == 1 | E == 2;", "tensor-core group kernels: 16-bit inputs", False),
@@ -187,6 +184,9 @@ def _tensor_core_group_constraints(dtype: str, device: DeviceLimits):
          "h, 8 rows of hi and lo of D / 16 + 8 values", False),
         ("KR <= 8;", "tensor-core group kernels: a warp's k-tiles of R in registers, of its "
          "D / 256 (D <= 2048: 128 CTAs of 16 units)", False),
+        ("TC == 1 | C == [64, 96, 128];",
+         "tensor-core group kernels: whole k-tiles per warp (D / 256; 96 CTAs for D = 1536)",
+         False),
         (f"TC == 1 | KR * {16 * NT // 32} <= D;",
          "tensor-core group kernels: a warp's k-tiles, D / 256", False),
         (f"TC == 1 | 4 * G * KR + {_MMA_STEP_REGISTERS} <= {registers};",
@@ -267,6 +267,10 @@ def compiled_tilings(function: str, dtype: str, head_size: int,
     :class:`InfeasibleTilingError` naming the binding limit where none fits."""
     device = device or DeviceLimits.sm90()
     model = model_text(function, dtype, head_size, device)
+    if dtype.lower() == "f16" and solve(model + "\nTC == 1;"):
+        # float16 has no tensor-core backward (backward_mma.cuh): the FMA kernels wherever they
+        # fit, so that the call can be differentiated.
+        model += "\nTC == 1;"
     solutions = solve(model, order=PREFERENCE_ORDER)
     if not solutions:
         raise _infeasible(function, dtype, head_size, device, "", "no fused-kernel tiling fits")
