@@ -82,13 +82,19 @@ def _ms(record: dict | None, key: str) -> str:
     return "—" if value is None else f"{value:.2f}"
 
 
+def _by_case(records: list[dict], fields: tuple[str, ...]) -> dict:
+    """{(the records' values of fields): {impl: record}}, in the records' order."""
+    by_case = {}
+    for r in records:
+        by_case.setdefault(tuple(r[f] for f in fields), {})[r["impl"]] = r
+    return by_case
+
+
 def suite_table(results: dict) -> str:
     """The heads sweep: per function and head split, fused and scan forward / forward+backward,
     the dense LSTM baselines (flax, cuDNN float32) and issue 5's target."""
     heads = [r for r in results["records"] if r["sweep"] == "heads"]
-    by_case = {}
-    for r in heads:
-        by_case.setdefault((r["function"], r["N"], r["D"]), {})[r["impl"]] = r
+    by_case = _by_case(heads, ("function", "N", "D"))
     first = heads[0]
     lines = [
         (f"{results['gpu']}, jax {results['jax']}; bf16 (cuDNN float32), B={first['B']}, "
@@ -120,9 +126,7 @@ def size_table(results: dict) -> str:
              if r["sweep"] == "size" and r["impl"] in ("fused", "scan")]
     if not sizes:
         return ""
-    by_case = {}
-    for r in sizes:
-        by_case.setdefault((r["function"], r["dtype"], r["D"]), {})[r["impl"]] = r
+    by_case = _by_case(sizes, ("function", "dtype", "D"))
     first = sizes[0]
     lines = [
         (f"Single heads (size sweep), B={first['B']}, T={first['T']}; median ms, forward / "
