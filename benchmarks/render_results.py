@@ -140,7 +140,8 @@ def size_table(results: dict) -> str:
                  for impl in ("fused", "scan")]
         fused = impls.get("fused") or {}
         kernels = fused.get("kernels")
-        why = (", ".join(kernels) if kernels else (fused.get("skipped") or "").replace("|", "/"))
+        why = (", ".join(kernels) if kernels
+               else (fused.get("skipped") or "").replace("|", "/").replace("\n", " "))
         lines.append(f"| {function} | {dtype} | {D} | " + " | ".join(cells) + f" | {why} |")
     return "\n".join(lines)
 

@@ -68,10 +68,9 @@ class FusedBackendUnavailableError(RuntimeError):
 # happens.
 NO_KERNEL = "none"
 _NO_KERNEL_WHY = (
-    "its tiling is the tensor-core group kernels' (bfloat16 heads of 1024 to 2048, float16 "
-    "LSTM, sLSTM and GRU heads of 2048, which no other kernel holds), whose backward takes "
-    "bfloat16 only and which need the CMake options FLASHRNN_MMA_CLUSTER_FORWARD and "
-    "FLASHRNN_MMA_CLUSTER_BACKWARD (on by default)"
+    "only the tensor-core group kernels hold it (float16 LSTM, sLSTM and GRU heads of 2048), "
+    "whose backward takes bfloat16 only, and which need the CMake options "
+    "FLASHRNN_MMA_CLUSTER_FORWARD and FLASHRNN_MMA_CLUSTER_BACKWARD (on by default)"
 )
 
 
@@ -172,10 +171,22 @@ def _select_tiling(function: str, dtype_name: str, head_size: int) -> hardware.T
             f"{dtype_name} (compiled head sizes: {sizes}); it would fit with {fits}: add it "
             "to FLASHRNN_HEAD_SIZES (CMake) and rebuild"
         )
-    try:
-        return hardware.pick_compiled(function, dtype_name, head_size, compiled, device)
-    except hardware.InfeasibleTilingError as err:
-        return str(err)
+    # The tilings a kernel of the build runs, those with a backward first: a tiling of the
+    # tensor-core group kernels has none in a build without them (a float16 one no backward),
+    # while an FMA group compiled beside it runs.
+    paths = kernel_paths()
+    runnable = [t for t in compiled
+                if paths.get(((function, dtype_name, head_size), t), ("",))[0] != NO_KERNEL]
+    differentiable = [t for t in runnable
+                      if paths[(function, dtype_name, head_size), t][1] != NO_KERNEL]
+    error = None
+    for tilings in (differentiable, runnable or compiled):
+        if tilings:
+            try:
+                return hardware.pick_compiled(function, dtype_name, head_size, tilings, device)
+            except hardware.InfeasibleTilingError as err:
+                error = error or err
+    return str(error)
 
 
 @functools.cache

@@ -188,6 +188,12 @@ def test_groups_prefer_the_tensor_core_kernels_where_they_fit():
         assert not any(hardware.takes_tensor_core_group(function, "f16", 1024, t) for t in f16)
         # The run time asks with XLA's dtype names.
         assert hardware.compiled_tilings(function, "F16", 1024) == f16
+    # A build without the tensor-core group kernels (CMake: hardware.main
+    # --no-tensor-core-groups) keeps the FMA groups wherever they fit; only they hold 2048.
+    without = hardware.compiled_tilings("lstm", "bf16", 1024, tensor_core_groups=False)
+    assert without == hardware.compiled_tilings("lstm", "f16", 1024), without
+    assert hardware.compiled_tilings("lstm", "bf16", 2048, tensor_core_groups=False) == [
+        hardware.Tiling(128, 8, 512)]
 
 
 def test_a_smaller_group_is_compiled_beside_the_largest_for_devices_with_fewer_sms():
@@ -223,6 +229,15 @@ def test_pick_compiled_prefers_the_model_order_among_fitting_tilings():
     assert hardware.pick_compiled("lstm", "bf16", 128, [cluster, one_cta], H100) == one_cta
     small = hardware.DeviceLimits("small GPU", 100 * 1024, 65536, 1024, 16, 132)
     assert hardware.pick_compiled("lstm", "bf16", 128, [cluster, one_cta], small) == cluster
+
+
+def test_cmake_listing_without_tensor_core_groups(capsys):
+    hardware.main(["--functions=gru", "--dtypes=bf16", "--head-sizes=1536",
+                   "--no-tensor-core-groups"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == [f"gru bf16 1536 {t.cluster} {t.batch_tile} {t.threads}" for t in
+                     hardware.compiled_tilings("gru", "f16", 1536)], lines
+    assert all(line.split()[-1] != "512" for line in lines), lines
 
 
 def test_cmake_listing(capsys):

@@ -41,8 +41,8 @@ SHAPES = ((1, 7, 3), (3, 1000, 1), (17, 7, 12), (3, 1, 3), (17, 1000, 1))
 # backward), the others on a 16-CTA cluster or on groups of up to 128 CTAs that meet through
 # global memory (fma_exchange.cuh), where the hardware model fits them (not float32 heads of
 # 1536 and 2048 with several R gates; at 2560 the Elman only).
-# Shorter sequences keep the float64 reference affordable; 3 heads of 1536 (128 CTAs each) take
-# one launch per head, 17 rows two or three batch tiles.
+# Shorter sequences keep the float64 reference affordable; 3 heads of 1536 (96 or 128 CTAs each)
+# take one launch per head and batch tile, 17 rows two or three batch tiles.
 LARGE_HEAD_SIZES = (512, 768, 1024, 1536, 2048, 2560)
 LARGE_SHAPES = ((3, 20, 2), (17, 5, 1), (2, 9, 3))
 
@@ -95,26 +95,30 @@ def test_fused_matches_reference(function, dtype, head_size, B, T, N, rng, gpu_c
     _check_against_reference(function, dtype, head_size, B, T, N, rng, gpu_case)
 
 
-@pytest.mark.parametrize("dtype,smallest", [(jnp.float16, 32), (jnp.float32, 64)])
-def test_fewer_sms_take_the_smallest_group_compiled_beside(dtype, smallest, rng, gpu_case):
+@pytest.mark.parametrize("function,dtype,head_size,smallest", [
+    ("lstm", jnp.float16, 768, 32), ("lstm", jnp.float32, 768, 64),
+    ("elman", jnp.bfloat16, 2048, 64)])
+def test_fewer_sms_take_the_smallest_group_compiled_beside(function, dtype, head_size, smallest,
+                                                           rng, gpu_case):
     """On a GPU with fewer SMs than the preferred group of 128 CTAs holds (H100 PCIe: 114), the
-    smallest group compiled beside it runs, for an LSTM head of 768: 32 CTAs in float16 (its
-    backward; the forward runs on the tensor-core cluster), 64 in float32 (both directions).
-    Three heads of two batch tiles are six groups, which the real SMs (132 on the H200) hold
-    four or two at a time: two or three launches, each reusing the first's exchange buffers and
-    counters."""
+    smallest group compiled beside it runs: for an LSTM head of 768, 32 CTAs in float16 (its
+    backward; the forward runs on the tensor-core cluster), 64 in float32 (both directions); for
+    an Elman head of 2048 in bfloat16, the FMA group of 64 beside the tensor-core group of 128.
+    Three heads of two or three batch tiles are six or nine groups, which the real SMs (132 on
+    the H200) hold four or two at a time: several launches, each reusing the first's exchange
+    buffers and counters."""
     name = fused._XLA_DTYPE_NAMES[np.dtype(dtype)]
-    preferred, fallback = hardware.compiled_tilings("lstm", name.lower(), 768)
+    preferred, fallback = hardware.compiled_tilings(function, name.lower(), head_size)
     assert (preferred.cluster, fallback.cluster) == (128, smallest)
-    assert fused._select_tiling("lstm", name, 768) == preferred
+    assert fused._select_tiling(function, name, head_size) == preferred
     # The jitted functions are traced anew inside, where the tiling is chosen.
     _forward_fn.cache_clear()
     _grad_fn.cache_clear()
     try:
         with fused.tilings_as_for(dataclasses.replace(fused.device_limits(), sm_count=114)):
-            assert fused._select_tiling("lstm", name, 768) == fallback
-            _check_against_reference("lstm", dtype, 768, 17, 9, 3, rng, gpu_case)
-        assert fused._select_tiling("lstm", name, 768) == preferred
+            assert fused._select_tiling(function, name, head_size) == fallback
+            _check_against_reference(function, dtype, head_size, 17, 9, 3, rng, gpu_case)
+        assert fused._select_tiling(function, name, head_size) == preferred
     finally:
         _forward_fn.cache_clear()
         _grad_fn.cache_clear()

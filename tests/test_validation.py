@@ -293,6 +293,31 @@ def test_a_direction_without_a_kernel_is_named_before_any_call(monkeypatch):
         fused._fused_fwd(Wx, None, None, states, None, None, fused._Options("lstm"))
 
 
+def test_the_tiling_chosen_is_one_a_kernel_of_the_build_runs(monkeypatch):
+    """Where the build's tensor-core group tiling has no kernel (a build without them: "none"
+    both ways) and an FMA group is compiled beside it, the FMA group runs; a tiling with a
+    forward but no backward is taken only where nothing differentiable fits."""
+    from flashrnn_jax import fused
+    from flashrnn_jax.constrint import hardware
+
+    group, fma = hardware.Tiling(128, 8, 512), hardware.Tiling(64, 8, 256)
+    key = ("elman", "BF16", 2048)
+    grid = {key: (group, fma)}
+    monkeypatch.setattr(fused, "compiled_grid", lambda: grid)
+    monkeypatch.setattr(fused, "_device_limits", hardware.DeviceLimits.sm90)
+    fused._select_tiling.cache_clear()
+    try:
+        for group_paths, chosen in (((fused.NO_KERNEL, fused.NO_KERNEL), fma),
+                                    (("mma_grid_group", fused.NO_KERNEL), fma),
+                                    (("mma_grid_group", "mma_grid_group"), group)):
+            paths = {(key, group): group_paths, (key, fma): ("fma_grid_group",) * 2}
+            monkeypatch.setattr(fused, "kernel_paths", lambda paths=paths: paths)
+            fused._select_tiling.cache_clear()
+            assert fused._select_tiling(*key) == chosen, group_paths
+    finally:
+        fused._select_tiling.cache_clear()
+
+
 def test_tilings_as_for_sets_the_limits_inside_only():
     """fused.tilings_as_for: the tilings are chosen for the given limits inside (nested: the
     innermost), for the device's own again after."""

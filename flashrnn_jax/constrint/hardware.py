@@ -159,8 +159,9 @@ def _tensor_core_group_constraints(device: DeviceLimits):
     Shared memory of the forward (``MmaGroupForwardLayout``): each of 16 warps' part of h, hi
     and lo, 8 rows of D / 16 + 8 values (16 (D + 128) E bytes); 3 input stages of 8 rows of
     16 G + 8 values; and the R fragments that the registers do not hold: those hold ``KR``
-    k-tiles of every gate per warp, 16 bytes per lane each (8192 G KR bytes per CTA), as many as
-    leave 64 registers of a thread for the step. Of the backward (``MmaGroupBackwardLayout``):
+    k-tiles of every gate per warp, 16 bytes per lane each (8192 G KR bytes per CTA), at most as
+    many as leave 64 registers of a thread for the step (the kernel keeps fewer where shared
+    memory takes the rest; the model asks whether the most it may keep suffices). Of the backward (``MmaGroupBackwardLayout``):
     the gate cotangents, hi and lo, 8 rows of 16 G + 8 values; the partials received, 4 warps x
     C sources x 32 floats (32 D bytes); and the Rᵀ fragments beyond the ``KB`` products of G
     k-tiles per warp in registers (8192 G KB bytes), which leave 80 registers for the step."""
@@ -260,16 +261,20 @@ def _infeasible(function, dtype, head_size, device, fixed: str, what: str):
 
 
 def compiled_tilings(function: str, dtype: str, head_size: int,
-                     device: DeviceLimits | None = None) -> list[Tiling]:
+                     device: DeviceLimits | None = None,
+                     tensor_core_groups: bool = True) -> list[Tiling]:
     """The tilings to compile, preferred first: the model's first in PREFERENCE_ORDER and, where
     that is a group beyond a cluster (no cluster fits), the first in GRID_PREFERENCE_ORDER before
     it, the smallest group staying as the fallback for devices with fewer SMs (H100 PCIe: 114);
-    :class:`InfeasibleTilingError` naming the binding limit where none fits."""
+    :class:`InfeasibleTilingError` naming the binding limit where none fits.
+    ``tensor_core_groups``: whether the build has the tensor-core group kernels (CMake
+    ``FLASHRNN_MMA_CLUSTER_FORWARD`` and ``_BACKWARD``); without them, and for float16 (no
+    tensor-core backward: ``backward_mma.cuh``), the FMA kernels wherever they fit, so that a
+    call can be run and differentiated."""
     device = device or DeviceLimits.sm90()
     model = model_text(function, dtype, head_size, device)
-    if dtype.lower() == "f16" and solve(model + "\nTC == 1;"):
-        # float16 has no tensor-core backward (backward_mma.cuh): the FMA kernels wherever they
-        # fit, so that the call can be differentiated.
+    if ((dtype.lower() == "f16" or not tensor_core_groups)
+            and solve(model + "\nTC == 1;")):
         model += "\nTC == 1;"
     solutions = solve(model, order=PREFERENCE_ORDER)
     if not solutions:
@@ -312,12 +317,7 @@ def pick_compiled(function: str, dtype: str, head_size: int, compiled: Iterable[
                   device: DeviceLimits) -> Tiling:
     """Among compiled tilings of one (cell, dtype, head size), the first in the model's
     preference order that fits ``device``; :class:`InfeasibleTilingError` when none does."""
-    def key(tiling: Tiling) -> tuple:
-        grid_group, *rest = preference_key(tiling)
-        tensor_core = takes_tensor_core_group(function, dtype, head_size, tiling, device)
-        return (grid_group, not tensor_core, *rest)
-
-    candidates = sorted(compiled, key=key)
+    candidates = sorted(compiled, key=preference_key)
     error = None
     for tiling in candidates:
         try:
@@ -338,13 +338,18 @@ def main(argv=None) -> None:
     parser.add_argument("--functions", required=True, help="';'-separated, e.g. 'lstm;gru'")
     parser.add_argument("--dtypes", required=True, help="';'-separated, e.g. 'bf16;f32'")
     parser.add_argument("--head-sizes", required=True, help="';'-separated, e.g. '16;64'")
+    parser.add_argument("--no-tensor-core-groups", action="store_true",
+                        help="the build has no tensor-core group kernels (CMake "
+                             "FLASHRNN_MMA_CLUSTER_FORWARD or _BACKWARD off)")
     args = parser.parse_args(argv)
     skipped = []
     for function in args.functions.split(";"):
         for dtype in args.dtypes.split(";"):
             for head_size in args.head_sizes.split(";"):
                 try:
-                    tilings = compiled_tilings(function, dtype, int(head_size))
+                    tilings = compiled_tilings(
+                        function, dtype, int(head_size),
+                        tensor_core_groups=not args.no_tensor_core_groups)
                 except InfeasibleTilingError:
                     skipped.append(f"function={function!r} {dtype} {head_size}")
                     continue
