@@ -17,7 +17,8 @@ kernels (``forward_mma_group.cuh``): 16-bit, one unit tile and a batch tile of 8
 threads whose registers keep part of the CTA's R slice beside its shared memory, so that they
 also hold the 16-bit LSTM, sLSTM and GRU heads of 2048 that no FMA kernel holds. They are
 preferred among groups (GRID_PREFERENCE_ORDER); in float16, which has no tensor-core backward,
-only where the FMA group kernels do not fit. Their tilings are the only ones with more threads
+and in a build without them (``compiled_tilings(tensor_core_groups=False)``), only where no FMA
+kernel fits. Their tilings are the only ones with more threads
 than (unit, batch row) elements, by which the C++ side tells them (``tiling.h``
 ``kThreadsBeyondElements``).
 """
@@ -161,10 +162,11 @@ def _tensor_core_group_constraints(device: DeviceLimits):
     16 G + 8 values; and the R fragments that the registers do not hold: those hold ``KR``
     k-tiles of every gate per warp, 16 bytes per lane each (8192 G KR bytes per CTA), at most as
     many as leave 64 registers of a thread for the step (the kernel keeps fewer where shared
-    memory takes the rest; the model asks whether the most it may keep suffices). Of the backward (``MmaGroupBackwardLayout``):
-    the gate cotangents, hi and lo, 8 rows of 16 G + 8 values; the partials received, 4 warps x
-    C sources x 32 floats (32 D bytes); and the Rᵀ fragments beyond the ``KB`` products of G
-    k-tiles per warp in registers (8192 G KB bytes), which leave 80 registers for the step."""
+    memory takes the rest; the model asks whether the most it may keep suffices). Of the
+    backward (``MmaGroupBackwardLayout``): the gate cotangents, hi and lo, 8 rows of 16 G + 8
+    values; the partials received, 4 warps x C sources x 32 floats (32 D bytes); and the Rᵀ
+    fragments beyond the ``KB`` products of G k-tiles per warp in registers (8192 G KB bytes),
+    which leave 80 registers for the step."""
     U, NT = _MMA_GROUP_UNITS, _MMA_GROUP_THREADS
     registers = device.registers_per_sm // NT
     return [
@@ -176,7 +178,7 @@ def _tensor_core_group_constraints(device: DeviceLimits):
         (f"TC == 1 | NT == {NT};",
          f"tensor-core group kernels: {NT} threads, {NT // 32} warps splitting K (the 128 of "
          "warps 0 to 3 run one element each)", False),
-        ("TC == 1 | P == 1;", "tensor-core group kernels: one element a thread that runs one",
+        ("TC == 1 | P == 1;", "tensor-core group kernels: an element thread runs one element",
          False),
         (f"TC == 1 | {_MIN_GRID_GROUP} <= C;", "tensor-core group kernels: beyond a cluster",
          False),
