@@ -86,7 +86,8 @@ def test_tilings_pass_the_kernels_static_checks(tmp_path):
         # The C++ side tells the tensor-core group kernels' tilings by their threads (their
         # layouts' checks are nvcc's: tests/test_kernels_compile.py).
         tensor_core = hardware.takes_tensor_core_group(function, dtype, head_size, t)
-        lines.append(f"static_assert({tile}::kThreadsBeyondElements == {str(tensor_core).lower()});")
+        beyond = "true" if tensor_core else "false"
+        lines.append(f"static_assert({tile}::kThreadsBeyondElements == {beyond});")
         if tensor_core:
             continue
         # Groups beyond a cluster run the grid kernels, with their own layouts.
@@ -171,9 +172,10 @@ def test_16_bit_heads_of_2048_fit_on_the_tensor_core_group_kernels():
 def test_groups_prefer_the_tensor_core_kernels_where_they_fit():
     """Among groups beyond a cluster the tensor-core group kernels come first (a step of a few
     hundred tensor-core cycles, where an FMA group thread runs a whole dot product): bf16 heads
-    of 1024 and 1536 on 64 and 96 CTAs of 16 units, alone (the FMA fallback would need as many SMs); the Elman
-    bf16 head of 2048 on 128, with the FMA group of 64 CTAs beside it for GPUs with fewer SMs;
-    float16 keeps the FMA groups where they fit (it has no tensor-core backward)."""
+    of 1024 and 1536 on 64 and 96 CTAs of 16 units, alone (the FMA fallback would need as many
+    SMs); the Elman bf16 head of 2048 on 128, with the FMA group of 64 CTAs beside it for GPUs
+    with fewer SMs; float16 keeps the FMA groups where they fit (it has no tensor-core
+    backward)."""
     assert hardware.compiled_tilings("lstm", "bf16", 1024) == [hardware.Tiling(64, 8, 512)]
     # 96 CTAs of 16 units at 1536 (the FMA groups are powers of two: 128 of 12 units).
     assert hardware.compiled_tilings("gru", "bf16", 1536) == [hardware.Tiling(96, 8, 512)]

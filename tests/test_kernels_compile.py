@@ -189,9 +189,10 @@ def test_tensor_core_group_kernels_take_heads_of_1024_to_2048(tmp_path):
     """The tensor-core group kernels: each of 16 warps multiplies a sixteenth of K for every
     gate (forward: D / 256 k-tiles x Gr gates x (hi, lo) a step) or its C / 16 destination CTAs'
     products (backward: C / 16 x Gr k-tiles x (hi, lo)); within the launch bounds' 128
-    registers and few spills; their group meets at the release/acquire counter barrier and copies the exchange
-    from L2 (cp.async.cg). float16 has no tensor-core backward (backward_mma.cuh): its tiling
-    compiles to no kernel (KernelPath kNone), which fused.py refuses by name."""
+    registers and few spills; their group meets at the release/acquire counter barrier and
+    copies the exchange from L2 (cp.async.cg). float16 has no tensor-core backward
+    (backward_mma.cuh): its tiling compiles to no kernel (KernelPath kNone), which fused.py
+    refuses by name."""
     reports, entries = _ptxas_reports_and_ptx(tmp_path, source_text=GROUP_SOURCE)
     forward = sorted(name for name in reports if "ForwardMmaGroupKernel" in name)
     backward = sorted(name for name in reports if "BackwardMmaGroupKernel" in name)
