@@ -265,7 +265,9 @@ def peak_mem_mb(compiled, device, in_use_before: int | None, peak_before: int | 
 
 
 def measure(case: Case, key, device, warmup: int, runs: int) -> dict:
-    """fwd_ms, fwdbwd_ms, peak_mem_mb and skipped for one case (never raises)."""
+    """fwd_ms, fwdbwd_ms, peak_mem_mb and skipped for one case (never raises); where the fused
+    kernels run the forward but refuse to differentiate (float16 heads of 2048: no backward
+    kernel), the forward's time with fwdbwd_ms None and the reason in fwdbwd_skipped."""
     out = {"fwd_ms": None, "fwdbwd_ms": None, "peak_mem_mb": None, "skipped": None}
     reason = skip_reason(case.impl, device)
     if reason:
@@ -279,10 +281,14 @@ def measure(case: Case, key, device, warmup: int, runs: int) -> dict:
         # Compiled ahead of time: the fused backend says here when it cannot run the call, and
         # the executable's memory analysis is needed for peak_mem_mb.
         fwd_c = jax.jit(fwd).lower(*args).compile()
-        fwdbwd_c = jax.jit(fwdbwd).lower(*args).compile()
         out["fwd_ms"] = median_ms(fwd_c, *args, warmup=warmup, runs=runs)
-        out["fwdbwd_ms"] = median_ms(fwdbwd_c, *args, warmup=warmup, runs=runs)
-        out["peak_mem_mb"] = peak_mem_mb(fwdbwd_c, device, in_use_before, peak_before)
+        try:
+            fwdbwd_c = jax.jit(fwdbwd).lower(*args).compile()
+        except FusedBackendUnavailableError as e:
+            out["fwdbwd_skipped"] = f"fused unavailable: {e}"
+        else:
+            out["fwdbwd_ms"] = median_ms(fwdbwd_c, *args, warmup=warmup, runs=runs)
+            out["peak_mem_mb"] = peak_mem_mb(fwdbwd_c, device, in_use_before, peak_before)
         if case.impl == "fused":
             # The kernels this case ran (forward, backward): fused.kernel_paths names them.
             out["kernels"] = fused.kernels_for(jnp.dtype(case.dtype), case.D, case.function)
@@ -324,20 +330,24 @@ def plot(results: dict, stem: pathlib.Path) -> list[pathlib.Path]:
                     labels = [f"{n}x{d}" for n, d in configs]
                     for impl, dtype in lines:
                         pts = [(configs.index((r["N"], r["D"])), r[key]) for r in frecs
-                               if (r["impl"], r["dtype"]) == (impl, dtype)]
+                               if (r["impl"], r["dtype"]) == (impl, dtype)
+                               and r[key] is not None]
                         pts.sort()
-                        ax.plot(*zip(*pts), marker="o", label=f"{impl} {dtype}")
+                        if pts:
+                            ax.plot(*zip(*pts), marker="o", label=f"{impl} {dtype}")
                     ax.set_xticks(range(len(configs)), labels)
                     ax.set_xlabel("heads x head size")
                 else:
                     axis = "B" if sweep == "batch" else "T"
                     for impl, dtype in lines:
                         pts = sorted((r[axis], r[key]) for r in frecs
-                                     if (r["impl"], r["dtype"]) == (impl, dtype))
-                        ax.plot(*zip(*pts), marker="o", label=f"{impl} {dtype}")
+                                     if (r["impl"], r["dtype"]) == (impl, dtype)
+                                     and r[key] is not None)
+                        if pts:
+                            ax.plot(*zip(*pts), marker="o", label=f"{impl} {dtype}")
                     ax.set_xscale("log", base=2)
                     ax.set_xlabel("batch size" if sweep == "batch" else "sequence length")
-                values = [r[key] for r in frecs]
+                values = [r[key] for r in frecs if r[key] is not None]
                 # Baselines differ from the kernels by orders of magnitude: log-y keeps both
                 # readable.
                 if max(values) / min(values) > 10:

@@ -121,3 +121,34 @@ def test_size_sweep_renders_for_the_readme(runs):
         assert f"{r['fwd_ms']:.2f} / {r['fwdbwd_ms']:.2f}" in row, row
         assert "— / —" in row and "no CUDA device" in row, row
     assert size_table({"records": [r for r in results["records"] if r["sweep"] != "size"]}) == ""
+
+
+def test_a_forward_without_a_backward_keeps_its_time(monkeypatch, tmp_path):
+    """A fused case whose forward runs but whose gradient is refused (float16 heads of 2048)
+    records the forward's median, no forward+backward time and the refusal, and plots."""
+    import sys
+
+    import jax
+    import jax.numpy as jnp
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import suite
+
+    from flashrnn_jax import FusedBackendUnavailableError
+
+    def fwdbwd(x):
+        raise FusedBackendUnavailableError("backend='fused' cannot differentiate this")
+
+    x = jnp.arange(8.0)
+    monkeypatch.setattr(suite, "build", lambda case, key: (lambda x: x * 2.0, fwdbwd, (x,)))
+    case = suite.Case("size", "fused", "lstm", "float16", 1, 2, 1, 2048)
+    out = suite.measure(case, jax.random.key(0), jax.devices()[0], warmup=1, runs=2)
+    assert out["skipped"] is None and out["fwd_ms"] > 0 and out["fwdbwd_ms"] is None, out
+    assert "cannot differentiate" in out["fwdbwd_skipped"], out
+    fused_record = {**vars(case), **out}
+    scan_record = {**fused_record, "impl": "scan", "fwdbwd_ms": 2 * out["fwd_ms"]}
+    del scan_record["fwdbwd_skipped"]
+    records = [fused_record, scan_record]
+    results = {"gpu": "cpu", "jax": jax.__version__, "records": records}
+    written = suite.plot(results, tmp_path / "partial")
+    assert [p.name for p in written] == ["partial_size.png"] and written[0].stat().st_size > 1000
