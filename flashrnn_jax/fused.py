@@ -47,7 +47,8 @@ _poison_outputs = False
 
 # Kernels compiled and checked without a GPU that have not yet run on one: every kernel of heads
 # above 256 (the FMA kernels on 8- and 16-CTA clusters and on groups of CTAs beyond a cluster,
-# the tensor-core cluster kernels at 512 to 1024) and the split tensor-core kernels (CMake
+# the tensor-core cluster kernels at 512 to 1024, the tensor-core group kernels at 1024 to 2048)
+# and the split tensor-core kernels (CMake
 # FLASHRNN_MMA_SPLIT_FORWARD / _BACKWARD, off by default). Until their GPU tests and the
 # benchmark against the scan have run (benchmarks/NOTES.md), backend="auto" leaves calls that need
 # them to the scan; backend="fused" runs them.
@@ -64,14 +65,19 @@ class FusedBackendUnavailableError(RuntimeError):
     """``backend="fused"`` was asked for a call the fused kernels cannot run."""
 
 
-# The kernel name (kernel_paths) of a direction that no kernel of the build runs, and why that
-# happens.
+# The kernel name (kernel_paths) of a direction that no kernel of the build runs.
 NO_KERNEL = "none"
-_NO_KERNEL_WHY = (
-    "only the tensor-core group kernels hold it (float16 LSTM, sLSTM and GRU heads of 2048), "
-    "whose backward takes bfloat16 only, and which need the CMake options "
-    "FLASHRNN_MMA_CLUSTER_FORWARD and FLASHRNN_MMA_CLUSTER_BACKWARD (on by default)"
-)
+
+
+def _no_kernel_why(dtype_name: str) -> str:
+    """Why a direction has NO_KERNEL, and what to do about it: only the tensor-core group
+    kernels hold the head (the LSTM, sLSTM and GRU at 2048)."""
+    if dtype_name == "F16":
+        return ("only the tensor-core group kernels hold this head, and their backward takes "
+                "bfloat16 only; use bfloat16 or backend='scan'")
+    return ("only the tensor-core group kernels hold this head, and this build has them off "
+            "(CMake FLASHRNN_MMA_CLUSTER_FORWARD / FLASHRNN_MMA_CLUSTER_BACKWARD); rebuild "
+            "with them on or use backend='scan'")
 
 
 @functools.cache
@@ -171,9 +177,10 @@ def _select_tiling(function: str, dtype_name: str, head_size: int) -> hardware.T
             f"{dtype_name} (compiled head sizes: {sizes}); it would fit with {fits}: add it "
             "to FLASHRNN_HEAD_SIZES (CMake) and rebuild"
         )
-    # The tilings a kernel of the build runs, those with a backward first: a tiling of the
-    # tensor-core group kernels has none in a build without them (a float16 one no backward),
-    # while an FMA group compiled beside it runs.
+    # The tilings a kernel of the build runs, those with a backward first. A guard: the build's
+    # model compiles a tiling without a kernel only where nothing else fits (CMake tells it
+    # whether the tensor-core group kernels are built), but a grid configured otherwise, e.g.
+    # by hand, must not have its runnable tilings passed over.
     paths = kernel_paths()
     runnable = [t for t in compiled
                 if paths.get(((function, dtype_name, head_size), t), ("",))[0] != NO_KERNEL]
@@ -226,11 +233,11 @@ def unsupported_reason(dtype, head_size: int, function: str, for_auto: bool = Fa
     paths = kernel_paths().get(((function, name, head_size), tiling), ())
     if paths and paths[0] == NO_KERNEL:
         return (f"no fused forward kernel of this build runs function={function!r}, dtype "
-                f"{name}, head size {head_size}: {_NO_KERNEL_WHY}")
+                f"{name}, head size {head_size}: {_no_kernel_why(name)}")
     if for_auto and paths and paths[1] == NO_KERNEL:
         return (f"no fused backward kernel of this build runs function={function!r}, dtype "
-                f"{name}, head size {head_size} ({_NO_KERNEL_WHY}), and the call may be "
-                "differentiated; backend='fused' runs its forward")
+                f"{name}, head size {head_size}, and the call may be differentiated "
+                f"(backend='fused' runs its forward): {_no_kernel_why(name)}")
     if for_auto and not AUTO_TAKES_UNRUN_KERNELS:
         unrun = [path for path in paths if kernel_not_yet_run(path, head_size)]
         if unrun:
@@ -337,7 +344,7 @@ def _refuse_without_backward_kernel(dtype, head_size: int, function: str) -> Non
         raise FusedBackendUnavailableError(
             f"backend='fused' cannot differentiate function={function!r} with dtype "
             f"{np.dtype(dtype)} at head size {head_size}: no fused backward kernel of this "
-            f"build runs it ({_NO_KERNEL_WHY}); use bfloat16 or backend='scan'")
+            f"build runs it: {_no_kernel_why(_XLA_DTYPE_NAMES[np.dtype(dtype)])}")
 
 
 def _fused_fwd(Wx, R, b, states, seq_lengths, resets, options):

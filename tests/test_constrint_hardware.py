@@ -115,9 +115,14 @@ def test_static_checks_reject_an_oversized_tiling(tmp_path):
 
 
 def test_too_large_head_names_the_binding_limit():
-    # An LSTM head of 2560 in bf16 has 52 MB of R: more than the shared memory of 128 CTAs.
-    with pytest.raises(hardware.InfeasibleTilingError, match="shared memory per block"):
+    # An LSTM head of 2560 in bf16 has 52 MB of R: more than the shared memory of 128 CTAs, and
+    # beyond the heads the tensor-core group kernels take.
+    with pytest.raises(hardware.InfeasibleTilingError,
+                       match="shared memory per block.*tensor-core group kernels.*1024 to 2048"):
         hardware.choose_tiling("lstm", "bf16", 2560)
+    with pytest.raises(hardware.InfeasibleTilingError) as float32:
+        hardware.choose_tiling("lstm", "f32", 2560)
+    assert "tensor-core" not in str(float32.value)
 
 
 def test_heads_beyond_a_cluster_take_the_largest_group_that_meets_through_global_memory():
@@ -143,7 +148,7 @@ def test_16_bit_heads_of_2048_fit_on_the_tensor_core_group_kernels():
     more than 128 CTAs' shared memory, but not more than their shared memory and half the
     register file of 512 threads (64 of 128 registers each for R fragments) together: one
     tiling, 128 CTAs of one unit tile and 8 batch rows, on the tensor-core group kernels, and
-    only on a device with 128 SMs or more. The FMA kernels keep every other head (Elman 2048)."""
+    only on a device with 128 SMs or more."""
     slice_bytes = 4 * 16 * 2048 * 2
     assert slice_bytes > H100.shared_memory_per_block_optin
     assert slice_bytes <= H100.shared_memory_per_block_optin + 512 * 64 * 4

@@ -271,9 +271,9 @@ def test_a_direction_without_a_kernel_is_named_before_any_call(monkeypatch):
     from flashrnn_jax import fused
     from flashrnn_jax.constrint import hardware
 
-    tiling = hardware.Tiling(128, 8, 128)
+    tiling = hardware.Tiling(128, 8, 512)
     paths = {(("lstm", "F16", 2048), tiling): ("mma_grid_group", "none"),
-             (("gru", "F16", 2048), tiling): ("none", "none")}
+             (("gru", "BF16", 2048), tiling): ("none", "none")}
     monkeypatch.setattr(fused, "_has_cuda_device", lambda: True)
     monkeypatch.setattr(fused, "extension", lambda: object())
     monkeypatch.setattr(fused, "_select_tiling", lambda function, dtype, d: tiling)
@@ -282,21 +282,22 @@ def test_a_direction_without_a_kernel_is_named_before_any_call(monkeypatch):
     f16 = np.dtype("float16")
     assert fused.unsupported_reason(f16, 2048, "lstm") is None
     reason = fused.unsupported_reason(f16, 2048, "lstm", for_auto=True)
-    assert "no fused backward kernel" in reason and "bfloat16" in reason, reason
-    reason = fused.unsupported_reason(f16, 2048, "gru")
+    assert "no fused backward kernel" in reason and "use bfloat16" in reason, reason
+    reason = fused.unsupported_reason(jax.numpy.bfloat16, 2048, "gru")
     assert "no fused forward kernel" in reason and "FLASHRNN_MMA_CLUSTER_FORWARD" in reason
     # The custom_vjp's forward rule refuses before its launch (it runs only under a gradient).
     Wx = np.zeros((1, 1, 4, 1, 2048), np.float16)
     states = np.zeros((2, 1, 1, 2048), np.float32)
     with pytest.raises(fused.FusedBackendUnavailableError,
-                       match="cannot differentiate function='lstm'.*float16.*2048"):
+                       match="cannot differentiate function='lstm'.*float16.*2048.*use bfloat16"):
         fused._fused_fwd(Wx, None, None, states, None, None, fused._Options("lstm"))
 
 
 def test_the_tiling_chosen_is_one_a_kernel_of_the_build_runs(monkeypatch):
-    """Where the build's tensor-core group tiling has no kernel (a build without them: "none"
-    both ways) and an FMA group is compiled beside it, the FMA group runs; a tiling with a
-    forward but no backward is taken only where nothing differentiable fits."""
+    """A guard against a grid configured otherwise than the model does (e.g. by hand): where a
+    compiled tiling has no kernel ("none" both ways) and an FMA group is compiled beside it,
+    the FMA group runs; a tiling with a forward but no backward is taken only where nothing
+    differentiable fits."""
     from flashrnn_jax import fused
     from flashrnn_jax.constrint import hardware
 

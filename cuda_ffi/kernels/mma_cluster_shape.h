@@ -38,7 +38,7 @@ inline constexpr int kMmaGroupWarps = 16;
 inline constexpr int kMmaStepRegisters = 64;
 inline constexpr int kMmaGroupBackwardStepRegisters = 80;
 // The group forward leaves 72 where its shared memory can take the rest of R (with 64 its LSTM
-// and sLSTM spilled 10-17 local accesses a step at 1536 and 3-6 at 1024), 64 where it cannot
+// and sLSTM spilled 10-17 local accesses a step at 1536 and 2-6 at 1024), 64 where it cannot
 // (the LSTM and sLSTM at 2048).
 inline constexpr int kMmaGroupForwardStepRegisters = 72;
 

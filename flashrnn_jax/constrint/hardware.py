@@ -229,7 +229,10 @@ GRID_PREFERENCE_ORDER = (("TC", "largest"), ("C", "largest"), ("BT", "largest"),
 
 
 def preference_key(tiling: Tiling) -> tuple:
-    """Sort key of the preference among tilings (PREFERENCE_ORDER, GRID_PREFERENCE_ORDER)."""
+    """Sort key of the preference among tilings (PREFERENCE_ORDER, GRID_PREFERENCE_ORDER), over
+    the tiling's own fields: a compiled tensor-core group tiling (``TC``, which a Tiling does
+    not carry) is always the larger group beside an FMA one (compiled_tilings), so C orders
+    them as TC would."""
     values = tiling.as_dict()
     order = GRID_PREFERENCE_ORDER if tiling.grid_group else PREFERENCE_ORDER
     return (tiling.grid_group,
@@ -256,9 +259,14 @@ def _binding_limits(function, dtype, head_size, device, fixed: str) -> list[str]
 
 def _infeasible(function, dtype, head_size, device, fixed: str, what: str):
     limits = _binding_limits(function, dtype, head_size, device, fixed)
+    # The tensor-core group kernels' own bound is a kernel invariant, not a device limit, so
+    # _binding_limits never names it.
+    beyond = ("; the tensor-core group kernels, whose registers hold R beside shared memory, "
+              "take heads of 1024 to 2048 only (at most 128 CTAs of 16 units)"
+              if DTYPE_BYTES[dtype] == 2 and head_size > 2048 else "")
     return InfeasibleTilingError(
         f"{what} for function={function!r}, dtype {dtype}, head size {head_size} on "
-        f"{device.name}; binding: {' and '.join(limits)}"
+        f"{device.name}; binding: {' and '.join(limits)}{beyond}"
     )
 
 
@@ -267,7 +275,8 @@ def compiled_tilings(function: str, dtype: str, head_size: int,
                      tensor_core_groups: bool = True) -> list[Tiling]:
     """The tilings to compile, preferred first: the model's first in PREFERENCE_ORDER and, where
     that is a group beyond a cluster (no cluster fits), the first in GRID_PREFERENCE_ORDER before
-    it, the smallest group staying as the fallback for devices with fewer SMs (H100 PCIe: 114);
+    it, the smallest group staying as the fallback for devices with fewer SMs (H100 PCIe: 114)
+    where it has fewer CTAs;
     :class:`InfeasibleTilingError` naming the binding limit where none fits.
     ``tensor_core_groups``: whether the build has the tensor-core group kernels (CMake
     ``FLASHRNN_MMA_CLUSTER_FORWARD`` and ``_BACKWARD``); without them, and for float16 (no
