@@ -153,7 +153,7 @@ __global__ void __launch_bounds__(Tile::kThreads, 1)
 }
 
 // The first kernel that takes the tiling's calls, in this order of preference: the tensor-core
-// kernels the CMake options built, then the tiling's FMA kernel.
+// kernels the CMake options built, then the tiling's FMA kernel (params.h kFmaPath).
 template <typename Cell, typename T, typename Tile>
 constexpr KernelPath kBackwardPath =
     FLASHRNN_MMA_SPLIT_BACKWARD && kMmaSplitBackwardSupported<Cell, T, Tile>
@@ -163,9 +163,7 @@ constexpr KernelPath kBackwardPath =
     : FLASHRNN_MMA_BACKWARD && kMmaBackwardSupported<Cell, T, Tile> ? KernelPath::kMma
     : FLASHRNN_MMA_CLUSTER_BACKWARD && kMmaGroupBackwardSupported<Cell, T, Tile>
         ? KernelPath::kMmaGridGroup
-    : IsGridGroup(Tile::kCluster) && Tile::kThreadsBeyondElements ? KernelPath::kNone
-    : IsGridGroup(Tile::kCluster) ? KernelPath::kFmaGridGroup
-                                  : KernelPath::kFma;
+        : kFmaPath<Tile>;
 
 template <typename Cell, typename T, typename Tile>
 KernelPath BackwardPath() {

@@ -124,8 +124,7 @@ __global__ void __launch_bounds__(Tile::kThreads, 1)
 }
 
 // The first kernel that takes the tiling's calls, in this order of preference: the tensor-core
-// kernels the CMake options built, then the tiling's FMA kernel; a tiling of the tensor-core
-// group kernels (tiling.h kThreadsBeyondElements) has no FMA kernel.
+// kernels the CMake options built, then the tiling's FMA kernel (params.h kFmaPath).
 template <typename Cell, typename T, typename Tile>
 constexpr KernelPath kForwardPath =
     FLASHRNN_MMA_SPLIT_FORWARD && kMmaSplitForwardSupported<Cell, T, Tile>
@@ -135,9 +134,7 @@ constexpr KernelPath kForwardPath =
         ? KernelPath::kMmaCluster
     : FLASHRNN_MMA_CLUSTER_FORWARD && kMmaGroupForwardSupported<Cell, T, Tile>
         ? KernelPath::kMmaGridGroup
-    : IsGridGroup(Tile::kCluster) && Tile::kThreadsBeyondElements ? KernelPath::kNone
-    : IsGridGroup(Tile::kCluster) ? KernelPath::kFmaGridGroup
-                                  : KernelPath::kFma;
+        : kFmaPath<Tile>;
 
 template <typename Cell, typename T, typename Tile>
 KernelPath ForwardPath() {

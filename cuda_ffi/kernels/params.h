@@ -6,6 +6,8 @@
 
 #include <cstdint>
 
+#include "grid_workspace.h"
+
 // The CMake options of the tensor-core kernels, which CMakeLists.txt passes as 0 or 1: off
 // where a compile of its own names none (tests/test_kernels_compile.py).
 #ifndef FLASHRNN_MMA_FORWARD
@@ -104,6 +106,14 @@ cudaError_t LaunchBackward(const BackwardArgs& args, cudaStream_t stream);
 // option off: the launcher returns cudaErrorNotSupported and flashrnn_jax.fused says why
 // before any call).
 enum class KernelPath { kFma, kFmaGridGroup, kMma, kMmaSplit, kMmaCluster, kMmaGridGroup, kNone };
+
+// The path of a tiling that no tensor-core kernel takes: its FMA kernel on one CTA or a
+// cluster, or on a group beyond a cluster; none for a tiling of the tensor-core group kernels
+// (tiling.h kThreadsBeyondElements), which no FMA kernel runs.
+template <typename Tile>
+constexpr KernelPath kFmaPath = !IsGridGroup(Tile::kCluster) ? KernelPath::kFma
+                                : Tile::kThreadsBeyondElements ? KernelPath::kNone
+                                                               : KernelPath::kFmaGridGroup;
 
 // Whether a kernel path exchanges through the global workspace of grid_workspace.h.
 constexpr bool NeedsGridWorkspace(KernelPath path) {
