@@ -388,19 +388,24 @@ R_GRADIENT_CONTRACTION = "bf16x3"
 def _bfloat16_parts(x):
     # Rounded to bfloat16 by reduce_precision, not by a round trip of converts: XLA's GPU
     # compiler folds f32 -> bf16 -> f32 into nothing (SimplifyFPConversions, with excess
-    # precision allowed, its default), which would leave every lo part zero.
+    # precision allowed, its default), which would leave every lo part zero. The parts stay
+    # float32 (bfloat16 values): a product of two is exact in float32 and in TF32, the default
+    # precision of a float32 GPU matmul, whereas with bfloat16 operands XLA's GPU compiler
+    # rewrites a small contraction (B T = 3) into an elementwise multiply in bfloat16, which
+    # rounds each product to 8 bits (an f16 Elman head of 6 then had dR 10x off).
     hi = jax.lax.reduce_precision(x, exponent_bits=8, mantissa_bits=7)
-    return hi.astype(jnp.bfloat16), (x - hi).astype(jnp.bfloat16)
+    return hi, jax.lax.reduce_precision(x - hi, exponent_bits=8, mantissa_bits=7)
 
 
 def bf16x3_einsum(spec: str, a, b):
     """``jnp.einsum(spec, a, b)`` of float32 operands to ~16 mantissa bits a product, as three
-    bfloat16 products with float32 accumulation (the lo·lo product, ~2⁻¹⁸ relative, is left
-    out)."""
+    products of their bfloat16 hi and lo parts with float32 accumulation, each exact on the
+    tensor cores at TF32 (the lo·lo product, ~2⁻¹⁸ relative, is left out)."""
     (a_hi, a_lo), (b_hi, b_lo) = _bfloat16_parts(a), _bfloat16_parts(b)
 
     def product(x, y):
-        return jnp.einsum(spec, x, y, preferred_element_type=jnp.float32)
+        return jnp.einsum(spec, x, y, precision=jax.lax.Precision.DEFAULT,
+                          preferred_element_type=jnp.float32)
 
     return product(a_hi, b_hi) + (product(a_hi, b_lo) + product(a_lo, b_hi))
 
