@@ -102,9 +102,9 @@ def bench_mask_cost(function, dtype, B, T, N, D, key):
 
 
 def bench_weight_gradient_contraction(function, dtype, B, T, N, D, key):
-    """The fused forward+backward with dR contracted as three bfloat16 products (the default
-    for 16-bit R) and as one float32 contraction (``fused.R_GRADIENT_CONTRACTION``), timed in
-    alternation on the same data."""
+    """The fused forward+backward with dR contracted as three bfloat16 products and as one
+    float32 contraction (``fused.R_GRADIENT_CONTRACTION``; "auto" takes the first for large
+    16-bit R), timed in alternation on the same data."""
     key, mask_key = jax.random.split(key)
     data = random_inputs(function, dtype, B, T, N, D, key)
     compiled = []

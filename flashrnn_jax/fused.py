@@ -380,9 +380,14 @@ def recurrent_inputs(states, states_f32, seq_lengths, resets, options: _Options)
 # for 16-bit R: "bf16x3" splits both float32 operands into bfloat16 hi + lo parts and sums the
 # products hi·hi, hi·lo and lo·hi, each on the tensor cores with float32 accumulation (~16
 # mantissa bits a product, as the kernels' own hi + lo operands, far below the rounding of the
-# 16-bit dR); "float32" runs one float32 contraction at Precision.HIGHEST, without tensor cores.
-# float32 R always takes "float32". (A module setting so that the benchmark can time both.)
-R_GRADIENT_CONTRACTION = "bf16x3"
+# 16-bit dR); "float32" runs one float32 contraction at Precision.HIGHEST, without tensor cores;
+# "auto" takes "bf16x3" where R has at least BF16X3_MIN_R_ELEMENTS per gate (N D²) and
+# "float32" below: the split's extra passes over dg and h_prev cost more than the tensor cores
+# save on small R (H200, B=16, T=1024: float32 faster by 0.06–0.2 ms at 48×16 to 3×256, bf16x3
+# faster by 0.34 ms at 1×768 and 3.9 ms at 1×2048; benchmarks/NOTES.md). float32 R always
+# takes "float32". (A module setting so that the benchmark can time each.)
+R_GRADIENT_CONTRACTION = "auto"
+BF16X3_MIN_R_ELEMENTS = 512 * 512
 
 
 def _bfloat16_parts(x):
@@ -410,12 +415,26 @@ def bf16x3_einsum(spec: str, a, b):
     return product(a_hi, b_hi) + (product(a_hi, b_lo) + product(a_lo, b_hi))
 
 
+def weight_gradient_contraction(r_dtype, num_heads: int, head_size: int) -> str:
+    """The dR contraction ("bf16x3" or "float32") that :data:`R_GRADIENT_CONTRACTION` gives R
+    of this dtype and shape."""
+    if R_GRADIENT_CONTRACTION not in ("auto", "bf16x3", "float32"):
+        raise ValueError("fused.R_GRADIENT_CONTRACTION must be 'auto', 'bf16x3' or 'float32', "
+                         f"got {R_GRADIENT_CONTRACTION!r}")
+    if np.dtype(r_dtype).itemsize != 2:
+        return "float32"
+    if R_GRADIENT_CONTRACTION == "auto":
+        large = num_heads * head_size * head_size >= BF16X3_MIN_R_ELEMENTS
+        return "bf16x3" if large else "float32"
+    return R_GRADIENT_CONTRACTION
+
+
 def recurrent_weight_gradient(d_gates_r, h_prev, r_dtype):
     """dR ``[Gr, N, D, D]`` in ``r_dtype`` from the recurrent gate cotangents ``[B, T, Gr, N, D]``
     and the ``h_prev`` ``[B, T, N, D]`` of every step (both float32), as
     :data:`R_GRADIENT_CONTRACTION` says."""
     spec = "btgno,btni->gnoi"
-    if np.dtype(r_dtype).itemsize == 2 and R_GRADIENT_CONTRACTION == "bf16x3":
+    if weight_gradient_contraction(r_dtype, *h_prev.shape[2:]) == "bf16x3":
         return bf16x3_einsum(spec, d_gates_r, h_prev).astype(r_dtype)
     return jnp.einsum(spec, d_gates_r, h_prev,
                       precision=jax.lax.Precision.HIGHEST).astype(r_dtype)

@@ -12,7 +12,9 @@
 #            experimental split tensor-core forward and backward (head sizes 16 to 64)
 #     tests  the GPU tests and, beside them, the sanitizers (SANITIZE=0 leaves them out);
 #            PYTEST_WORKERS sets the test processes, 12 by default; GPU_TESTS the test files,
-#            all GPU tests by default
+#            all GPU tests by default; GPU_TEST_ARGS more pytest arguments (e.g. -k "lstm");
+#            SANITIZER_TOOLS the sanitizer tools, "memcheck racecheck" by default, and
+#            SANITIZE_HEAD_SIZES their head sizes (bf16 and f16), sanitize_case.py's by default
 #     bench  the quick benchmark (BENCH_ARGS adds arguments, e.g. "--shapes 12x64")
 #     split  an A/B of the split forward and backward in the same call: a narrow build with
 #            them (head sizes 16, 32, 64, bf16 and f16, in build/split_ab), the GPU tests of
@@ -101,7 +103,7 @@ fi
 declare -A sanitizer_pid
 sanitizers() {
   local prefix="$1" head_sizes="${2:-}" tool
-  for tool in memcheck racecheck; do
+  for tool in ${SANITIZER_TOOLS:-memcheck racecheck}; do
     (cd /tmp && timeout -k 10 "${SANITIZER_TIMEOUT_S:-300}" env "$sanitizer_env" \
       XLA_PYTHON_CLIENT_ALLOCATOR=platform SANITIZE_HEAD_SIZES="$head_sizes" \
       compute-sanitizer --tool "$tool" --kernel-name kns=flashrnn --error-exitcode 3 \
@@ -113,10 +115,13 @@ sanitizers() {
 # sanitizer_results PREFIX: waits for the sanitizers (if `sanitizers PREFIX` started them) and
 # prints their reports; fails when one was cut or reported an error.
 sanitizer_results() {
-  local prefix="$1" tool status failed=0
-  [ -n "${sanitizer_pid[$prefix.memcheck]:-}" ] || return 0
+  local prefix="$1" tool status failed=0 started=0
+  for tool in ${SANITIZER_TOOLS:-memcheck racecheck}; do
+    [ -n "${sanitizer_pid[$prefix.$tool]:-}" ] && started=1
+  done
+  [ "$started" = 1 ] || return 0
   echo "== compute-sanitizer"
-  for tool in memcheck racecheck; do
+  for tool in ${SANITIZER_TOOLS:-memcheck racecheck}; do
     wait "${sanitizer_pid[$prefix.$tool]}"
     status=$?
     [ "$status" = 124 ] && echo "$tool: cut after ${SANITIZER_TIMEOUT_S:-300} s"
@@ -128,7 +133,7 @@ sanitizer_results() {
 }
 
 if [[ $steps == *" tests "* ]]; then
-  [ "${SANITIZE:-1}" = 1 ] && sanitizers "$out/sanitizer"
+  [ "${SANITIZE:-1}" = 1 ] && sanitizers "$out/sanitizer" "${SANITIZE_HEAD_SIZES:-}"
 
   echo "== GPU tests"
   # GPU_TESTS narrows the run (test files or node ids under tests/, space-separated).
@@ -136,7 +141,10 @@ if [[ $steps == *" tests "* ]]; then
   for t in ${GPU_TESTS:-test_fused_options_gpu.py test_fused_gpu.py test_sharding.py}; do
     tests+=("$repo/tests/$t")
   done
-  gpu_tests "$out/gpu_summary.json" "$out/pytest.log" "${tests[@]}" || rc=1
+  # GPU_TEST_ARGS is split as the shell splits a command line: a quoted -k expression stays one.
+  extra=()
+  [ -n "${GPU_TEST_ARGS:-}" ] && eval "extra=(${GPU_TEST_ARGS})"
+  gpu_tests "$out/gpu_summary.json" "$out/pytest.log" "${tests[@]}" "${extra[@]}" || rc=1
   sanitizer_results "$out/sanitizer" || rc=1
 fi
 

@@ -49,8 +49,10 @@ def test_bf16x3_contraction_under_jit_keeps_its_low_parts(rng):
     assert "reduce_precision" in contract.lower(*args).as_text()
 
 
+@pytest.mark.parametrize("setting", ["bf16x3", "float32"])
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
-def test_16_bit_dR_is_the_rounded_float64_contraction(rng, dtype):
+def test_16_bit_dR_is_the_rounded_float64_contraction(rng, dtype, setting, monkeypatch):
+    monkeypatch.setattr(fused, "R_GRADIENT_CONTRACTION", setting)
     d_gates, h_prev, want = operands(rng)
     got = fused.recurrent_weight_gradient(jnp.asarray(d_gates), jnp.asarray(h_prev), dtype)
     assert got.dtype == dtype
@@ -70,3 +72,34 @@ def test_float32_R_keeps_the_float32_contraction(rng, monkeypatch):
     got16 = fused.recurrent_weight_gradient(jnp.asarray(d_gates), jnp.asarray(h_prev),
                                             jnp.bfloat16)
     np.testing.assert_array_equal(np.asarray(got16), np.asarray(got.astype(jnp.bfloat16)))
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_auto_takes_bf16x3_from_the_size_of_R_on(dtype):
+    """"auto" (the default) splits into bfloat16 parts where R has BF16X3_MIN_R_ELEMENTS per
+    gate or more, over all heads, and contracts in float32 below; float32 R never splits."""
+    assert fused.R_GRADIENT_CONTRACTION == "auto"
+    limit = fused.BF16X3_MIN_R_ELEMENTS
+    side = int(np.sqrt(limit))
+    assert side * side == limit
+    assert fused.weight_gradient_contraction(dtype, 1, side) == "bf16x3"
+    assert fused.weight_gradient_contraction(dtype, 4, side // 2) == "bf16x3"
+    assert fused.weight_gradient_contraction(dtype, 1, side - 16) == "float32"
+    assert fused.weight_gradient_contraction(dtype, 3, side // 2) == "float32"
+    assert fused.weight_gradient_contraction(jnp.float32, 1, 2 * side) == "float32"
+
+    def lowered(N, D):
+        g = jax.ShapeDtypeStruct((2, 3, G, N, D), jnp.float32)
+        h = jax.ShapeDtypeStruct((2, 3, N, D), jnp.float32)
+        return jax.jit(lambda a, b: fused.recurrent_weight_gradient(a, b, dtype)).lower(
+            g, h).as_text()
+
+    # What the choice says is what is traced.
+    assert "reduce_precision" in lowered(1, side)
+    assert "reduce_precision" not in lowered(1, side - 16)
+
+
+def test_unknown_contraction_setting_is_refused(monkeypatch):
+    monkeypatch.setattr(fused, "R_GRADIENT_CONTRACTION", "tf32")
+    with pytest.raises(ValueError, match="R_GRADIENT_CONTRACTION.*'tf32'"):
+        fused.weight_gradient_contraction(jnp.bfloat16, 1, 64)
