@@ -47,9 +47,8 @@ def flashrnn(
         orders are listed in :mod:`flashrnn_jax.cells`.
       backend: ``"scan"`` (``lax.scan``, every platform), ``"fused"`` (the CUDA kernels; raises
         :class:`~flashrnn_jax.FusedBackendUnavailableError` saying why when they cannot run
-        the call) or ``"auto"`` (the kernels when they support the call, else the scan; calls
-        that need kernels not yet run on a GPU go to the scan:
-        ``flashrnn_jax.fused.AUTO_TAKES_UNRUN_KERNELS``).
+        the call) or ``"auto"`` (the kernels when they support the call and its gradient,
+        else the scan).
       mesh: the device mesh for ``batch_axis``/``head_axis``; default: the mesh of ``Wx``'s
         sharding type, else the one set by ``jax.set_mesh``.
       batch_axis: mesh axis name (or tuple of names) that splits the batch ``B``.

@@ -45,22 +45,6 @@ _XLA_DTYPE_NAMES = {
 # so that an element the kernel fails to write shows up.
 _poison_outputs = False
 
-# Kernels compiled and checked without a GPU that have not yet run on one: every kernel of heads
-# above 256 (the FMA kernels on 8- and 16-CTA clusters and on groups of CTAs beyond a cluster,
-# the tensor-core cluster kernels at 512 to 1024, the tensor-core group kernels at 1024 to 2048)
-# and the split tensor-core kernels (CMake
-# FLASHRNN_MMA_SPLIT_FORWARD / _BACKWARD, off by default). Until their GPU tests and the
-# benchmark against the scan have run (benchmarks/NOTES.md), backend="auto" leaves calls that need
-# them to the scan; backend="fused" runs them.
-AUTO_TAKES_UNRUN_KERNELS = False
-
-
-def kernel_not_yet_run(path: str, head_size: int) -> bool:
-    """Whether the kernel ``path`` (a name of the module's ``compiled_grid``) at this head size
-    is one of those that have not yet run on a GPU (:data:`AUTO_TAKES_UNRUN_KERNELS`)."""
-    return head_size > 256 or path == "mma_split"
-
-
 class FusedBackendUnavailableError(RuntimeError):
     """``backend="fused"`` was asked for a call the fused kernels cannot run."""
 
@@ -218,7 +202,8 @@ def _warn_kernels_missing() -> None:
 def unsupported_reason(dtype, head_size: int, function: str, for_auto: bool = False
                        ) -> str | None:
     """Why the fused kernels cannot run a call, or None when they can; ``for_auto``: why
-    ``backend="auto"`` does not take them for it (also :data:`AUTO_TAKES_UNRUN_KERNELS`)."""
+    ``backend="auto"`` does not take them for it (a call it may differentiate needs a backward
+    kernel too)."""
     if not _has_cuda_device():
         return "no CUDA device is visible to JAX"
     if extension() is None:
@@ -238,11 +223,6 @@ def unsupported_reason(dtype, head_size: int, function: str, for_auto: bool = Fa
         return (f"no fused backward kernel of this build runs function={function!r}, dtype "
                 f"{name}, head size {head_size}, and the call may be differentiated "
                 f"(backend='fused' runs its forward): {_no_kernel_why(name)}")
-    if for_auto and not AUTO_TAKES_UNRUN_KERNELS:
-        unrun = [path for path in paths if kernel_not_yet_run(path, head_size)]
-        if unrun:
-            return (f"head size {head_size} runs on kernels that have not yet run on a GPU "
-                    f"({', '.join(sorted(set(unrun)))}); backend='fused' runs them")
     return None
 
 

@@ -220,16 +220,20 @@ def _assert_auto_runs_the_scan(Wx, R, b, function):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(s))
 
 
-def test_auto_leaves_kernels_not_yet_run_to_the_scan(rng):
-    """Until the tensor-core cluster kernels at 768 have run on a GPU, backend='auto' gives
-    their heads to the scan (bit-identical to backend='scan'); backend='fused' still runs
-    them."""
-    assert not fused.AUTO_TAKES_UNRUN_KERNELS
+def test_auto_takes_the_kernels_beyond_256(rng):
+    """The kernels of heads above 256 have run on a GPU: backend='auto' takes them (its outputs
+    bit-identical to backend='fused', not to the scan's) for a bf16 head of 768 on the
+    tensor-core clusters."""
     paths = {p for (key, _), p in fused.kernel_paths().items() if key == ("lstm", "BF16", 768)}
     assert paths == {("mma_cluster", "mma_cluster")}, paths
+    assert fused.unsupported_reason(jnp.bfloat16, 768, "lstm", for_auto=True) is None
     Wx, R, b = (jnp.asarray(x, jnp.bfloat16) for x in random_inputs(rng, "lstm", 3, 5, 1, 768))
-    _assert_auto_runs_the_scan(Wx, R, b, "lstm")
-    assert fused.unsupported_reason(jnp.bfloat16, 768, "lstm") is None
+    auto = flashrnn(Wx, R, b, function="lstm", backend="auto")
+    kernels = flashrnn(Wx, R, b, function="lstm", backend="fused")
+    scan = flashrnn(Wx, R, b, function="lstm", backend="scan")
+    for a, k in zip(auto, kernels):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(k))
+    assert any(not np.array_equal(np.asarray(a), np.asarray(s)) for a, s in zip(auto, scan))
 
 
 def test_unsupported_head_size_says_why(rng):

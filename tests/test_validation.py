@@ -224,43 +224,33 @@ def test_auto_backend_runs_on_cpu_without_warning(rng):
     np.testing.assert_allclose(last_states, expected_last, rtol=1e-12, atol=1e-12)
 
 
-def test_auto_leaves_kernels_not_yet_run_to_the_scan(monkeypatch):
-    """The backend choice with kernels present (stood in for here): while
-    AUTO_TAKES_UNRUN_KERNELS is off, 'auto' does not take a call whose forward or backward runs
-    on a kernel not yet run on a GPU (any kernel of heads above 256, the split kernels), and
-    says which; 'fused' takes it; the other kernels go to
-    'auto' either way."""
+def test_auto_takes_every_kernel_of_the_build(monkeypatch):
+    """The backend choice with kernels present (stood in for here): every kernel of the build
+    has run on a GPU, so 'auto' takes each, at any head size, as 'fused' does; the benchmarks'
+    record of what ran names the selected tiling's kernels."""
     from flashrnn_jax import fused
     from flashrnn_jax.constrint import hardware
 
     key = lambda d: ("lstm", "F32", d)  # noqa: E731
     tilings = {32: hardware.Tiling(1, 16, 512), 64: hardware.Tiling(1, 16, 512),
-               256: hardware.Tiling(4, 16, 512),
-               512: hardware.Tiling(16, 16, 256), 768: hardware.Tiling(128, 16, 96),
-               1024: hardware.Tiling(16, 16, 512)}
+               256: hardware.Tiling(4, 16, 512), 512: hardware.Tiling(16, 16, 256),
+               768: hardware.Tiling(128, 16, 96), 2048: hardware.Tiling(128, 8, 512)}
     paths = {(key(32), tilings[32]): ("mma_split", "mma"),
-             (key(64), tilings[64]): ("mma", "fma"),
+             (key(64), tilings[64]): ("mma", "mma_split"),
              (key(256), tilings[256]): ("mma_cluster", "mma_cluster"),
              (key(512), tilings[512]): ("mma_cluster", "fma"),
              (key(768), tilings[768]): ("fma", "fma_grid_group"),
-             (key(1024), tilings[1024]): ("fma", "fma")}
+             (key(2048), tilings[2048]): ("mma_grid_group", "mma_grid_group")}
     monkeypatch.setattr(fused, "_has_cuda_device", lambda: True)
     monkeypatch.setattr(fused, "extension", lambda: object())
     monkeypatch.setattr(fused, "_select_tiling", lambda function, dtype, d: tilings[d])
     monkeypatch.setattr(fused, "kernel_paths", lambda: paths)
-    for d in (64, 256):
-        assert fused.unsupported_reason(np.dtype("float32"), d, "lstm", for_auto=True) is None
-    for d, unrun in ((32, "mma_split"), (512, "fma, mma_cluster"), (768, "fma, fma_grid_group"),
-                     (1024, "fma")):
+    for d in tilings:
         assert fused.unsupported_reason(np.dtype("float32"), d, "lstm") is None
-        reason = fused.unsupported_reason(np.dtype("float32"), d, "lstm", for_auto=True)
-        assert f"({unrun})" in reason and "backend='fused'" in reason, reason
-    # The benchmarks' record of what ran: the selected tiling's kernels; none for another dtype.
-    assert fused.kernels_for(np.dtype("float32"), 512, "lstm") == ("mma_cluster", "fma")
-    assert fused.kernels_for(np.dtype("int8"), 512, "lstm") is None
-    monkeypatch.setattr(fused, "AUTO_TAKES_UNRUN_KERNELS", True)
-    for d in (32, 512, 768, 1024):
         assert fused.unsupported_reason(np.dtype("float32"), d, "lstm", for_auto=True) is None
+    assert fused.kernels_for(np.dtype("float32"), 512, "lstm") == ("mma_cluster", "fma")
+    assert fused.kernels_for(np.dtype("float32"), 32, "lstm") == ("mma_split", "mma")
+    assert fused.kernels_for(np.dtype("int8"), 512, "lstm") is None
 
 
 def test_a_direction_without_a_kernel_is_named_before_any_call(monkeypatch):
@@ -278,7 +268,6 @@ def test_a_direction_without_a_kernel_is_named_before_any_call(monkeypatch):
     monkeypatch.setattr(fused, "extension", lambda: object())
     monkeypatch.setattr(fused, "_select_tiling", lambda function, dtype, d: tiling)
     monkeypatch.setattr(fused, "kernel_paths", lambda: paths)
-    monkeypatch.setattr(fused, "AUTO_TAKES_UNRUN_KERNELS", True)
     f16 = np.dtype("float16")
     assert fused.unsupported_reason(f16, 2048, "lstm") is None
     reason = fused.unsupported_reason(f16, 2048, "lstm", for_auto=True)
