@@ -3,25 +3,18 @@
 # summary JSON), run compute-sanitizer (memcheck, racecheck) on a small case of every kernel,
 # and run the quick benchmark, printing its table last.
 #   usage: scripts/gpu_check.sh   (logs and JSON go to $OUT, or build/gpu_check_out)
-#   STEPS: the parts to run, of "build tests bench split", default "build tests bench":
+#   STEPS: the parts to run, of "build tests bench", default all three:
 #     build  the default grid, in build/cmake (a second call on a warm machine rebuilds only
 #            what changed); MMA_FORWARD=0 builds without the tensor-core forward,
 #            MMA_BACKWARD=0 without the tensor-core backward, MMA_CLUSTER=0 without the
-#            cluster tensor-core forward and backward (head sizes 256 to 768, Elman 1024),
-#            MMA_SPLIT=1 with the
-#            experimental split tensor-core forward and backward (head sizes 16 to 64)
+#            cluster tensor-core forward and backward (head sizes 256 to 2048), MMA_SPLIT=0
+#            without the split tensor-core forward and backward (head sizes 16 to 64)
 #     tests  the GPU tests and, beside them, the sanitizers (SANITIZE=0 leaves them out);
 #            PYTEST_WORKERS sets the test processes, 12 by default; GPU_TESTS the test files,
 #            all GPU tests by default; GPU_TEST_ARGS more pytest arguments (e.g. -k "lstm");
 #            SANITIZER_TOOLS the sanitizer tools, "memcheck racecheck" by default, and
 #            SANITIZE_HEAD_SIZES their head sizes (bf16 and f16), sanitize_case.py's by default
 #     bench  the quick benchmark (BENCH_ARGS adds arguments, e.g. "--shapes 12x64")
-#     split  an A/B of the split forward and backward in the same call: a narrow build with
-#            them (head sizes 16, 32, 64, bf16 and f16, in build/split_ab), the GPU tests of
-#            those heads on it, and the quick benchmark at 48x16, 24x32 and 12x64 on it, to
-#            compare with the bench step's rows (BENCH_ARGS="--shapes 48x16 24x32 12x64 3x256
-#            1x768" there gives the default build's rows of all of them); memcheck and racecheck
-#            on those heads beside the tests (SANITIZE_SPLIT=0 leaves them out)
 #   TEST_TIMEOUT_S, SANITIZER_TIMEOUT_S and BENCH_TIMEOUT_S bound one test, each sanitizer run
 #   and each benchmark: 240, 300 and 300 s, so that a hung kernel cannot take the whole call.
 set -uo pipefail
@@ -85,7 +78,7 @@ quick_bench() {
 if [[ $steps == *" build "* ]]; then
   echo "== build"
   mma=$(on_off "${MMA_FORWARD:-1}") mma_backward=$(on_off "${MMA_BACKWARD:-1}")
-  mma_cluster=$(on_off "${MMA_CLUSTER:-1}") mma_split=$(on_off "${MMA_SPLIT:-0}")
+  mma_cluster=$(on_off "${MMA_CLUSTER:-1}") mma_split=$(on_off "${MMA_SPLIT:-1}")
   build "$out/build.log" "$repo/build/cmake" \
     -Ccmake.define.FLASHRNN_MMA_FORWARD="$mma" \
     -Ccmake.define.FLASHRNN_MMA_BACKWARD="$mma_backward" \
@@ -156,26 +149,4 @@ if [[ $steps == *" bench "* ]]; then
   quick_bench "$out/quick_bench.json" || rc=1
 fi
 
-if [[ $steps == *" split "* ]]; then
-  echo "== split forward and backward: build (head sizes 16, 32, 64), tests, benchmark"
-  split_dir="$repo/build/split_ab"
-  rm -rf "$split_dir/site"
-  build "$out/build_split.log" "$split_dir/cmake" --target "$split_dir/site" \
-    -Ccmake.define.FLASHRNN_MMA_SPLIT_FORWARD=ON -Ccmake.define.FLASHRNN_MMA_SPLIT_BACKWARD=ON \
-    -Ccmake.define.FLASHRNN_HEAD_SIZES="16;32;64" \
-    -Ccmake.define.FLASHRNN_DTYPES="bf16;f16" || exit 1
-  # The narrow build shadows the installed one for these runs only.
-  export PYTHONPATH="$split_dir/site${PYTHONPATH:+:$PYTHONPATH}"
-  [ "${SANITIZE_SPLIT:-1}" = 1 ] && sanitizers "$out/sanitizer_split" "16 32 64"
-  split_tests="(D16 or D32 or D64) and (bfloat16 or float16)"
-  split_tests+=" or bfloat16-16- or bfloat16-32- or bfloat16-64-"
-  gpu_tests "$out/gpu_summary_split.json" "$out/pytest_split.log" \
-    "$repo/tests/test_fused_gpu.py" "$repo/tests/test_fused_options_gpu.py" -k "$split_tests" \
-    || rc=1
-  sanitizer_results "$out/sanitizer_split" || rc=1
-  # Only the kernels differ from the bench step's build: not the dR contraction (XLA's), and
-  # no group kernel is built here.
-  BENCH_ARGS="" quick_bench "$out/quick_bench_split.json" --shapes 48x16 24x32 12x64 --no-masks \
-    --no-contraction --no-groups || rc=1
-fi
 exit "$rc"

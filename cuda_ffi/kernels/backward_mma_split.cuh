@@ -1,6 +1,6 @@
 // The split tensor-core backward for bfloat16 heads of 32 and 64 (CMake
-// FLASHRNN_MMA_SPLIT_BACKWARD, experimental: off by default until it is measured;
-// benchmarks/NOTES.md, split backward).
+// FLASHRNN_MMA_SPLIT_BACKWARD, on by default since its first GPU run; benchmarks/NOTES.md,
+// split backward).
 //
 // The single-CTA tensor-core backward (backward_mma.cuh) gives warp w the units
 // [16w, 16w + 16) over all of K, so a lane runs the pointwise derivative of four elements and
