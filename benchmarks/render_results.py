@@ -2,13 +2,16 @@
 
 Reads ``benchmarks/results/quick_bench_<gpu>.json`` (written on the GPU by
 ``benchmarks/quick_bench.py``), writes ``benchmarks/results/quick_bench_<gpu>.png`` and replaces
-the text between the ``<!-- quick-bench -->`` markers of README.md; with ``--suite``, also the
-heads sweep of ``benchmarks/suite.py``'s JSON between the ``<!-- suite-heads -->`` markers,
-beside the targets of issue 5 (FlashRNN's fused kernels and cuDNN as measured there), and the
-suite's plots from that JSON. No number is typed by hand.
+the text between the ``<!-- quick-bench -->`` markers of README.md (with ``--split``, also the
+rows of a second quick bench of the same call on another build, beside the first's); with
+``--suite``, also the heads and size sweeps of ``benchmarks/suite.py``'s JSON files between the
+``<!-- suite-heads -->`` markers, beside the targets of issue 5 (FlashRNN's fused kernels and
+cuDNN as measured there), each row naming the file (run) it comes from, and the suite's plots
+from those files. No number is typed by hand.
 
     python benchmarks/render_results.py benchmarks/results/quick_bench_NVIDIA_H200.json \
-        --suite benchmarks/results/NVIDIA_H200.json
+        --split benchmarks/results/quick_bench_split_NVIDIA_H200.json \
+        --suite benchmarks/results/NVIDIA_H200.json benchmarks/results/suite_size_NVIDIA_H200.json
 """
 
 from __future__ import annotations
@@ -66,8 +69,9 @@ def table(results: dict, plot_name: str) -> str:
                   "compiled beside it (forward / forward+backward ms): " + "; ".join(groups)
                   + "."]
     if contractions:
-        lines += ["", "Forward+backward ms with dR contracted as three bfloat16 products (the "
-                  "default for 16-bit R) against one float32 contraction, timed in alternation: "
+        lines += ["", "Forward+backward ms with dR contracted as three bfloat16 products against "
+                  "one float32 contraction (`fused.R_GRADIENT_CONTRACTION`: \"auto\" takes the "
+                  "first from R of 512² elements a gate), timed in alternation: "
                   + "; ".join(contractions) + "."]
     if masks:
         lines += ["", "Cost of the sequence masks in the fused kernels (full `seq_lengths` and 1% "
@@ -75,6 +79,24 @@ def table(results: dict, plot_name: str) -> str:
                   "data): " + "; ".join(masks) + "."]
     lines += ["", f"![quick benchmark](benchmarks/results/{plot_name})"]
     return "\n".join(lines)
+
+
+def split_rows(results: dict, split: dict, label: str) -> str:
+    """One sentence: the fused rows of ``split`` (a quick bench of another build in the same
+    call), each beside the same case's fused row of ``results``."""
+    before = {case: impls.get("fused") for case, impls in _by_case(
+        results["records"], ("function", "N", "D", "dtype", "B", "T")).items()}
+    rows = []
+    for case, impls in _by_case(split["records"],
+                                ("function", "N", "D", "dtype", "B", "T")).items():
+        f, old = impls.get("fused"), before.get(case)
+        if f is None:
+            continue
+        function, N, D = case[:3]
+        against = ("" if old is None
+                   else f" (above: {old['fwd_ms']:.2f} / {old['fwdbwd_ms']:.2f})")
+        rows.append(f"{function} {N} × {D}: {f['fwd_ms']:.2f} / {f['fwdbwd_ms']:.2f}{against}")
+    return f"{label} (forward / forward+backward ms): " + "; ".join(rows) + "."
 
 
 def _ms(record: dict | None, key: str) -> str:
@@ -100,11 +122,12 @@ def suite_table(results: dict) -> str:
         (f"{results['gpu']}, jax {results['jax']}; bf16 (cuDNN float32), B={first['B']}, "
          f"T={first['T']}, hidden {first['N'] * first['D']}; median ms, forward / "
          "forward+backward; — where an implementation did not run the case (the JSON records "
-         "why: for the fused kernels, the build's head sizes at the time)."),
+         "why: for the fused kernels, the build's head sizes at the time); run: the file under "
+         "`benchmarks/results/` a row comes from (each a different session's kernels)."),
         "",
         ("| function | heads × D | fused | scan | flax LSTM | cuDNN LSTM (f32) | fused peak MiB "
-         "| target |"),
-        "|---|---|---|---|---|---|---|---|",
+         "| target | run |"),
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for (function, N, D), impls in by_case.items():
         cells = [f"{_ms(impls.get(impl), 'fwd_ms')} / {_ms(impls.get(impl), 'fwdbwd_ms')}"
@@ -115,7 +138,9 @@ def suite_table(results: dict) -> str:
                 else f"{fused['peak_mem_mb']:.0f}")
         target = TARGETS.get((N, D)) if function in ("lstm", "slstm") else None
         goal = "" if target is None else f"≤ {target[0]:.1f} / ≤ {target[1]:.1f}"
-        lines.append(f"| {function} | {N} × {D} | " + " | ".join(cells) + f" | {peak} | {goal} |")
+        runs = ", ".join(dict.fromkeys(r.get("run", "") for r in impls.values()))
+        lines.append(f"| {function} | {N} × {D} | " + " | ".join(cells)
+                     + f" | {peak} | {goal} | {runs} |")
     return "\n".join(lines)
 
 
@@ -132,8 +157,9 @@ def size_table(results: dict) -> str:
         (f"Single heads (size sweep), B={first['B']}, T={first['T']}; median ms, forward / "
          "forward+backward; where the fused kernels did not run a head, why."),
         "",
-        "| function | dtype | D | fused | scan | fused kernels (forward, backward) or why not |",
-        "|---|---|---|---|---|---|",
+        "| function | dtype | D | fused | scan | fused kernels (forward, backward) or why not "
+        "| run |",
+        "|---|---|---|---|---|---|---|",
     ]
     for (function, dtype, D), impls in by_case.items():
         cells = [f"{_ms(impls.get(impl), 'fwd_ms')} / {_ms(impls.get(impl), 'fwdbwd_ms')}"
@@ -142,8 +168,27 @@ def size_table(results: dict) -> str:
         kernels = fused.get("kernels")
         why = (", ".join(kernels) if kernels
                else (fused.get("skipped") or "").replace("|", "/").replace("\n", " "))
-        lines.append(f"| {function} | {dtype} | {D} | " + " | ".join(cells) + f" | {why} |")
+        runs = ", ".join(dict.fromkeys(r.get("run", "") for r in impls.values()))
+        lines.append(f"| {function} | {dtype} | {D} | " + " | ".join(cells)
+                     + f" | {why} | {runs} |")
     return "\n".join(lines)
+
+
+def merge_suites(paths: list[pathlib.Path]) -> dict:
+    """The records of several suite.py files of one GPU, each marked with its file's stem
+    (``run``); where two files measured the same case, the later file's record."""
+    suites = [json.loads(path.read_text()) for path in paths]
+    gpus = {suite["gpu"] for suite in suites}
+    if len(gpus) != 1:
+        raise ValueError(f"the suite files come from different GPUs: {sorted(gpus)}")
+    merged = {}
+    for path, suite in zip(paths, suites):
+        for r in suite["records"]:
+            key = (r["sweep"], r["impl"], r["function"], r["dtype"], r["B"], r["T"], r["N"],
+                   r["D"])
+            merged.pop(key, None)  # re-inserted last: the later file's order
+            merged[key] = {**r, "run": path.stem}
+    return {**suites[0], "records": list(merged.values())}
 
 
 def replace_block(text: str, markers: tuple[str, str], body: str) -> str:
@@ -187,18 +232,27 @@ def plot(results: dict, path: pathlib.Path) -> None:
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("results", type=pathlib.Path)
-    parser.add_argument("--suite", type=pathlib.Path, help="benchmarks/suite.py JSON")
+    parser.add_argument("--split", type=pathlib.Path,
+                        help="a quick bench of the split kernels' build in the same call")
+    parser.add_argument("--suite", type=pathlib.Path, nargs="+",
+                        help="benchmarks/suite.py JSON files (later ones win on a shared case)")
     args = parser.parse_args()
     results = json.loads(args.results.read_text())
     png = args.results.with_suffix(".png")
     plot(results, png)
     readme = ROOT / "README.md"
-    text = replace_block(readme.read_text(), MARKERS, table(results, png.name))
+    body = table(results, png.name)
+    if args.split:
+        split = json.loads(args.split.read_text())
+        body += "\n\n" + split_rows(results, split, "The split kernels, on by default since "
+                                    "this run (a build of them beside the one above, same call)")
+    text = replace_block(readme.read_text(), MARKERS, body)
     if args.suite:
         from suite import plot as suite_plot
 
-        suite = json.loads(args.suite.read_text())
-        plots = suite_plot(suite, args.suite.with_suffix(""))
+        suite = merge_suites(args.suite)
+        plots = [p for path in args.suite
+                 for p in suite_plot(json.loads(path.read_text()), path.with_suffix(""))]
         links = "\n".join(f"![{p.stem}](benchmarks/results/{p.name})" for p in plots)
         sizes = size_table(suite)
         body = suite_table(suite) + (f"\n\n{sizes}" if sizes else "") + f"\n\n{links}"

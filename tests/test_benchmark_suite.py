@@ -152,3 +152,34 @@ def test_a_forward_without_a_backward_keeps_its_time(monkeypatch, tmp_path):
     results = {"gpu": "cpu", "jax": jax.__version__, "records": records}
     written = suite.plot(results, tmp_path / "partial")
     assert [p.name for p in written] == ["partial_size.png"] and written[0].stat().st_size > 1000
+
+
+def test_suite_files_merge_with_the_later_file_winning(tmp_path):
+    """render_results.merge_suites: records of several suite files, each marked with its file's
+    stem; a case measured in two files keeps the later file's record; files of two GPUs are
+    refused. split_rows pairs each fused row of a second quick bench with the first's."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from render_results import merge_suites, split_rows
+
+    def record(function, D, fwd, impl="fused"):
+        return {"sweep": "heads", "impl": impl, "function": function, "dtype": "bfloat16",
+                "B": 16, "T": 1024, "N": 768 // D, "D": D, "fwd_ms": fwd, "fwdbwd_ms": 2 * fwd}
+
+    old = {"gpu": "H", "jax": "0", "records": [record("lstm", 64, 3.0), record("gru", 64, 4.0)]}
+    new = {"gpu": "H", "jax": "0", "records": [record("lstm", 64, 1.5)]}
+    paths = [tmp_path / "old.json", tmp_path / "new.json"]
+    for path, suite in zip(paths, (old, new)):
+        path.write_text(json.dumps(suite))
+    merged = merge_suites(paths)
+    by_function = {r["function"]: r for r in merged["records"]}
+    assert len(merged["records"]) == 2
+    assert (by_function["lstm"]["fwd_ms"], by_function["lstm"]["run"]) == (1.5, "new")
+    assert (by_function["gru"]["fwd_ms"], by_function["gru"]["run"]) == (4.0, "old")
+    (tmp_path / "other.json").write_text(json.dumps({**new, "gpu": "other"}))
+    with pytest.raises(ValueError, match="different GPUs"):
+        merge_suites([paths[0], tmp_path / "other.json"])
+
+    assert split_rows(old, new, "Split") == (
+        "Split (forward / forward+backward ms): lstm 12 × 64: 1.50 / 3.00 (above: 3.00 / 6.00).")
