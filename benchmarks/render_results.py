@@ -2,15 +2,17 @@
 
 Reads ``benchmarks/results/quick_bench_<gpu>.json`` (written on the GPU by
 ``benchmarks/quick_bench.py``), writes ``benchmarks/results/quick_bench_<gpu>.png`` and replaces
-the text between the ``<!-- quick-bench -->`` markers of README.md (with ``--split``, also the
-rows of a second quick bench of the same call on another build, beside the first's); with
+the text between the ``<!-- quick-bench -->`` markers of README.md (with ``--other``, also the
+fused rows of a second quick bench of the same call on another build, beside the first's, under
+``--other-label``); with
 ``--suite``, also the heads and size sweeps of ``benchmarks/suite.py``'s JSON files between the
 ``<!-- suite-heads -->`` markers, beside the targets of issue 5 (FlashRNN's fused kernels and
 cuDNN as measured there), each row naming the file (run) it comes from, and the suite's plots
 from those files. No number is typed by hand.
 
     python benchmarks/render_results.py benchmarks/results/quick_bench_NVIDIA_H200.json \
-        --split benchmarks/results/quick_bench_split_NVIDIA_H200.json \
+        --other benchmarks/results/quick_bench_split_NVIDIA_H200.json --other-label "The split \
+        kernels, on by default since this run (a build of them beside the one above, same call)" \
         --suite benchmarks/results/NVIDIA_H200.json benchmarks/results/suite_size_NVIDIA_H200.json
 """
 
@@ -81,13 +83,13 @@ def table(results: dict, plot_name: str) -> str:
     return "\n".join(lines)
 
 
-def split_rows(results: dict, split: dict, label: str) -> str:
-    """One sentence: the fused rows of ``split`` (a quick bench of another build in the same
+def other_build_rows(results: dict, other: dict, label: str) -> str:
+    """One sentence: the fused rows of ``other`` (a quick bench of another build in the same
     call), each beside the same case's fused row of ``results``."""
     before = {case: impls.get("fused") for case, impls in _by_case(
         results["records"], ("function", "N", "D", "dtype", "B", "T")).items()}
     rows = []
-    for case, impls in _by_case(split["records"],
+    for case, impls in _by_case(other["records"],
                                 ("function", "N", "D", "dtype", "B", "T")).items():
         f, old = impls.get("fused"), before.get(case)
         if f is None:
@@ -232,8 +234,9 @@ def plot(results: dict, path: pathlib.Path) -> None:
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("results", type=pathlib.Path)
-    parser.add_argument("--split", type=pathlib.Path,
-                        help="a quick bench of the split kernels' build in the same call")
+    parser.add_argument("--other", type=pathlib.Path,
+                        help="a quick bench of another build in the same call")
+    parser.add_argument("--other-label", help="what --other measured (required with it)")
     parser.add_argument("--suite", type=pathlib.Path, nargs="+",
                         help="benchmarks/suite.py JSON files (later ones win on a shared case)")
     args = parser.parse_args()
@@ -242,10 +245,11 @@ def main():
     plot(results, png)
     readme = ROOT / "README.md"
     body = table(results, png.name)
-    if args.split:
-        split = json.loads(args.split.read_text())
-        body += "\n\n" + split_rows(results, split, "The split kernels, on by default since "
-                                    "this run (a build of them beside the one above, same call)")
+    if args.other:
+        if not args.other_label:
+            parser.error("--other needs --other-label: what the other build is")
+        other = json.loads(args.other.read_text())
+        body += "\n\n" + other_build_rows(results, other, args.other_label)
     text = replace_block(readme.read_text(), MARKERS, body)
     if args.suite:
         from suite import plot as suite_plot

@@ -361,8 +361,8 @@ def recurrent_inputs(states, states_f32, seq_lengths, resets, options: _Options)
 # products hi·hi, hi·lo and lo·hi, each on the tensor cores with float32 accumulation (~16
 # mantissa bits a product, as the kernels' own hi + lo operands, far below the rounding of the
 # 16-bit dR); "float32" runs one float32 contraction at Precision.HIGHEST, without tensor cores;
-# "auto" takes "bf16x3" where R has at least BF16X3_MIN_R_ELEMENTS per gate (N D²) and
-# "float32" below: the split's extra passes over dg and h_prev cost more than the tensor cores
+# "auto" takes "bf16x3" where R has at least BF16X3_MIN_R_ELEMENTS per gate (N D², N the heads
+# on one device under a mesh: the contraction's cost is per device) and "float32" below: the split's extra passes over dg and h_prev cost more than the tensor cores
 # save on small R (H200, B=16, T=1024: float32 faster by 0.06–0.2 ms at 48×16 to 3×256, bf16x3
 # faster by 0.34 ms at 1×768 and 3.9 ms at 1×2048; benchmarks/NOTES.md). float32 R always
 # takes "float32". (A module setting so that the benchmark can time each.)

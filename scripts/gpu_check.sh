@@ -11,7 +11,8 @@
 #            without the split tensor-core forward and backward (head sizes 16 to 64)
 #     tests  the GPU tests and, beside them, the sanitizers (SANITIZE=0 leaves them out);
 #            PYTEST_WORKERS sets the test processes, 12 by default; GPU_TESTS the test files,
-#            all GPU tests by default; GPU_TEST_ARGS more pytest arguments (e.g. -k "lstm");
+#            all GPU tests by default; GPU_TEST_ARGS more pytest arguments (e.g. -k "lstm";
+#            not -m, which the step sets to "gpu");
 #            SANITIZER_TOOLS the sanitizer tools, "memcheck racecheck" by default, and
 #            SANITIZE_HEAD_SIZES their head sizes (bf16 and f16), sanitize_case.py's by default
 #     bench  the quick benchmark (BENCH_ARGS adds arguments, e.g. "--shapes 12x64")
@@ -139,7 +140,10 @@ if [[ $steps == *" tests "* ]]; then
   done
   # GPU_TEST_ARGS is split as the shell splits a command line: a quoted -k expression stays one.
   extra=()
-  [ -n "${GPU_TEST_ARGS:-}" ] && eval "extra=(${GPU_TEST_ARGS})"
+  if [ -n "${GPU_TEST_ARGS:-}" ] && ! eval "extra=(${GPU_TEST_ARGS})"; then
+    echo "GPU_TEST_ARGS cannot be split into arguments: ${GPU_TEST_ARGS}" >&2
+    exit 2
+  fi
   gpu_tests "$out/gpu_summary.json" "$out/pytest.log" "${tests[@]}" "${extra[@]}" || rc=1
   sanitizer_results "$out/sanitizer" || rc=1
 fi

@@ -1,6 +1,8 @@
 """A small run of every fused kernel (forward, forward with residuals, backward) for every cell,
-for compute-sanitizer: single-CTA heads (bf16, D=16: the tensor-core forward and the FMA
-backward; D=32: both tensor-core kernels), a cluster head (f32, D=128: two CTAs per head, the
+for compute-sanitizer: single-CTA heads (bf16, D=16: the split forward for the LSTM and sLSTM,
+the single-CTA tensor-core forward for the GRU and Elman, the FMA backward; D=32: the split
+forward and backward for the LSTM and sLSTM, the single-CTA tensor-core kernels for the GRU and
+Elman; D=64: the split forward and backward for every cell), a cluster head (f32, D=128: two CTAs per head, the
 FMA kernels), a bf16 head of 256 (the cluster tensor-core forward and backward where they are
 built), a bf16 head of 512 and two of 768 (the tensor-core kernels on 16-CTA clusters; at 768
 the LSTM, sLSTM and GRU with part of R in shared memory) and two f32 heads of 768 (groups of
@@ -10,8 +12,8 @@ part of the staged h for their partial sums); each
 plain, and with every sequence option and the recurrent
 gradient clip (lengths 0, 3 and 2 of 3; a reset; reverse).
 
-SANITIZE_HEAD_SIZES (e.g. "16 32 64", for a narrow build such as gpu_check.sh's split step)
-replaces these heads by the ones it names, each in bf16 and f16."""
+SANITIZE_HEAD_SIZES (e.g. "16 32 64", through gpu_check.sh) replaces these heads by the ones it
+names, each in bf16 and f16."""
 
 import os
 import time
@@ -22,8 +24,9 @@ import jax.numpy as jnp
 from flashrnn_jax import flashrnn, fused
 from flashrnn_jax.cells import CELLS
 
-SIZES = [(jnp.bfloat16, 16), (jnp.bfloat16, 32), (jnp.float32, 128), (jnp.bfloat16, 256),
-         (jnp.bfloat16, 512), (jnp.bfloat16, 768), (jnp.float32, 768), (jnp.bfloat16, 2048)]
+SIZES = [(jnp.bfloat16, 16), (jnp.bfloat16, 32), (jnp.bfloat16, 64), (jnp.float32, 128),
+         (jnp.bfloat16, 256), (jnp.bfloat16, 512), (jnp.bfloat16, 768), (jnp.float32, 768),
+         (jnp.bfloat16, 2048)]
 if os.environ.get("SANITIZE_HEAD_SIZES"):
     SIZES = [(dtype, int(d)) for d in os.environ["SANITIZE_HEAD_SIZES"].split()
              for dtype in (jnp.bfloat16, jnp.float16)]

@@ -157,11 +157,11 @@ def test_a_forward_without_a_backward_keeps_its_time(monkeypatch, tmp_path):
 def test_suite_files_merge_with_the_later_file_winning(tmp_path):
     """render_results.merge_suites: records of several suite files, each marked with its file's
     stem; a case measured in two files keeps the later file's record; files of two GPUs are
-    refused. split_rows pairs each fused row of a second quick bench with the first's."""
+    refused. other_build_rows pairs each fused row of a second quick bench with the first's."""
     import sys
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    from render_results import merge_suites, split_rows
+    from render_results import merge_suites, other_build_rows
 
     def record(function, D, fwd, impl="fused"):
         return {"sweep": "heads", "impl": impl, "function": function, "dtype": "bfloat16",
@@ -181,5 +181,5 @@ def test_suite_files_merge_with_the_later_file_winning(tmp_path):
     with pytest.raises(ValueError, match="different GPUs"):
         merge_suites([paths[0], tmp_path / "other.json"])
 
-    assert split_rows(old, new, "Split") == (
+    assert other_build_rows(old, new, "Split") == (
         "Split (forward / forward+backward ms): lstm 12 × 64: 1.50 / 3.00 (above: 3.00 / 6.00).")

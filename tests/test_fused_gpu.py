@@ -284,8 +284,8 @@ def test_slstm_closed_input_gate_from_zero_states(rng):
 
 
 def test_dR_contraction_keeps_its_low_parts_on_the_gpu(rng):
-    """The backward's dR of 16-bit R (three bfloat16 products, fused.bf16x3_einsum) compiled for
-    the GPU, whose compiler would fold a convert round trip to nothing: within 2e-5 of float64,
+    """The backward's dR of large 16-bit R (three bfloat16 products, fused.bf16x3_einsum)
+    compiled for the GPU, whose compiler would fold a convert round trip to nothing: within 2e-5 of float64,
     where one bfloat16 product is off by ~2e-3."""
     d_gates, h_prev, want = weight_gradient_operands(rng)
     got = jax.jit(lambda a, b: fused.bf16x3_einsum(SPEC, a, b))(jnp.asarray(d_gates),

@@ -65,9 +65,8 @@ def _fns(function, backend, static):
 
 
 # (dtype, head size): every kind of kernel (single CTA, cluster, group beyond a cluster) in a
-# 16-bit dtype and float32, bfloat16 at 32 and 64, head sizes of the tensor-core kernels'
-# variants (the split forward and backward, gpu_check.sh's split step), and bfloat16 at 1024,
-# the tensor-core group kernels (64 CTAs).
+# 16-bit dtype and float32, bfloat16 at 32 and 64, head sizes of the split tensor-core forward
+# and backward, and bfloat16 at 1024, the tensor-core group kernels (64 CTAs).
 SIZES = [(dtype, d) for dtype in (jnp.bfloat16, jnp.float32) for d in (16, 256, 768)] + [
     (jnp.bfloat16, 32), (jnp.bfloat16, 64), (jnp.bfloat16, 1024)]
 

@@ -75,7 +75,7 @@ def test_float32_R_keeps_the_float32_contraction(rng, monkeypatch):
 
 
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
-def test_auto_takes_bf16x3_from_the_size_of_R_on(dtype):
+def test_auto_takes_bf16x3_from_the_size_of_R(dtype):
     """"auto" (the default) splits into bfloat16 parts where R has BF16X3_MIN_R_ELEMENTS per
     gate or more, over all heads, and contracts in float32 below; float32 R never splits."""
     assert fused.R_GRADIENT_CONTRACTION == "auto"

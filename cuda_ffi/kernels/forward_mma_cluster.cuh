@@ -53,8 +53,8 @@ constexpr int MmaForwardGateGroups(int head_size) {
 }
 
 // The split forward (CMake FLASHRNN_MMA_SPLIT_FORWARD, on by default since its first GPU run:
-// 48 x 16 LSTM forward 2.11 -> 0.75 ms, benchmarks/NOTES.md): a head of 16, 32 or 64 on one CTA of this kernel's layout instead of the
-// single-CTA tensor-core forward. There a step is the dependent chain of one warp per unit
+// 48 x 16 LSTM forward 2.11 -> 0.75 ms, benchmarks/NOTES.md): a head of 16, 32 or 64 on one
+// CTA of this kernel's layout instead of the single-CTA tensor-core forward. There a step is the dependent chain of one warp per unit
 // tile through four elements per lane (~610 instructions at D = 64, benchmarks/NOTES.md);
 // here four warps per unit tile run one element per thread (~290 instructions per warp at
 // D = 64, 80 registers), at the price of the partial sums' round trip through shared memory
