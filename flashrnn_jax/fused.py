@@ -80,15 +80,16 @@ def tensor_core_kernels() -> dict[str, bool]:
     """Which tensor-core kernels the build holds (CMake ``FLASHRNN_MMA_FORWARD``,
     ``FLASHRNN_MMA_BACKWARD``, ``FLASHRNN_MMA_CLUSTER_FORWARD``,
     ``FLASHRNN_MMA_CLUSTER_BACKWARD``, ``FLASHRNN_MMA_SPLIT_FORWARD``,
-    ``FLASHRNN_MMA_SPLIT_BACKWARD``), for the records of tests and benchmarks; all False without
-    the compiled module."""
+    ``FLASHRNN_MMA_SPLIT_BACKWARD``, ``FLASHRNN_MMA_CLUSTER_ASYNC_PUSH``), for the records of
+    tests and benchmarks; all False without the compiled module."""
     module = extension()
     return {"forward": bool(module and module.mma_forward()),
             "backward": bool(module and module.mma_backward()),
             "cluster_forward": bool(module and module.mma_cluster_forward()),
             "cluster_backward": bool(module and module.mma_cluster_backward()),
             "split_forward": bool(module and module.mma_split_forward()),
-            "split_backward": bool(module and module.mma_split_backward())}
+            "split_backward": bool(module and module.mma_split_backward()),
+            "cluster_async_push": bool(module and module.mma_cluster_async_push())}
 
 
 @functools.cache

@@ -8,7 +8,9 @@
 #            what changed); MMA_FORWARD=0 builds without the tensor-core forward,
 #            MMA_BACKWARD=0 without the tensor-core backward, MMA_CLUSTER=0 without the
 #            cluster tensor-core forward and backward (head sizes 256 to 2048), MMA_SPLIT=0
-#            without the split tensor-core forward and backward (head sizes 16 to 64)
+#            without the split tensor-core forward and backward (head sizes 16 to 64),
+#            MMA_ASYNC_PUSH=1 with the experimental asynchronous h push of the 16-CTA cluster
+#            forward (an A/B: build, test and bench with it in a second call)
 #     tests  the GPU tests and, beside them, the sanitizers (SANITIZE=0 leaves them out);
 #            PYTEST_WORKERS sets the test processes, 12 by default; GPU_TESTS the test files,
 #            all GPU tests by default; GPU_TEST_ARGS more pytest arguments (e.g. -k "lstm";
@@ -80,15 +82,17 @@ if [[ $steps == *" build "* ]]; then
   echo "== build"
   mma=$(on_off "${MMA_FORWARD:-1}") mma_backward=$(on_off "${MMA_BACKWARD:-1}")
   mma_cluster=$(on_off "${MMA_CLUSTER:-1}") mma_split=$(on_off "${MMA_SPLIT:-1}")
+  mma_async_push=$(on_off "${MMA_ASYNC_PUSH:-0}")
   build "$out/build.log" "$repo/build/cmake" \
     -Ccmake.define.FLASHRNN_MMA_FORWARD="$mma" \
     -Ccmake.define.FLASHRNN_MMA_BACKWARD="$mma_backward" \
     -Ccmake.define.FLASHRNN_MMA_CLUSTER_FORWARD="$mma_cluster" \
     -Ccmake.define.FLASHRNN_MMA_CLUSTER_BACKWARD="$mma_cluster" \
     -Ccmake.define.FLASHRNN_MMA_SPLIT_FORWARD="$mma_split" \
-    -Ccmake.define.FLASHRNN_MMA_SPLIT_BACKWARD="$mma_split" || exit 1
+    -Ccmake.define.FLASHRNN_MMA_SPLIT_BACKWARD="$mma_split" \
+    -Ccmake.define.FLASHRNN_MMA_CLUSTER_ASYNC_PUSH="$mma_async_push" || exit 1
   echo "(tensor-core forward: $mma, backward: $mma_backward, cluster forward and backward:" \
-    "$mma_cluster, split forward and backward: $mma_split)"
+    "$mma_cluster, split forward and backward: $mma_split, async h push: $mma_async_push)"
 fi
 
 # sanitizers PREFIX [HEAD_SIZES]: memcheck and racecheck on scripts/sanitize_case.py (its

@@ -322,6 +322,40 @@ def test_cluster_forwards_of_16_ctas_push_h_in_16_byte_pieces(mma_build):
             assert (wide, narrow) == (2 * 4, 0), (name, wide, narrow)
 
 
+ASYNC_PUSH_SOURCE = _source([
+    ("Forward", "LstmCell", "__nv_bfloat16", (256, 8, 16, 256)),
+    ("Forward", "LstmCell", "__nv_bfloat16", (768, 32, 16, 384)),
+    ("Forward", "SlstmCell", "__half", (768, 32, 16, 384)),
+    ("Forward", "ElmanCell", "__nv_bfloat16", (1024, 16, 8, 512))])
+
+
+def test_async_push_replaces_the_step_cluster_barrier_by_arrival_barriers(tmp_path):
+    """FLASHRNN_MMA_CLUSTER_ASYNC_PUSH: the 16-CTA cluster forwards push h by st.async onto the
+    destination's mbarrier, thread 0 arms the step's barrier, and the step waits on it: within
+    the steps no cluster barrier (only the prologue's two and one at the end), the same pushes
+    as the staged stores, no more spills than without; the 8-CTA forward (256) is unchanged."""
+    reports, entries = _ptxas_reports_and_ptx(tmp_path, "-DFLASHRNN_MMA_CLUSTER_ASYNC_PUSH=1",
+                                              source_text=ASYNC_PUSH_SOURCE)
+    forwards = {name: body for name, body in entries.items() if "ForwardMmaClusterKernel" in name}
+    assert len(forwards) == 8, list(forwards)
+    for name, body in forwards.items():
+        events = re.findall(r"barrier\.cluster\.arrive|st\.async|mbarrier\.try_wait|"
+                            r"mbarrier\.arrive\.expect_tx|st\.shared::cluster\.v4", body)
+        if "Li256ELi8E" in name:
+            assert "st.async" not in events and "mbarrier.try_wait" not in events, name
+            continue
+        # Prologue: the initial h's plain stores between two cluster barriers; steps: the
+        # arming, (C - 1) x 2 x 8 x U / 8 pushes over U x 8 threads (4 unrolled), the wait;
+        # then one cluster barrier before the CTA leaves.
+        assert events == (["barrier.cluster.arrive"] + ["st.shared::cluster.v4"] * 4
+                          + ["barrier.cluster.arrive", "mbarrier.arrive.expect_tx"]
+                          + ["st.async"] * 4
+                          + ["mbarrier.try_wait", "barrier.cluster.arrive"]), (name, events)
+        assert "fence.mbarrier_init.release.cluster" in body, name
+        spilled = re.search(r"(\d+) bytes spill stores", reports[name])
+        assert int(spilled.group(1)) == 0, (name, reports[name])
+
+
 def test_grid_kernels_meet_at_a_release_acquire_counter_and_stage_the_exchange_from_l2(mma_build):
     """The kernels of groups beyond a cluster (ForwardGridKernel, BackwardGridKernel): without
     spills; their barrier publishes with a release add and waits with acquire loads at GPU

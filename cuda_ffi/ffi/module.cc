@@ -59,6 +59,10 @@ NB_MODULE(_cuda, m) {
       "Whether the split tensor-core backward for heads of 32 and 64 (CMake "
       "FLASHRNN_MMA_SPLIT_BACKWARD) is built.");
   m.def(
+      "mma_cluster_async_push", []() { return FLASHRNN_MMA_CLUSTER_ASYNC_PUSH != 0; },
+      "Whether the 16-CTA cluster forwards push h asynchronously onto arrival barriers (CMake "
+      "FLASHRNN_MMA_CLUSTER_ASYNC_PUSH).");
+  m.def(
       "device_properties",
       [](int device) {
         cudaDeviceProp prop;

@@ -54,8 +54,9 @@ constexpr int MmaForwardGateGroups(int head_size) {
 
 // The split forward (CMake FLASHRNN_MMA_SPLIT_FORWARD, on by default since its first GPU run:
 // 48 x 16 LSTM forward 2.11 -> 0.75 ms, benchmarks/NOTES.md): a head of 16, 32 or 64 on one
-// CTA of this kernel's layout instead of the single-CTA tensor-core forward. There a step is the dependent chain of one warp per unit
-// tile through four elements per lane (~610 instructions at D = 64, benchmarks/NOTES.md);
+// CTA of this kernel's layout instead of the single-CTA tensor-core forward. There a step is
+// the dependent chain of one warp per unit tile through four elements per lane (~610
+// instructions at D = 64, benchmarks/NOTES.md);
 // here four warps per unit tile run one element per thread (~290 instructions per warp at
 // D = 64, 80 registers), at the price of the partial sums' round trip through shared memory
 // and a second block barrier per step. Heads of 16 and 32 split the gates, so only cells whose
@@ -76,10 +77,24 @@ constexpr bool kMmaSplitForwardSupported =
 template <int C>
 constexpr bool kStagedBroadcast = C >= 16;
 
+// How a CTA learns that the step's h has arrived (CMake FLASHRNN_MMA_CLUSTER_ASYNC_PUSH, off
+// by default until it is measured). Off: a cluster barrier per step, whose arrive is a release
+// that waits for the thread's remote stores of h to complete (the 1 x 768 profile's hottest
+// instruction, 14% of the stall samples: benchmarks/NOTES.md). On, with the staged push: each
+// 16-byte piece is an asynchronous remote store that completes its bytes on the destination's
+// arrival barrier for that h buffer (cluster_sync.cuh), and a CTA waits only on its own
+// barrier for the (C - 1) slices of the step. No cluster barrier in the steps: a CTA's h buffer
+// is written again two steps later only by CTAs that have received the h this CTA pushes
+// after its last read of that buffer, and the partial sums and input stages are ordered by the
+// step's block barriers.
+template <int C>
+constexpr bool kAsyncPush = FLASHRNN_MMA_CLUSTER_ASYNC_PUSH && kStagedBroadcast<C>;
+
 // Shared memory: h of the whole head as hi and lo parts, double-buffered, rows padded by 8
 // values (distinct banks for the B-fragment loads); then the partial sums
 // [K part][unit tile][gate][accumulator register][lane] in float32; then the input stages of
-// the CTA's units (input_stage.cuh); then the R fragments that do not fit the registers. Four
+// the CTA's units (input_stage.cuh); then the R fragments that do not fit the registers; then,
+// with kAsyncPush, the arrival barriers of the two h buffers. Four
 // warps per unit tile: K in kKParts parts times the gates in kGateGroups groups; each warp
 // keeps its first kRegisterKTiles k-tiles of R in registers and the other kSharedKTiles as
 // [warp][gate][k-tile][lane] uint4 (a warp's loads of one fragment are 512 contiguous bytes).
@@ -106,7 +121,12 @@ struct MmaClusterForwardLayout {
   static constexpr std::size_t kRSharedBytes =
       std::size_t{kThreads} * kGatesPerWarp * kSharedKTiles * sizeof(uint4);
   static constexpr std::size_t kRSharedOffset = kHBytes + kPartBytes + Inputs::kBytes;
-  static constexpr std::size_t kBytes = kRSharedOffset + kRSharedBytes;
+  static constexpr std::size_t kArrivalsOffset = kRSharedOffset + kRSharedBytes;
+  static constexpr std::size_t kBytes =
+      kArrivalsOffset + (kAsyncPush<C> ? 2 * sizeof(uint64_t) : 0);
+  // The bytes of h a CTA receives a step: the other CTAs' slices, hi and lo.
+  static constexpr uint32_t kArrivingBytes = (C - 1) * 2 * kBatchTile * (D / C) * sizeof(T);
+  static_assert(kArrivalsOffset % alignof(uint64_t) == 0, "mbarriers on 8 bytes");
   static_assert(kBytes <= kMaxSharedBytesPerBlock, "shared memory per block (sm_90 opt-in)");
   static_assert(D / C * kBatchTile == kThreads, "one element per thread");
   static_assert((D / 16) % kKParts == 0 && Cell::kGatesR % kGateGroups == 0,
@@ -139,6 +159,8 @@ __global__ void __launch_bounds__(MmaClusterForwardLayout<Cell, T, D, C>::kThrea
   T* wx_stages = reinterpret_cast<T*>(smem + Layout::kHBytes + Layout::kPartBytes);
   uint4* r_shared = reinterpret_cast<uint4*>(smem + Layout::kRSharedOffset) +
                     (threadIdx.x / 32) * GW * KS * 32;  // this warp's [GW][KS][32]
+  // With kAsyncPush: the arrival barrier of each h buffer.
+  uint64_t* arrivals = reinterpret_cast<uint64_t*>(smem + Layout::kArrivalsOffset);
 
   const int rank = Group::Rank();
   const int64_t N = args.heads, head = blockIdx.x / C, nd = N * D;
@@ -171,9 +193,10 @@ __global__ void __launch_bounds__(MmaClusterForwardLayout<Cell, T, D, C>::kThrea
 #pragma unroll
   for (int i = 0; i < S; ++i) initial[i] = s[i];
   const int h_at = batch_row * kStride + u0 + unit;
-  // h into buffer `buffer` of every CTA of the cluster (kStagedBroadcast says how). Called by
-  // every thread of the CTA alike.
-  auto broadcast_h = [&](int buffer, float h) {
+  // h into buffer `buffer` of every CTA of the cluster (kStagedBroadcast says how; `async`:
+  // the staged pieces as asynchronous stores onto the destination's arrival barrier of that
+  // buffer). Called by every thread of the CTA alike.
+  auto broadcast_h = [&](int buffer, float h, bool async) {
     T hi, lo;
     Op::Split(h, hi, lo);
     if constexpr (kStagedBroadcast<C>) {
@@ -195,7 +218,15 @@ __global__ void __launch_bounds__(MmaClusterForwardLayout<Cell, T, D, C>::kThrea
           const T* local = (chunk < BT * kChunksPerRow ? h_hi : h_lo) +
                            buffer * Layout::kBufferValues + row * kStride + u0 +
                            chunk % kChunksPerRow * kUnitsPerChunk;
-          Group::StoreV4(Group::MapAddress(local, to), *reinterpret_cast<const uint4*>(local));
+          const uint4 piece = *reinterpret_cast<const uint4*>(local);
+          if constexpr (kAsyncPush<C>) {
+            if (async) {
+              Group::StoreV4Async(Group::MapAddress(local, to), piece,
+                                  Group::MapAddress(&arrivals[buffer], to));
+              continue;
+            }
+          }
+          Group::StoreV4(Group::MapAddress(local, to), piece);
         }
       }
     } else {
@@ -214,9 +245,18 @@ __global__ void __launch_bounds__(MmaClusterForwardLayout<Cell, T, D, C>::kThrea
   const Inputs inputs(args, b0, head * D + u0, nd);
   inputs.Issue(args, wx_stages, 0, 0);
   inputs.Issue(args, wx_stages, 1, 1);
-  // Every CTA of the cluster must be running before its shared memory is written remotely.
+  if constexpr (kAsyncPush<C>) {
+    if (threadIdx.x == 0) {
+      Group::InitArrivals(&arrivals[0]);
+      Group::InitArrivals(&arrivals[1]);
+      Group::FenceArrivalsInit();
+    }
+  }
+  // Every CTA of the cluster must be running (and with kAsyncPush have its arrival barriers
+  // initialised) before its shared memory is written remotely. The initial h goes with plain
+  // stores and the cluster barrier.
   Group::Sync();
-  broadcast_h(0, s[0]);
+  broadcast_h(0, s[0], false);
   Inputs::WaitAllButNewest();
   Group::Sync();
 
@@ -265,9 +305,24 @@ __global__ void __launch_bounds__(MmaClusterForwardLayout<Cell, T, D, C>::kThrea
     Preactivations<Cell, T>(bias, wx, pre);
     StepCell<Cell>(row, pre, rh, s);
     const bool reset = reset_flag != 0;
-    broadcast_h(cur ^ 1, reset ? initial[0] : s[0]);
-    // The inputs of the next step have landed (this thread's); the barrier publishes them.
+    if constexpr (kAsyncPush<C>) {
+      // The phase of buffer cur ^ 1 that this step's h completes (its last phase, two steps
+      // ago, completed before this thread went on from it).
+      if (threadIdx.x == 0) Group::ExpectBytes(&arrivals[cur ^ 1], Layout::kArrivingBytes);
+    }
+    broadcast_h(cur ^ 1, reset ? initial[0] : s[0], true);
+    // The inputs of the next step have landed (this thread's); the barrier (with kAsyncPush the
+    // next step's block barrier before the inputs are read) publishes them.
     Inputs::WaitAllButNewest();
+    if constexpr (kAsyncPush<C>) {
+      StoreStep<Cell, T, kResiduals>(args, el, row, pre, s);
+      SelectAtReset<Cell>(reset, initial, s);
+      if (step + 1 < args.steps) load_step(step + 1);
+      stage = stage == 2 ? 0 : stage + 1;
+      // h of step t lands in buffer (t + 1) & 1, whose barrier it takes to phase t / 2.
+      Group::WaitArrivals(&arrivals[cur ^ 1], static_cast<uint32_t>(step >> 1) & 1u);
+      continue;
+    }
     // Orders this step's h writes before the next step's reads in every CTA, this step's reads
     // of h, of the partial sums and of the input stage before the next step's writes. The
     // step's outputs and the next step's row state go between its halves (cluster_sync.cuh
@@ -281,6 +336,10 @@ __global__ void __launch_bounds__(MmaClusterForwardLayout<Cell, T, D, C>::kThrea
   }
 
   StoreLast<Cell, T>(args, el, s);
+  if constexpr (kAsyncPush<C>) {
+    // No CTA leaves while another may still be storing into it.
+    Group::Sync();
+  }
 }
 
 // Launches the cluster tensor-core forward over every head and batch tile of 8 rows, with C
