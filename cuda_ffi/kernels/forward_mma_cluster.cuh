@@ -314,25 +314,21 @@ __global__ void __launch_bounds__(MmaClusterForwardLayout<Cell, T, D, C>::kThrea
     // The inputs of the next step have landed (this thread's); the barrier (with kAsyncPush the
     // next step's block barrier before the inputs are read) publishes them.
     Inputs::WaitAllButNewest();
-    if constexpr (kAsyncPush<C>) {
-      StoreStep<Cell, T, kResiduals>(args, el, row, pre, s);
-      SelectAtReset<Cell>(reset, initial, s);
-      if (step + 1 < args.steps) load_step(step + 1);
-      stage = stage == 2 ? 0 : stage + 1;
-      // h of step t lands in buffer (t + 1) & 1, whose barrier it takes to phase t / 2.
-      Group::WaitArrivals(&arrivals[cur ^ 1], static_cast<uint32_t>(step >> 1) & 1u);
-      continue;
-    }
-    // Orders this step's h writes before the next step's reads in every CTA, this step's reads
-    // of h, of the partial sums and of the input stage before the next step's writes. The
-    // step's outputs and the next step's row state go between its halves (cluster_sync.cuh
-    // says why).
-    Group::Arrive();
+    // Without kAsyncPush, the cluster barrier orders this step's h writes before the next
+    // step's reads in every CTA, this step's reads of h, of the partial sums and of the input
+    // stage before the next step's writes; the step's outputs and the next step's row state go
+    // between its halves (cluster_sync.cuh says why). With it, the arrival barrier of the
+    // buffer this step's h lands in: h of step t takes buffer (t + 1) & 1 to phase t / 2.
+    if constexpr (!kAsyncPush<C>) Group::Arrive();
     StoreStep<Cell, T, kResiduals>(args, el, row, pre, s);
     SelectAtReset<Cell>(reset, initial, s);
     if (step + 1 < args.steps) load_step(step + 1);
     stage = stage == 2 ? 0 : stage + 1;
-    Group::Wait();
+    if constexpr (kAsyncPush<C>) {
+      Group::WaitArrivals(&arrivals[cur ^ 1], static_cast<uint32_t>(step >> 1) & 1u);
+    } else {
+      Group::Wait();
+    }
   }
 
   StoreLast<Cell, T>(args, el, s);
