@@ -3,7 +3,7 @@
 # summary JSON), run compute-sanitizer (memcheck, racecheck) on a small case of every kernel,
 # and run the quick benchmark, printing its table last.
 #   usage: scripts/gpu_check.sh   (logs and JSON go to $OUT, or build/gpu_check_out)
-#   STEPS: the parts to run, of "build tests bench", default all three:
+#   STEPS: the parts to run, of "build tests bench ab", default "build tests bench":
 #     build  the default grid, in build/cmake (a second call on a warm machine rebuilds only
 #            what changed); MMA_FORWARD=0 builds without the tensor-core forward,
 #            MMA_BACKWARD=0 without the tensor-core backward, MMA_CLUSTER=0 without the
@@ -18,6 +18,12 @@
 #            SANITIZER_TOOLS the sanitizer tools, "memcheck racecheck" by default, and
 #            SANITIZE_HEAD_SIZES their head sizes (bf16 and f16), sanitize_case.py's by default
 #     bench  the quick benchmark (BENCH_ARGS adds arguments, e.g. "--shapes 12x64")
+#     ab     an A/B of an experimental CMake option in the same call: a narrow build with
+#            AB_OPTION=ON (FLASHRNN_MMA_CLUSTER_ASYNC_PUSH by default) for the head sizes
+#            AB_HEADS ("512 768 1024"), bf16 and f16, in build/ab; the GPU tests of those heads
+#            on it with memcheck and racecheck of them beside (SANITIZE_AB=0 leaves them out);
+#            the quick benchmark at AB_SHAPES ("1x512 1x768") on it, to compare with the bench
+#            step's rows of the same shapes (BENCH_ARGS="--shapes ...")
 #   TEST_TIMEOUT_S, SANITIZER_TIMEOUT_S and BENCH_TIMEOUT_S bound one test, each sanitizer run
 #   and each benchmark: 240, 300 and 300 s, so that a hung kernel cannot take the whole call.
 set -uo pipefail
@@ -155,6 +161,31 @@ fi
 if [[ $steps == *" bench "* ]]; then
   echo "== quick benchmark"
   quick_bench "$out/quick_bench.json" || rc=1
+fi
+
+if [[ $steps == *" ab "* ]]; then
+  ab_option="${AB_OPTION:-FLASHRNN_MMA_CLUSTER_ASYNC_PUSH}" ab_heads="${AB_HEADS:-512 768 1024}"
+  echo "== A/B of $ab_option=ON: build (head sizes $ab_heads), tests, benchmark"
+  ab_dir="$repo/build/ab"
+  rm -rf "$ab_dir/site"
+  build "$out/build_ab.log" "$ab_dir/cmake" --target "$ab_dir/site" \
+    -Ccmake.define."$ab_option"=ON -Ccmake.define.FLASHRNN_HEAD_SIZES="${ab_heads// /;}" \
+    -Ccmake.define.FLASHRNN_DTYPES="bf16;f16" || exit 1
+  # The narrow build shadows the installed one for these runs only.
+  export PYTHONPATH="$ab_dir/site${PYTHONPATH:+:$PYTHONPATH}"
+  [ "${SANITIZE_AB:-1}" = 1 ] && sanitizers "$out/sanitizer_ab" "$ab_heads"
+  # test_fused_gpu.py names a head D<size>, test_fused_options_gpu.py <dtype>-<size>-.
+  ab_tests=""
+  for d in $ab_heads; do
+    ab_tests+="${ab_tests:+ or }D$d and (bfloat16 or float16) or bfloat16-$d- or float16-$d-"
+  done
+  gpu_tests "$out/gpu_summary_ab.json" "$out/pytest_ab.log" \
+    "$repo/tests/test_fused_gpu.py" "$repo/tests/test_fused_options_gpu.py" -k "$ab_tests" \
+    || rc=1
+  sanitizer_results "$out/sanitizer_ab" || rc=1
+  # shellcheck disable=SC2086
+  BENCH_ARGS="" quick_bench "$out/quick_bench_ab.json" --shapes ${AB_SHAPES:-1x512 1x768} \
+    --no-masks --no-contraction --no-groups || rc=1
 fi
 
 exit "$rc"
