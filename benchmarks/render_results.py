@@ -32,12 +32,12 @@ SUITE_MARKERS = ("<!-- suite-heads -->", "<!-- /suite-heads -->")
 TARGETS = {(1, 768): (2.0, 6.0), (3, 256): (1.5, 4.5), (12, 64): (1.0, 3.0), (48, 16): (1.0, 3.0)}
 
 
+# The fields that name a case of the quick bench.
+QUICK_CASE = ("function", "N", "D", "dtype", "B", "T")
+
+
 def table(results: dict, plot_name: str) -> str:
-    by_case = {}
-    for r in results["records"]:
-        by_case.setdefault((r["function"], r["N"], r["D"], r["dtype"], r["B"], r["T"]), {})[
-            r["impl"]
-        ] = r
+    by_case = _by_case(results["records"], QUICK_CASE)
     lines = [
         f"{results['gpu']}, jax {results['jax']}; median ms, B and T as listed.",
         "",
@@ -86,11 +86,10 @@ def table(results: dict, plot_name: str) -> str:
 def other_build_rows(results: dict, other: dict, label: str) -> str:
     """One sentence: the fused rows of ``other`` (a quick bench of another build in the same
     call), each beside the same case's fused row of ``results``."""
-    before = {case: impls.get("fused") for case, impls in _by_case(
-        results["records"], ("function", "N", "D", "dtype", "B", "T")).items()}
+    before = {case: impls.get("fused")
+              for case, impls in _by_case(results["records"], QUICK_CASE).items()}
     rows = []
-    for case, impls in _by_case(other["records"],
-                                ("function", "N", "D", "dtype", "B", "T")).items():
+    for case, impls in _by_case(other["records"], QUICK_CASE).items():
         f, old = impls.get("fused"), before.get(case)
         if f is None:
             continue
@@ -104,6 +103,17 @@ def other_build_rows(results: dict, other: dict, label: str) -> str:
 def _ms(record: dict | None, key: str) -> str:
     value = None if record is None else record[key]
     return "—" if value is None else f"{value:.2f}"
+
+
+def _cells(impls: dict, names: tuple[str, ...]) -> list[str]:
+    """"forward / forward+backward" of each implementation named, "" for one not in the case."""
+    return [f"{_ms(impls[impl], 'fwd_ms')} / {_ms(impls[impl], 'fwdbwd_ms')}"
+            if impl in impls else "" for impl in names]
+
+
+def _runs(impls: dict) -> str:
+    """The files (merge_suites' ``run``) that a case's records come from."""
+    return ", ".join(dict.fromkeys(r.get("run", "") for r in impls.values()))
 
 
 def _by_case(records: list[dict], fields: tuple[str, ...]) -> dict:
@@ -132,17 +142,14 @@ def suite_table(results: dict) -> str:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for (function, N, D), impls in by_case.items():
-        cells = [f"{_ms(impls.get(impl), 'fwd_ms')} / {_ms(impls.get(impl), 'fwdbwd_ms')}"
-                 if impl in impls else "" for impl in ("fused", "scan", "flax_lstm",
-                                                       "cudnn_lstm")]
+        cells = _cells(impls, ("fused", "scan", "flax_lstm", "cudnn_lstm"))
         fused = impls.get("fused")
         peak = ("—" if fused is None or fused["peak_mem_mb"] is None
                 else f"{fused['peak_mem_mb']:.0f}")
         target = TARGETS.get((N, D)) if function in ("lstm", "slstm") else None
         goal = "" if target is None else f"≤ {target[0]:.1f} / ≤ {target[1]:.1f}"
-        runs = ", ".join(dict.fromkeys(r.get("run", "") for r in impls.values()))
         lines.append(f"| {function} | {N} × {D} | " + " | ".join(cells)
-                     + f" | {peak} | {goal} | {runs} |")
+                     + f" | {peak} | {goal} | {_runs(impls)} |")
     return "\n".join(lines)
 
 
@@ -165,32 +172,31 @@ def size_table(results: dict) -> str:
     ]
     for (function, dtype, D), impls in by_case.items():
         cells = [f"{_ms(impls.get(impl), 'fwd_ms')} / {_ms(impls.get(impl), 'fwdbwd_ms')}"
-                 for impl in ("fused", "scan")]
+                 for impl in ("fused", "scan")]  # "— / —" where one did not run
         fused = impls.get("fused") or {}
         kernels = fused.get("kernels")
         why = (", ".join(kernels) if kernels
                else (fused.get("skipped") or "").replace("|", "/").replace("\n", " "))
-        runs = ", ".join(dict.fromkeys(r.get("run", "") for r in impls.values()))
         lines.append(f"| {function} | {dtype} | {D} | " + " | ".join(cells)
-                     + f" | {why} | {runs} |")
+                     + f" | {why} | {_runs(impls)} |")
     return "\n".join(lines)
 
 
-def merge_suites(paths: list[pathlib.Path]) -> dict:
-    """The records of several suite.py files of one GPU, each marked with its file's stem
-    (``run``); where two files measured the same case, the later file's record."""
-    suites = [json.loads(path.read_text()) for path in paths]
-    gpus = {suite["gpu"] for suite in suites}
+def merge_suites(suites: dict[pathlib.Path, dict]) -> dict:
+    """The records of several suite.py files of one GPU (path -> its JSON, in order), each
+    marked with its file's stem (``run``); where two files measured the same case, the later
+    file's record."""
+    gpus = {suite["gpu"] for suite in suites.values()}
     if len(gpus) != 1:
         raise ValueError(f"the suite files come from different GPUs: {sorted(gpus)}")
     merged = {}
-    for path, suite in zip(paths, suites):
+    for path, suite in suites.items():
         for r in suite["records"]:
             key = (r["sweep"], r["impl"], r["function"], r["dtype"], r["B"], r["T"], r["N"],
                    r["D"])
             merged.pop(key, None)  # re-inserted last: the later file's order
             merged[key] = {**r, "run": path.stem}
-    return {**suites[0], "records": list(merged.values())}
+    return {**next(iter(suites.values())), "records": list(merged.values())}
 
 
 def replace_block(text: str, markers: tuple[str, str], body: str) -> str:
@@ -254,9 +260,9 @@ def main():
     if args.suite:
         from suite import plot as suite_plot
 
-        suite = merge_suites(args.suite)
-        plots = [p for path in args.suite
-                 for p in suite_plot(json.loads(path.read_text()), path.with_suffix(""))]
+        suites = {path: json.loads(path.read_text()) for path in args.suite}
+        suite = merge_suites(suites)
+        plots = [p for path, one in suites.items() for p in suite_plot(one, path.with_suffix(""))]
         links = "\n".join(f"![{p.stem}](benchmarks/results/{p.name})" for p in plots)
         sizes = size_table(suite)
         body = suite_table(suite) + (f"\n\n{sizes}" if sizes else "") + f"\n\n{links}"

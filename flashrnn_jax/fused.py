@@ -167,12 +167,12 @@ def _select_tiling(function: str, dtype_name: str, head_size: int) -> hardware.T
     # whether the tensor-core group kernels are built), but a grid configured otherwise, e.g.
     # by hand, must not have its runnable tilings passed over.
     paths = kernel_paths()
-    runnable = [t for t in compiled
-                if paths.get(((function, dtype_name, head_size), t), ("",))[0] != NO_KERNEL]
+    runnable = [t for t in compiled if paths[(function, dtype_name, head_size), t][0] != NO_KERNEL]
     differentiable = [t for t in runnable
                       if paths[(function, dtype_name, head_size), t][1] != NO_KERNEL]
     error = None
-    for tilings in (differentiable, runnable or compiled):
+    # Each candidate list once (they coincide where every runnable tiling has a backward).
+    for tilings in dict.fromkeys((tuple(differentiable), tuple(runnable or compiled))):
         if tilings:
             try:
                 return hardware.pick_compiled(function, dtype_name, head_size, tilings, device)

@@ -32,8 +32,10 @@ out="${OUT:-$repo/build/gpu_check_out}"
 mkdir -p "$out"
 steps=" ${STEPS:-build tests bench} "
 export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
-# XLA's GEMM autotuner crashed compute-sanitizer once; the kernels under test need no tuning.
-sanitizer_env="XLA_FLAGS=--xla_gpu_autotune_level=0"
+# XLA's GEMM autotuning, left out of the tests and the sanitizers: they check values, not
+# speed (and the autotuner crashed compute-sanitizer once).
+no_autotune="${XLA_FLAGS:-} --xla_gpu_autotune_level=0"
+sanitizer_tools="${SANITIZER_TOOLS:-memcheck racecheck}"
 export CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}"
 cd "$repo"
 gpu="$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | tr ' ' '_')"
@@ -65,9 +67,7 @@ gpu_tests() {
   # pytest-timeout (in the device image) ends a hung test's worker instead of the whole call.
   python3 -c "import pytest_timeout" 2>/dev/null &&
     timeout_args=(--timeout "${TEST_TIMEOUT_S:-240}" --timeout-method thread)
-  # The tests check values, not speed: XLA's GEMM autotuning (of every scan and dR shape, in
-  # every worker, all sharing one GPU) is left out, as under the sanitizers.
-  (cd /tmp && FLASHRNN_GPU_SUMMARY="$summary" XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_autotune_level=0" \
+  (cd /tmp && FLASHRNN_GPU_SUMMARY="$summary" XLA_FLAGS="$no_autotune" \
     python3 -m pytest "$@" \
     --rootdir "$repo" -c "$repo/pyproject.toml" -p gpu_summary -p no:benchmark -m gpu -q \
     -n "${PYTEST_WORKERS:-12}" --maxfail=20 "${timeout_args[@]}" \
@@ -107,11 +107,12 @@ fi
 # 124 when cut). XLA's platform allocator gives every buffer, the FFI scratch of the grid
 # kernels too, its own allocation, so that memcheck sees its bounds (the default allocator
 # carves them out of one region).
-declare -A sanitizer_pid
+declare -A sanitizer_pid sanitizer_started
 sanitizers() {
   local prefix="$1" head_sizes="${2:-}" tool
-  for tool in ${SANITIZER_TOOLS:-memcheck racecheck}; do
-    (cd /tmp && timeout -k 10 "${SANITIZER_TIMEOUT_S:-300}" env "$sanitizer_env" \
+  sanitizer_started[$prefix]=1
+  for tool in $sanitizer_tools; do
+    (cd /tmp && timeout -k 10 "${SANITIZER_TIMEOUT_S:-300}" env XLA_FLAGS="$no_autotune" \
       XLA_PYTHON_CLIENT_ALLOCATOR=platform SANITIZE_HEAD_SIZES="$head_sizes" \
       compute-sanitizer --tool "$tool" --kernel-name kns=flashrnn --error-exitcode 3 \
       python3 "$repo/scripts/sanitize_case.py") >"${prefix}_$tool.log" 2>&1 &
@@ -122,13 +123,10 @@ sanitizers() {
 # sanitizer_results PREFIX: waits for the sanitizers (if `sanitizers PREFIX` started them) and
 # prints their reports; fails when one was cut or reported an error.
 sanitizer_results() {
-  local prefix="$1" tool status failed=0 started=0
-  for tool in ${SANITIZER_TOOLS:-memcheck racecheck}; do
-    [ -n "${sanitizer_pid[$prefix.$tool]:-}" ] && started=1
-  done
-  [ "$started" = 1 ] || return 0
+  local prefix="$1" tool status failed=0
+  [ -n "${sanitizer_started[$prefix]:-}" ] || return 0
   echo "== compute-sanitizer"
-  for tool in ${SANITIZER_TOOLS:-memcheck racecheck}; do
+  for tool in $sanitizer_tools; do
     wait "${sanitizer_pid[$prefix.$tool]}"
     status=$?
     [ "$status" = 124 ] && echo "$tool: cut after ${SANITIZER_TIMEOUT_S:-300} s"

@@ -48,6 +48,8 @@ for dtype, D in SIZES:
                             resets=jnp.array([[0, 1, 0]] * B, bool), reverse=True,
                             gradient_recurrent_clipval=0.5),
         }
+        # A forward without a backward kernel (float16 heads of 2048): the forward only.
+        forward_only = fused.kernels_for(dtype, D, function)[1] == fused.NO_KERNEL
         for name, opts in options.items():
             def loss(Wx, R, b):
                 states_all, last = flashrnn(Wx, R, b, function=function, backend="fused",
@@ -55,8 +57,7 @@ for dtype, D in SIZES:
                 return states_all.astype(jnp.float32).sum() + last.astype(jnp.float32).sum()
 
             start = time.perf_counter()
-            if fused.kernels_for(dtype, D, function)[1] == fused.NO_KERNEL:
-                # A forward without a backward kernel (float16 heads of 2048): the forward only.
+            if forward_only:
                 value = loss(Wx, R, b)
             else:
                 value, grads = jax.value_and_grad(loss, argnums=(0, 1, 2))(Wx, R, b)

@@ -170,16 +170,13 @@ def test_suite_files_merge_with_the_later_file_winning(tmp_path):
     old = {"gpu": "H", "jax": "0", "records": [record("lstm", 64, 3.0), record("gru", 64, 4.0)]}
     new = {"gpu": "H", "jax": "0", "records": [record("lstm", 64, 1.5)]}
     paths = [tmp_path / "old.json", tmp_path / "new.json"]
-    for path, suite in zip(paths, (old, new)):
-        path.write_text(json.dumps(suite))
-    merged = merge_suites(paths)
+    merged = merge_suites(dict(zip(paths, (old, new))))
     by_function = {r["function"]: r for r in merged["records"]}
     assert len(merged["records"]) == 2
     assert (by_function["lstm"]["fwd_ms"], by_function["lstm"]["run"]) == (1.5, "new")
     assert (by_function["gru"]["fwd_ms"], by_function["gru"]["run"]) == (4.0, "old")
-    (tmp_path / "other.json").write_text(json.dumps({**new, "gpu": "other"}))
     with pytest.raises(ValueError, match="different GPUs"):
-        merge_suites([paths[0], tmp_path / "other.json"])
+        merge_suites({paths[0]: old, tmp_path / "other.json": {**new, "gpu": "other"}})
 
     assert other_build_rows(old, new, "Split") == (
         "Split (forward / forward+backward ms): lstm 12 × 64: 1.50 / 3.00 (above: 3.00 / 6.00).")

@@ -180,8 +180,6 @@ def _tensor_core_group_constraints(device: DeviceLimits):
          "warps 0 to 3 run one element each)", False),
         ("TC == 1 | P == 1;", "tensor-core group kernels: an element thread runs one element",
          False),
-        (f"TC == 1 | {_MIN_GRID_GROUP} <= C;", "tensor-core group kernels: beyond a cluster",
-         False),
         ("TC == 1 | 512 * G <= D * E + 128 * E;",
          "tensor-core group forward: a warp's partial sums (G x 4 x 32 floats) fit its part of "
          "h, 8 rows of hi and lo of D / 16 + 8 values", False),
