@@ -240,7 +240,7 @@ __global__ void __launch_bounds__(MmaGroupBackwardLayout<Cell::kGatesR, D>::kThr
 template <typename Cell, typename T, int D>
 cudaError_t LaunchBackwardMmaGroup(const BackwardArgs& args, cudaStream_t stream) {
   using Layout = MmaGroupBackwardLayout<Cell::kGatesR, D>;
-  using Shape = LaunchShape<Layout::kGroup, kMmaBatchTile, Layout::kThreads>;
+  using Shape = Tiling<D, Layout::kGroup, kMmaBatchTile, Layout::kThreads>;
   return LaunchGridGroups<Shape>(BackwardMmaGroupKernel<Cell, T, D>, args, Layout::kBytes,
                                  stream);
 }

@@ -39,7 +39,7 @@ struct CtaGroup {
     uint32_t remote;
     asm("mapa.shared::cluster.u32 %0, %1, %2;"
         : "=r"(remote)
-        : "r"(static_cast<uint32_t>(__cvta_generic_to_shared(local))), "r"(rank));
+        : "r"(SharedAddress(local)), "r"(rank));
     return remote;
   }
   __device__ static void StoreU16(uint32_t address, uint16_t value) {

@@ -268,7 +268,7 @@ __global__ void __launch_bounds__(MmaGroupForwardLayout<Cell, T, D>::kThreads, 1
 template <typename Cell, typename T, int D>
 cudaError_t LaunchForwardMmaGroup(const ForwardArgs& args, cudaStream_t stream) {
   using Layout = MmaGroupForwardLayout<Cell, T, D>;
-  using Shape = LaunchShape<Layout::kGroup, Layout::kBatchTile, Layout::kThreads>;
+  using Shape = Tiling<D, Layout::kGroup, Layout::kBatchTile, Layout::kThreads>;
   return LaunchGridGroups<Shape>(args.gate_cache != nullptr
                                      ? ForwardMmaGroupKernel<Cell, T, D, true>
                                      : ForwardMmaGroupKernel<Cell, T, D, false>,

@@ -13,15 +13,6 @@
 
 namespace flashrnn {
 
-// The launch shape of a kernel whose layout sets its own threads (the tensor-core kernels): the
-// members of a Tiling (tiling.h) that the launchers read.
-template <int kCluster_, int kBatchTile_, int kThreads_>
-struct LaunchShape {
-  static constexpr int kCluster = kCluster_;
-  static constexpr int kBatchTile = kBatchTile_;
-  static constexpr int kThreads = kThreads_;
-};
-
 template <typename Tile, typename Args>
 cudaError_t LaunchOverHeadsAndBatchTiles(void (*kernel)(Args), const Args& args,
                                          std::size_t smem_bytes, cudaStream_t stream) {
