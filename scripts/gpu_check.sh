@@ -67,7 +67,10 @@ gpu_tests() {
   # pytest-timeout (in the device image) ends a hung test's worker instead of the whole call.
   python3 -c "import pytest_timeout" 2>/dev/null &&
     timeout_args=(--timeout "${TEST_TIMEOUT_S:-240}" --timeout-method thread)
+  # One BLAS thread a worker: the float64 NumPy references of 12 workers, each with a BLAS
+  # thread per core, would otherwise oversubscribe the 16 cores many times over.
   (cd /tmp && FLASHRNN_GPU_SUMMARY="$summary" XLA_FLAGS="$no_autotune" \
+    OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 \
     python3 -m pytest "$@" \
     --rootdir "$repo" -c "$repo/pyproject.toml" -p gpu_summary -p no:benchmark -m gpu -q \
     -n "${PYTEST_WORKERS:-12}" --maxfail=20 "${timeout_args[@]}" \
