@@ -200,11 +200,11 @@ def _warn_kernels_missing() -> None:
     )
 
 
-def unsupported_reason(dtype, head_size: int, function: str, for_auto: bool = False
-                       ) -> str | None:
-    """Why the fused kernels cannot run a call, or None when they can; ``for_auto``: why
-    ``backend="auto"`` does not take them for it (a call it may differentiate needs a backward
-    kernel too)."""
+def _selected_paths(dtype, head_size: int, function: str
+                    ) -> tuple[str, tuple[str, str] | None] | str:
+    """The XLA dtype name of a fused call and the names of the kernels (:func:`kernel_paths`)
+    that its forward and backward run on this device, or why the fused kernels cannot run it
+    (the backward is left to the callers: only a differentiated call needs it)."""
     if not _has_cuda_device():
         return "no CUDA device is visible to JAX"
     if extension() is None:
@@ -216,10 +216,22 @@ def unsupported_reason(dtype, head_size: int, function: str, for_auto: bool = Fa
     tiling = _select_tiling(function, name, head_size)
     if isinstance(tiling, str):
         return tiling
-    paths = kernel_paths().get(((function, name, head_size), tiling), ())
+    paths = kernel_paths().get(((function, name, head_size), tiling))
     if paths and paths[0] == NO_KERNEL:
         return (f"no fused forward kernel of this build runs function={function!r}, dtype "
                 f"{name}, head size {head_size}: {_no_kernel_why(name)}")
+    return name, paths
+
+
+def unsupported_reason(dtype, head_size: int, function: str, for_auto: bool = False
+                       ) -> str | None:
+    """Why the fused kernels cannot run a call, or None when they can; ``for_auto``: why
+    ``backend="auto"`` does not take them for it (a call it may differentiate needs a backward
+    kernel too)."""
+    selected = _selected_paths(dtype, head_size, function)
+    if isinstance(selected, str):
+        return selected
+    name, paths = selected
     if for_auto and paths and paths[1] == NO_KERNEL:
         return (f"no fused backward kernel of this build runs function={function!r}, dtype "
                 f"{name}, head size {head_size}, and the call may be differentiated "
@@ -230,10 +242,8 @@ def unsupported_reason(dtype, head_size: int, function: str, for_auto: bool = Fa
 def kernels_for(dtype, head_size: int, function: str) -> tuple[str, str] | None:
     """The names of the kernels (:func:`kernel_paths`) that the forward and the backward of a
     fused call run on this device, or None where the fused kernels cannot run it."""
-    if unsupported_reason(dtype, head_size, function) is not None:
-        return None
-    key = (function, _XLA_DTYPE_NAMES[np.dtype(dtype)], head_size)
-    return kernel_paths().get((key, _select_tiling(*key)))
+    selected = _selected_paths(dtype, head_size, function)
+    return None if isinstance(selected, str) else selected[1]
 
 
 @contextlib.contextmanager
@@ -318,14 +328,17 @@ def _refuse_without_backward_kernel(dtype, head_size: int, function: str) -> Non
     """Raise FusedBackendUnavailableError where the call's backward has no kernel (NO_KERNEL):
     from the custom_vjp's forward rule, which runs only when the call is differentiated, so
     before any launch."""
-    if _XLA_DTYPE_NAMES.get(np.dtype(dtype)) is None or extension() is None:
+    if extension() is None:
         return  # no compiled kernels (a call traced or emulated without them): nothing to name
-    kernels = kernels_for(dtype, head_size, function)
-    if kernels is not None and kernels[1] == NO_KERNEL:
+    selected = _selected_paths(dtype, head_size, function)
+    if isinstance(selected, str):
+        return  # the fused kernels cannot run the call (it is traced or emulated): nothing to name
+    name, paths = selected
+    if paths and paths[1] == NO_KERNEL:
         raise FusedBackendUnavailableError(
             f"backend='fused' cannot differentiate function={function!r} with dtype "
             f"{np.dtype(dtype)} at head size {head_size}: no fused backward kernel of this "
-            f"build runs it: {_no_kernel_why(_XLA_DTYPE_NAMES[np.dtype(dtype)])}")
+            f"build runs it: {_no_kernel_why(name)}")
 
 
 def _fused_fwd(Wx, R, b, states, seq_lengths, resets, options):

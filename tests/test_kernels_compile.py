@@ -15,6 +15,8 @@ import subprocess
 
 import pytest
 
+from flashrnn_jax.constrint import hardware, solve
+
 REPO = pathlib.Path(__file__).resolve().parent.parent
 NVCC = shutil.which("nvcc")
 
@@ -227,7 +229,10 @@ def _group_layouts_source(cases) -> str:
     ) + "namespace flashrnn {\n" + "\n".join(dict.fromkeys(lines)) + "\n}  // namespace flashrnn\n"
 
 
-GATES_R = {"LstmCell": 4, "GruCell": 3, "SlstmCell": 4, "ElmanCell": 1}
+# The CUDA cell types (kernels/*_pointwise.cuh) of the functions, and their R gates as the
+# hardware model counts them.
+CUDA_CELLS = {"lstm": "LstmCell", "gru": "GruCell", "slstm": "SlstmCell", "elman": "ElmanCell"}
+GATES_R = {CUDA_CELLS[function]: gates for function, gates in hardware.RECURRENT_GATES.items()}
 
 
 def test_tensor_core_group_layouts_hold_every_tiling_the_model_admits(tmp_path):
@@ -235,12 +240,10 @@ def test_tensor_core_group_layouts_hold_every_tiling_the_model_admits(tmp_path):
     group kernels (TC == 2) passes their layouts' static checks (shared memory, registers, the
     partial sums in a warp's part of h); and the checks are real: an LSTM head of 512, which the
     model refuses them, fails to compile."""
-    from flashrnn_jax.constrint import hardware, solve
-
-    cells = {"lstm": "LstmCell", "gru": "GruCell", "slstm": "SlstmCell", "elman": "ElmanCell"}
     dtypes = {"bf16": "__nv_bfloat16", "f16": "__half"}
-    admitted = [(cells[function], dtypes[dtype], d)
-                for function in cells for dtype in dtypes for d in (512, 1024, 1536, 2048, 2560)
+    admitted = [(CUDA_CELLS[function], dtypes[dtype], d)
+                for function in CUDA_CELLS for dtype in dtypes
+                for d in (512, 1024, 1536, 2048, 2560)
                 if solve(hardware.model_text(function, dtype, d, hardware.DeviceLimits.sm90())
                          + "\nTC == 2;", cache=False)]
     assert ("LstmCell", "__nv_bfloat16", 2048) in admitted

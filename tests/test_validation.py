@@ -224,6 +224,17 @@ def test_auto_backend_runs_on_cpu_without_warning(rng):
     np.testing.assert_allclose(last_states, expected_last, rtol=1e-12, atol=1e-12)
 
 
+def _stand_in_kernels(monkeypatch, tiling_of, paths):
+    """A CUDA device and a compiled module stood in for: ``tiling_of(head_size)`` is the tiling
+    selected, ``paths`` the build's kernel_paths."""
+    from flashrnn_jax import fused
+
+    monkeypatch.setattr(fused, "_has_cuda_device", lambda: True)
+    monkeypatch.setattr(fused, "extension", lambda: object())
+    monkeypatch.setattr(fused, "_select_tiling", lambda function, dtype, d: tiling_of(d))
+    monkeypatch.setattr(fused, "kernel_paths", lambda: paths)
+
+
 def test_auto_takes_every_kernel_of_the_build(monkeypatch):
     """The backend choice with kernels present (stood in for here): every kernel of the build
     has run on a GPU, so 'auto' takes each, at any head size, as 'fused' does; the benchmarks'
@@ -241,10 +252,7 @@ def test_auto_takes_every_kernel_of_the_build(monkeypatch):
              (key(512), tilings[512]): ("mma_cluster", "fma"),
              (key(768), tilings[768]): ("fma", "fma_grid_group"),
              (key(2048), tilings[2048]): ("mma_grid_group", "mma_grid_group")}
-    monkeypatch.setattr(fused, "_has_cuda_device", lambda: True)
-    monkeypatch.setattr(fused, "extension", lambda: object())
-    monkeypatch.setattr(fused, "_select_tiling", lambda function, dtype, d: tilings[d])
-    monkeypatch.setattr(fused, "kernel_paths", lambda: paths)
+    _stand_in_kernels(monkeypatch, tilings.__getitem__, paths)
     for d in tilings:
         assert fused.unsupported_reason(np.dtype("float32"), d, "lstm") is None
         assert fused.unsupported_reason(np.dtype("float32"), d, "lstm", for_auto=True) is None
@@ -264,10 +272,7 @@ def test_a_direction_without_a_kernel_is_named_before_any_call(monkeypatch):
     tiling = hardware.Tiling(128, 8, 512)
     paths = {(("lstm", "F16", 2048), tiling): ("mma_grid_group", "none"),
              (("gru", "BF16", 2048), tiling): ("none", "none")}
-    monkeypatch.setattr(fused, "_has_cuda_device", lambda: True)
-    monkeypatch.setattr(fused, "extension", lambda: object())
-    monkeypatch.setattr(fused, "_select_tiling", lambda function, dtype, d: tiling)
-    monkeypatch.setattr(fused, "kernel_paths", lambda: paths)
+    _stand_in_kernels(monkeypatch, lambda d: tiling, paths)
     f16 = np.dtype("float16")
     assert fused.unsupported_reason(f16, 2048, "lstm") is None
     reason = fused.unsupported_reason(f16, 2048, "lstm", for_auto=True)
