@@ -5,7 +5,7 @@ Reads ``benchmarks/results/quick_bench_<gpu>.json`` (written on the GPU by
 the text between the ``<!-- quick-bench -->`` markers of README.md (with ``--other``, also the
 fused rows of a second quick bench of the same call on another build, beside the first's, under
 ``--other-label``); with
-``--suite``, also the heads and size sweeps of ``benchmarks/suite.py``'s JSON files between the
+``--suite``, also the heads, size, batch and length sweeps of ``benchmarks/suite.py``'s JSON files between the
 ``<!-- suite-heads -->`` markers, beside the targets of issue 5 (FlashRNN's fused kernels and
 cuDNN as measured there), each row naming the file (run) it comes from, and the suite's plots
 from those files. No number is typed by hand.
@@ -182,6 +182,47 @@ def size_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+# The batch and length sweeps: the swept field, its column, and what the fused records give
+# per point besides their times (issue 5: throughput grows with the batch; the time per step
+# stays flat over the length).
+SCALING = {
+    "batch": ("B", "B", "fused rows·steps per µs, forward / forward+backward",
+              lambda r, key: r["B"] * r["T"] / (r[key] * 1e3)),
+    "length": ("T", "T", "fused µs per step, forward / forward+backward",
+               lambda r, key: r[key] * 1e3 / r["T"]),
+}
+
+
+def scaling_table(results: dict, sweep: str) -> str:
+    """The batch or length sweep: per function, dtype and swept value, fused and scan forward /
+    forward+backward, and the fused throughput (batch) or time per step (length) derived from
+    them; "" without the sweep."""
+    field, column, derived_name, derived = SCALING[sweep]
+    points = [r for r in results["records"]
+              if r["sweep"] == sweep and r["impl"] in ("fused", "scan")]
+    if not points:
+        return ""
+    by_case = _by_case(points, ("function", "dtype", field))
+    first = points[0]
+    fixed = ", ".join(f"{k}={first[k]}" for k in ("N", "D", "B", "T") if k != field)
+    lines = [
+        f"{sweep.capitalize()} sweep, {fixed}; median ms, forward / forward+backward.",
+        "",
+        f"| function | dtype | {column} | fused | scan | {derived_name} | run |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for (function, dtype, value), impls in by_case.items():
+        cells = [f"{_ms(impls.get(impl), 'fwd_ms')} / {_ms(impls.get(impl), 'fwdbwd_ms')}"
+                 for impl in ("fused", "scan")]
+        fused = impls.get("fused")
+        rate = "—" if fused is None or fused["fwd_ms"] is None else " / ".join(
+            "—" if fused[key] is None else f"{derived(fused, key):.3g}"
+            for key in ("fwd_ms", "fwdbwd_ms"))
+        lines.append(f"| {function} | {dtype} | {value} | " + " | ".join(cells)
+                     + f" | {rate} | {_runs(impls)} |")
+    return "\n".join(lines)
+
+
 def merge_suites(suites: dict[pathlib.Path, dict]) -> dict:
     """The records of several suite.py files of one GPU (path -> its JSON, in order), each
     marked with its file's stem (``run``); where two files measured the same case, the later
@@ -264,8 +305,9 @@ def main():
         suite = merge_suites(suites)
         plots = [p for path, one in suites.items() for p in suite_plot(one, path.with_suffix(""))]
         links = "\n".join(f"![{p.stem}](benchmarks/results/{p.name})" for p in plots)
-        sizes = size_table(suite)
-        body = suite_table(suite) + (f"\n\n{sizes}" if sizes else "") + f"\n\n{links}"
+        tables = [suite_table(suite), size_table(suite), scaling_table(suite, "batch"),
+                  scaling_table(suite, "length")]
+        body = "\n\n".join(t for t in tables if t) + f"\n\n{links}"
         text = replace_block(text, SUITE_MARKERS, body)
     readme.write_text(text)
 

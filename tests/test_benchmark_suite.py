@@ -7,11 +7,14 @@ run time, is what a tiny smoke run spends.
 
 import json
 import math
+import sys
 
 import pytest
 from bench_runs import ROOT, run_parallel
 
 SUITE = ROOT / "benchmarks" / "suite.py"
+# Beside running the suite as a subprocess, some tests import benchmark scripts in process.
+sys.path.insert(0, str(SUITE.parent))
 RECORD_KEYS = {"impl", "function", "dtype", "B", "T", "N", "D", "fwd_ms", "fwdbwd_ms",
                "peak_mem_mb", "sweep", "skipped"}
 
@@ -106,9 +109,6 @@ def test_max_minutes_still_writes_json(runs):
 def test_size_sweep_renders_for_the_readme(runs):
     """render_results.size_table: one row per single head of the run, the scan's medians as
     recorded, the fused column empty and the reason it gave where it did not run (CPU)."""
-    import sys
-
-    sys.path.insert(0, str(ROOT / "benchmarks"))
     from render_results import size_table
 
     _, out = runs
@@ -126,12 +126,8 @@ def test_size_sweep_renders_for_the_readme(runs):
 def test_a_forward_without_a_backward_keeps_its_time(monkeypatch, tmp_path):
     """A fused case whose forward runs but whose gradient is refused (float16 heads of 2048)
     records the forward's median, no forward+backward time and the refusal, and plots."""
-    import sys
-
     import jax
     import jax.numpy as jnp
-
-    sys.path.insert(0, str(ROOT / "benchmarks"))
     import suite
 
     from flashrnn_jax import FusedBackendUnavailableError
@@ -158,9 +154,6 @@ def test_suite_files_merge_with_the_later_file_winning(tmp_path):
     """render_results.merge_suites: records of several suite files, each marked with its file's
     stem; a case measured in two files keeps the later file's record; files of two GPUs are
     refused. other_build_rows pairs each fused row of a second quick bench with the first's."""
-    import sys
-
-    sys.path.insert(0, str(ROOT / "benchmarks"))
     from render_results import merge_suites, other_build_rows
 
     def record(function, D, fwd, impl="fused"):
@@ -180,3 +173,28 @@ def test_suite_files_merge_with_the_later_file_winning(tmp_path):
 
     assert other_build_rows(old, new, "Split") == (
         "Split (forward / forward+backward ms): lstm 12 × 64: 1.50 / 3.00 (above: 3.00 / 6.00).")
+
+
+def test_batch_and_length_sweeps_render_with_their_rates(runs):
+    """render_results.scaling_table: one row per batch size (per length) of the run with the
+    scan's medians as recorded; for fused records, the throughput B·T per µs (batch) and the
+    µs per step (length) worked out here from the record's times."""
+    from render_results import scaling_table
+
+    _, out = runs
+    records = out["lstm"]["records"]
+    for sweep, field in (("batch", "B"), ("length", "T")):
+        scan = [r for r in records if r["sweep"] == sweep and r["impl"] == "scan"]
+        rows = [line for line in scaling_table(out["lstm"], sweep).splitlines()
+                if line.startswith("| lstm |")]
+        assert len(rows) == len({r[field] for r in scan}) >= 2
+        for r in scan:
+            row = next(line for line in rows if line.split("|")[3].strip() == str(r[field]))
+            assert f"{r['fwd_ms']:.2f} / {r['fwdbwd_ms']:.2f}" in row, row
+    fused = {"sweep": "batch", "impl": "fused", "function": "gru", "dtype": "bfloat16",
+             "N": 12, "D": 64, "B": 64, "T": 1024, "fwd_ms": 2.0, "fwdbwd_ms": 8.0}
+    row = scaling_table({"records": [fused]}, "batch").splitlines()[-1]
+    assert "| 32.8 / 8.19 |" in row, row  # 64 * 1024 / 2000 µs, / 8000 µs
+    row = scaling_table({"records": [{**fused, "sweep": "length"}]}, "length").splitlines()[-1]
+    assert "| 1.95 / 7.81 |" in row, row  # 2000 µs / 1024 steps, 8000 µs / 1024
+    assert scaling_table({"records": [fused]}, "length") == ""
