@@ -20,7 +20,7 @@
 #     bench  the quick benchmark (BENCH_ARGS adds arguments, e.g. "--shapes 12x64")
 #     ab     an A/B of an experimental CMake option in the same call: a narrow build with
 #            AB_OPTION=ON (FLASHRNN_MMA_CLUSTER_ASYNC_PUSH by default) for the head sizes
-#            AB_HEADS ("512 768 1024"), bf16 and f16, in build/ab; the GPU tests of those heads
+#            AB_HEADS ("512 768 1024"), bf16 and f16, in build/ab_<option>; the GPU tests of those heads
 #            on it with memcheck and racecheck of them beside (SANITIZE_AB=0 leaves them out);
 #            the quick benchmark at AB_SHAPES ("1x512 1x768") on it, to compare with the bench
 #            step's rows of the same shapes (BENCH_ARGS="--shapes ...")
@@ -167,7 +167,8 @@ fi
 if [[ $steps == *" ab "* ]]; then
   ab_option="${AB_OPTION:-FLASHRNN_MMA_CLUSTER_ASYNC_PUSH}" ab_heads="${AB_HEADS:-512 768 1024}"
   echo "== A/B of $ab_option=ON: build (head sizes $ab_heads), tests, benchmark"
-  ab_dir="$repo/build/ab"
+  # A build directory per option: CMake's cache would keep an earlier A/B's option on.
+  ab_dir="$repo/build/ab_$ab_option"
   rm -rf "$ab_dir/site"
   build "$out/build_ab.log" "$ab_dir/cmake" --target "$ab_dir/site" \
     -Ccmake.define."$ab_option"=ON -Ccmake.define.FLASHRNN_HEAD_SIZES="${ab_heads// /;}" \

@@ -401,3 +401,40 @@ def test_split_backward_takes_bf16_heads_of_32_and_64_with_a_quarter_of_k_per_wa
               entries[name].count(MMA) for name in split}
     assert counts == {("Lstm", "32"): 8, ("Lstm", "64"): 16, ("Slstm", "32"): 8,
                       ("Slstm", "64"): 16, ("Gru", "64"): 12}, counts
+
+
+INPUTS_AHEAD_SOURCE = _source([
+    ("Backward", "LstmCell", "__nv_bfloat16", (64, 1, 16, 512)),
+    ("Backward", "SlstmCell", "__nv_bfloat16", (256, 4, 16, 512)),
+    ("Backward", "LstmCell", "__nv_bfloat16", (768, 32, 16, 384))])
+
+
+def test_backward_inputs_two_ahead_unrolls_the_step_in_two_slots(tmp_path):
+    """FLASHRNN_BACKWARD_INPUTS_TWO_AHEAD: the split backward (64) and the 8-CTA cluster backward
+    (256) run their step body twice per loop iteration, one per register slot of inputs (one
+    more copy of the step's block or cluster barriers), and spill no more than without; the
+    16-CTA cluster backward (768), which has no registers for a second slot, is unchanged."""
+    builds = []
+    for on in (0, 1):
+        (tmp_path / f"ahead{on}").mkdir()
+        builds.append(_ptxas_reports_and_ptx(
+            tmp_path / f"ahead{on}", "-DFLASHRNN_MMA_SPLIT_BACKWARD=1",
+            f"-DFLASHRNN_BACKWARD_INPUTS_TWO_AHEAD={on}", source_text=INPUTS_AHEAD_SOURCE))
+    (reports_one, entries_one), (reports_two, entries_two) = builds
+    kernels = [name for name in entries_one
+               if "BackwardMmaSplit" in name or "BackwardMmaCluster" in name]
+    assert len(kernels) == 3, list(entries_one)
+
+    def barriers(body):
+        return len(re.findall(r"bar\.sync|barrier\.sync|barrier\.cluster\.arrive", body))
+
+    def spilled(report):
+        return int(re.search(r"(\d+) bytes spill stores", report).group(1))
+
+    for name in kernels:
+        # Per step: the split backward's two block barriers, the cluster backward's block
+        # barrier and cluster barrier.
+        per_step = 0 if "Li768E" in name else 2
+        assert barriers(entries_two[name]) - barriers(entries_one[name]) == per_step, name
+        assert spilled(reports_two[name]) <= spilled(reports_one[name]), (
+            name, reports_one[name], reports_two[name])

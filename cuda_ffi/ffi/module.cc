@@ -63,6 +63,10 @@ NB_MODULE(_cuda, m) {
       "Whether the 16-CTA cluster forwards push h asynchronously onto arrival barriers (CMake "
       "FLASHRNN_MMA_CLUSTER_ASYNC_PUSH).");
   m.def(
+      "backward_inputs_two_ahead", []() { return FLASHRNN_BACKWARD_INPUTS_TWO_AHEAD != 0; },
+      "Whether the split and cluster tensor-core backwards load a step's inputs two steps ahead "
+      "(CMake FLASHRNN_BACKWARD_INPUTS_TWO_AHEAD).");
+  m.def(
       "device_properties",
       [](int device) {
         cudaDeviceProp prop;

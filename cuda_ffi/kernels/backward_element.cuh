@@ -102,6 +102,47 @@ struct BackwardElementStep {
   }
 };
 
+// How many steps ahead (in reading order) the split and cluster tensor-core backwards load a
+// step's inputs (CMake FLASHRNN_BACKWARD_INPUTS_TWO_AHEAD, off by default until measured): one,
+// so that their latency hides behind the barriers and the product of one step; or two, into
+// two register slots taken in turn, so that it hides behind a whole step as well.
+inline constexpr int kBackwardInputsAhead = FLASHRNN_BACKWARD_INPUTS_TWO_AHEAD ? 2 : 1;
+
+// The inputs of the steps ahead: slot k holds those of a step s with (steps - 1 - s) % kAhead
+// == k, loaded kAhead steps before their own.
+template <typename Cell, typename T, int kAhead = kBackwardInputsAhead>
+struct BackwardStepsAhead {
+  BackwardElementStep<Cell, T> slot[kAhead];
+
+  // The last kAhead steps', before the loop.
+  __device__ void Start(const BackwardArgs& args, const Element& e, int64_t length) {
+#pragma unroll
+    for (int k = 0; k < kAhead; ++k) {
+      if (args.steps - 1 - k >= 0) slot[k].Load(args, e, length, args.steps - 1 - k);
+    }
+  }
+
+  // Runs body(step, inputs) for step = steps - 1 down to 0, where inputs is the slot with the
+  // step's (a compile-time index, so that the slots stay in registers). The body refills it
+  // with Refill where the loads' issue costs the least.
+  template <typename Body>
+  __device__ __forceinline__ void ForEachStep(int64_t steps, Body&& body) {
+    for (int64_t step = steps - 1; step >= 0; step -= kAhead) {
+#pragma unroll
+      for (int k = 0; k < kAhead; ++k) {
+        if (step - k < 0) return;
+        body(step - k, slot[k]);
+      }
+    }
+  }
+
+  // The inputs of step - kAhead into the slot that held step's, if there is such a step.
+  __device__ static void Refill(const BackwardArgs& args, const Element& e, int64_t length,
+                                int64_t step, BackwardElementStep<Cell, T>& inputs) {
+    if (step >= kAhead) inputs.Load(args, e, length, step - kAhead);
+  }
+};
+
 // The cotangents of an element's initial states, which a row's last step (step 0) and every
 // reset add to. kInRegisters: accumulated in registers and written once by Finish, so that no
 // global read-modify-write sits on a step's path (in front of a cluster barrier's release,

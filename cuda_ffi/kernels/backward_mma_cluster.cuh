@@ -148,20 +148,23 @@ __global__ void __launch_bounds__(MmaClusterBackwardLayout<Cell::kGatesR, D, C>:
     return RecurrentCotangent(args, sum);
   };
 
-  // The row state and inputs of a step (of the last step, here), loaded between the halves of
-  // the cluster barrier in the loop.
-  BackwardElementStep<Cell, T> next;
-  if (args.steps > 0) next.Load(args, el, length, args.steps - 1);
+  // The row states and inputs of the steps ahead (of the last steps, here), loaded between the
+  // halves of the cluster barrier in the loop; two steps ahead only up to 8 CTAs (D = 256): from
+  // 16 on the R fragments leave no registers for a second slot (the LSTM at 768 spilled 170
+  // bytes with one).
+  using Ahead = BackwardStepsAhead<Cell, T, C <= 8 ? kBackwardInputsAhead : 1>;
+  Ahead ahead;
+  ahead.Start(args, el, length);
   // Every CTA of the cluster must be running (and part_first zeroed) before remote writes.
   Group::Sync();
 
   bool after_reset = false;
-  for (int64_t step = args.steps - 1; step >= 0; --step) {
+  ahead.ForEachStep(args.steps, [&](int64_t step, BackwardElementStep<Cell, T>& inputs) {
     float dg[Gt];
-    BackwardStep<Cell>(args, el, next.row, next.in,
+    BackwardStep<Cell>(args, el, inputs.row, inputs.in,
                        recurrent_cotangent(static_cast<int>((step + 1) & 1)), after_reset, ds, d0,
                        dg);
-    after_reset = next.row.resets();
+    after_reset = inputs.row.resets();
 #pragma unroll
     for (int g = 0; g < Gr; ++g) {
       const int at = batch_row * kStride + g * U + unit;
@@ -194,10 +197,10 @@ __global__ void __launch_bounds__(MmaClusterBackwardLayout<Cell::kGatesR, D, C>:
     // cotangents and the next step's inputs go between its halves: the arrive is a release
     // that would wait for them (cluster_sync.cuh).
     Group::Arrive();
-    StoreGateCotangents<Cell>(args, el, next.row, dg);
-    if (step > 0) next.Load(args, el, length, step - 1);
+    StoreGateCotangents<Cell>(args, el, inputs.row, dg);
+    Ahead::Refill(args, el, length, step, inputs);
     Group::Wait();
-  }
+  });
 
   // What step 0 sent back (buffer 0) reaches the initial h.
   FinishCotangents<Cell>(args, el, recurrent_cotangent(0), ds, d0);

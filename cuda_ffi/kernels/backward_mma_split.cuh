@@ -117,27 +117,28 @@ __global__ void __launch_bounds__(MmaSplitBackwardLayout<Cell::kGatesR, D>::kThr
     return RecurrentCotangent(args, sum);
   };
 
-  // The row state and inputs of a step (of the last step, here).
-  BackwardElementStep<Cell, T> next;
-  if (args.steps > 0) next.Load(args, el, length, args.steps - 1);
+  // The row states and inputs of the steps ahead (of the last steps, here).
+  using Ahead = BackwardStepsAhead<Cell, T>;
+  Ahead ahead;
+  ahead.Start(args, el, length);
 
   bool after_reset = false;
-  for (int64_t step = args.steps - 1; step >= 0; --step) {
+  ahead.ForEachStep(args.steps, [&](int64_t step, BackwardElementStep<Cell, T>& inputs) {
     const float dh_rec = recurrent_cotangent();
     float dg[Gt];
-    BackwardStep<Cell>(args, el, next.row, next.in, dh_rec, after_reset, ds, d0, dg);
-    after_reset = next.row.resets();
+    BackwardStep<Cell>(args, el, inputs.row, inputs.in, dh_rec, after_reset, ds, d0, dg);
+    after_reset = inputs.row.resets();
 #pragma unroll
     for (int g = 0; g < Gr; ++g) {
       const int at = batch_row * kStride + g * D + unit;
       Op::Split(dg[g], dg_hi[at], dg_lo[at]);
     }
-    StoreGateCotangents<Cell>(args, el, next.row, dg);
-    if (step > 0) next.Load(args, el, length, step - 1);
+    StoreGateCotangents<Cell>(args, el, inputs.row, dg);
+    Ahead::Refill(args, el, length, step, inputs);
     // Orders this step's gate cotangents before the next step's product, and this step's
     // reads of the partials before the next step's writes.
     __syncthreads();
-  }
+  });
 
   // What step 0 sent back reaches the initial h.
   FinishCotangents<Cell>(args, el, recurrent_cotangent(), ds, d0);
