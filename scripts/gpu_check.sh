@@ -20,9 +20,9 @@
 #     bench  the quick benchmark (BENCH_ARGS adds arguments, e.g. "--shapes 12x64")
 #     ab     an A/B of an experimental CMake option in the same call: a narrow build with
 #            AB_OPTION=ON (FLASHRNN_MMA_CLUSTER_ASYNC_PUSH by default) for the head sizes
-#            AB_HEADS ("512 768 1024"), bf16 and f16, in build/ab_<option>; the GPU tests of those heads
+#            AB_HEADS ("256 512 768"), bf16 and f16, in build/ab_<option>; the GPU tests of those heads
 #            on it with memcheck and racecheck of them beside (SANITIZE_AB=0 leaves them out);
-#            the quick benchmark at AB_SHAPES ("1x512 1x768") on it, to compare with the bench
+#            the quick benchmark at AB_SHAPES ("3x256 1x512 1x768") on it, to compare with the bench
 #            step's rows of the same shapes (BENCH_ARGS="--shapes ...")
 #   TEST_TIMEOUT_S, SANITIZER_TIMEOUT_S and BENCH_TIMEOUT_S bound one test, each sanitizer run
 #   and each benchmark: 240, 300 and 300 s, so that a hung kernel cannot take the whole call.
@@ -165,7 +165,7 @@ if [[ $steps == *" bench "* ]]; then
 fi
 
 if [[ $steps == *" ab "* ]]; then
-  ab_option="${AB_OPTION:-FLASHRNN_MMA_CLUSTER_ASYNC_PUSH}" ab_heads="${AB_HEADS:-512 768 1024}"
+  ab_option="${AB_OPTION:-FLASHRNN_MMA_CLUSTER_ASYNC_PUSH}" ab_heads="${AB_HEADS:-256 512 768}"
   echo "== A/B of $ab_option=ON: build (head sizes $ab_heads), tests, benchmark"
   # A build directory per option: CMake's cache would keep an earlier A/B's option on.
   ab_dir="$repo/build/ab_$ab_option"
@@ -186,7 +186,7 @@ if [[ $steps == *" ab "* ]]; then
     || rc=1
   sanitizer_results "$out/sanitizer_ab" || rc=1
   # shellcheck disable=SC2086
-  BENCH_ARGS="" quick_bench "$out/quick_bench_ab.json" --shapes ${AB_SHAPES:-1x512 1x768} \
+  BENCH_ARGS="" quick_bench "$out/quick_bench_ab.json" --shapes ${AB_SHAPES:-3x256 1x512 1x768} \
     --no-masks --no-contraction --no-groups || rc=1
 fi
 

@@ -15,8 +15,8 @@
 // picks up the sums of one element (accumulator register s of its lane position) and runs its
 // cell step: one element per thread. h goes, as hi + lo values of the input dtype
 // (forward_mma.cuh says why), into the h buffer of every CTA of the cluster (distributed shared
-// memory, kStagedBroadcast says how), double-buffered; per step one block barrier (two from 16
-// CTAs on) and one cluster barrier.
+// memory, kStagedBroadcast says how), double-buffered; per step one block barrier (two with the
+// staged push) and one cluster barrier (none with kAsyncPush).
 #pragma once
 
 #include <cuda_bf16.h>
@@ -67,28 +67,29 @@ constexpr bool kMmaSplitForwardSupported =
     (Tile::kHeadSize == 16 || Tile::kHeadSize == 32 || Tile::kHeadSize == 64) &&
     Cell::kGatesR % MmaForwardGateGroups(Tile::kHeadSize) == 0;
 
-// How h reaches the CTAs of the cluster. Up to 8 CTAs (the D = 256 kernel, measured so) each
-// thread stores its h, hi and lo, into every CTA: 2 C two-byte remote stores a step. From 16 CTAs
-// on (D = 512 to 1024: 32 such stores a thread and step, ~24 KB arriving at each SM at 768) a CTA
-// writes its slice into its own next buffer, meets at a block barrier, and pushes the slice to
-// the other CTAs in 16-byte pieces (about 4 loads and 4 remote stores a thread), so that the
-// cluster's network carries whole rows of the slice rather than the 16-byte segments that a
-// warp's 2-byte stores gather into; at the cost of the block barrier (benchmarks/NOTES.md).
-template <int C>
-constexpr bool kStagedBroadcast = C >= 16;
-
 // How a CTA learns that the step's h has arrived (CMake FLASHRNN_MMA_CLUSTER_ASYNC_PUSH, off
 // by default until it is measured). Off: a cluster barrier per step, whose arrive is a release
 // that waits for the thread's remote stores of h to complete (the 1 x 768 profile's hottest
-// instruction, 14% of the stall samples: benchmarks/NOTES.md). On, with the staged push: each
-// 16-byte piece is an asynchronous remote store that completes its bytes on the destination's
-// arrival barrier for that h buffer (cluster_sync.cuh), and a CTA waits only on its own
-// barrier for the (C - 1) slices of the step. No cluster barrier in the steps: a CTA's h buffer
-// is written again two steps later only by CTAs that have received the h this CTA pushes
-// after its last read of that buffer, and the partial sums and input stages are ordered by the
-// step's block barriers.
+// instruction, 14% of the stall samples: benchmarks/NOTES.md). On, for clusters of 8 and 16
+// CTAs, with the staged push (below): each 16-byte piece is an asynchronous remote store that
+// completes its bytes on the destination's arrival barrier for that h buffer
+// (cluster_sync.cuh), and a CTA waits only on its own barrier for the (C - 1) slices of the
+// step. No cluster barrier in the steps: a CTA's h buffer is written again two steps later only
+// by CTAs that have received the h this CTA pushes after its last read of that buffer, and the
+// partial sums and input stages are ordered by the step's block barriers.
 template <int C>
-constexpr bool kAsyncPush = FLASHRNN_MMA_CLUSTER_ASYNC_PUSH && kStagedBroadcast<C>;
+constexpr bool kAsyncPush = FLASHRNN_MMA_CLUSTER_ASYNC_PUSH && C >= 8;
+
+// How h reaches the CTAs of the cluster. Up to 8 CTAs (the D = 256 kernel, measured so) each
+// thread stores its h, hi and lo, into every CTA: 2 C two-byte remote stores a step. From 16 CTAs
+// on (D = 512 to 1024: 32 such stores a thread and step, ~24 KB arriving at each SM at 768), and
+// with kAsyncPush (whose asynchronous stores carry 4 bytes at least), a CTA writes its slice into
+// its own next buffer, meets at a block barrier, and pushes the slice to the other CTAs in
+// 16-byte pieces (about 4 loads and 4 remote stores a thread at 16 CTAs), so that the cluster's
+// network carries whole rows of the slice rather than the 16-byte segments that a warp's 2-byte
+// stores gather into; at the cost of the block barrier (benchmarks/NOTES.md).
+template <int C>
+constexpr bool kStagedBroadcast = C >= 16 || kAsyncPush<C>;
 
 // Shared memory: h of the whole head as hi and lo parts, double-buffered, rows padded by 8
 // values (distinct banks for the B-fragment loads); then the partial sums
