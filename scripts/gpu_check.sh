@@ -19,11 +19,12 @@
 #            SANITIZE_HEAD_SIZES their head sizes (bf16 and f16), sanitize_case.py's by default
 #     bench  the quick benchmark (BENCH_ARGS adds arguments, e.g. "--shapes 12x64")
 #     ab     an A/B of an experimental CMake option in the same call: a narrow build with
-#            AB_OPTION=ON (FLASHRNN_MMA_CLUSTER_ASYNC_PUSH by default) for the head sizes
-#            AB_HEADS ("256 512 768"), bf16 and f16, in build/ab_<option>; the GPU tests of those heads
-#            on it with memcheck and racecheck of them beside (SANITIZE_AB=0 leaves them out);
-#            the quick benchmark at AB_SHAPES ("3x256 1x512 1x768") on it, to compare with the bench
-#            step's rows of the same shapes (BENCH_ARGS="--shapes ...")
+#            AB_OPTION=ON (FLASHRNN_MMA_CLUSTER_ASYNC_PUSH by default, or e.g.
+#            FLASHRNN_BACKWARD_INPUTS_TWO_AHEAD with AB_HEADS="64 256") for the head sizes
+#            AB_HEADS ("256 512 768"), bf16 and f16, in build/ab_<option>; the GPU tests of
+#            those heads on it with memcheck and racecheck of them beside (SANITIZE_AB=0 leaves
+#            them out); the quick benchmark at AB_SHAPES ("3x256 1x512 1x768") on it, to compare
+#            with the bench step's rows of the same shapes (BENCH_ARGS="--shapes ...")
 #   TEST_TIMEOUT_S, SANITIZER_TIMEOUT_S and BENCH_TIMEOUT_S bound one test, each sanitizer run
 #   and each benchmark: 240, 300 and 300 s, so that a hung kernel cannot take the whole call.
 set -uo pipefail
