@@ -165,16 +165,22 @@ def main():
                              "where the group kernels run)")
     parser.add_argument("--no-contraction", action="store_true",
                         help="leave out the dR contraction's two settings (LSTM)")
+    parser.add_argument("--no-scan", action="store_true",
+                        help="leave out the scan backend (an A/B of two builds, whose baseline is "
+                             "the other build)")
+    parser.add_argument("--functions", nargs="+", choices=("lstm", "slstm"),
+                        default=["lstm", "slstm"])
     args = parser.parse_args()
     key = jax.random.key(0)
     records = []
-    for function in ("lstm", "slstm"):
+    backends = ("fused",) if args.no_scan else ("fused", "scan")
+    for function in args.functions:
         for N, D in args.shapes:
-            for backend in ("fused", "scan"):
+            for backend in backends:
                 records.append(bench_case(function, backend, jnp.bfloat16, args.batch,
                                           args.steps, N, D, key))
     group_records = [] if args.no_groups else [
-        rec for function in ("lstm", "slstm") for N, D in args.shapes
+        rec for function in args.functions for N, D in args.shapes
         for rec in bench_group_sizes(function, jnp.float32, args.batch, args.steps, N, D, key)]
     mask_records = [] if args.no_masks else [
         bench_mask_cost("lstm", jnp.bfloat16, args.batch, args.steps, N, D, key)
@@ -189,11 +195,13 @@ def main():
                        "records": records + group_records + mask_records
                        + contraction_records}, f, indent=1)
     print(f"{'function':8} {'N x D':>8} {'impl':>6} {'fwd ms':>9} {'fwd+bwd ms':>11} {'speed-up':>9}")
-    for fused_rec, scan_rec in zip(records[::2], records[1::2]):
-        for r in (fused_rec, scan_rec):
-            speedup = scan_rec["fwdbwd_ms"] / r["fwdbwd_ms"]
+    for case in range(0, len(records), len(backends)):
+        scan_rec = records[case + 1] if len(backends) == 2 else None
+        for r in records[case:case + len(backends)]:
+            speedup = ("" if scan_rec is None
+                       else f"{scan_rec['fwdbwd_ms'] / r['fwdbwd_ms']:8.1f}x")
             print(f"{r['function']:8} {r['N']:>3}x{r['D']:<4} {r['impl']:>6} "
-                  f"{r['fwd_ms']:9.3f} {r['fwdbwd_ms']:11.3f} {speedup:8.1f}x")
+                  f"{r['fwd_ms']:9.3f} {r['fwdbwd_ms']:11.3f} {speedup}")
 
     for rec in group_records:
         print(f"{rec['function']:8} {rec['N']:>3}x{rec['D']:<4} {rec['impl']:>6} "

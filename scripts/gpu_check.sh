@@ -24,7 +24,9 @@
 #            AB_HEADS ("256 512 768"), bf16 and f16, in build/ab_<option>; the GPU tests of
 #            those heads on it with memcheck and racecheck of them beside (SANITIZE_AB=0 leaves
 #            them out); the quick benchmark at AB_SHAPES ("3x256 1x512 1x768") on it, to compare
-#            with the bench step's rows of the same shapes (BENCH_ARGS="--shapes ...")
+#            with the bench step's rows of the same shapes (BENCH_ARGS="--shapes ...");
+#            AB_DTYPES narrows the build ("bf16;f16"), AB_TESTS=0 leaves out the tests,
+#            AB_BENCH_ARGS adds quick-bench arguments (e.g. "--no-scan --functions lstm")
 #   TEST_TIMEOUT_S, SANITIZER_TIMEOUT_S and BENCH_TIMEOUT_S bound one test, each sanitizer run
 #   and each benchmark: 240, 300 and 300 s, so that a hung kernel cannot take the whole call.
 set -uo pipefail
@@ -173,7 +175,7 @@ if [[ $steps == *" ab "* ]]; then
   rm -rf "$ab_dir/site"
   build "$out/build_ab.log" "$ab_dir/cmake" --target "$ab_dir/site" \
     -Ccmake.define."$ab_option"=ON -Ccmake.define.FLASHRNN_HEAD_SIZES="${ab_heads// /;}" \
-    -Ccmake.define.FLASHRNN_DTYPES="bf16;f16" || exit 1
+    -Ccmake.define.FLASHRNN_DTYPES="${AB_DTYPES:-bf16;f16}" || exit 1
   # The narrow build shadows the installed one for these runs only.
   export PYTHONPATH="$ab_dir/site${PYTHONPATH:+:$PYTHONPATH}"
   [ "${SANITIZE_AB:-1}" = 1 ] && sanitizers "$out/sanitizer_ab" "$ab_heads"
@@ -182,13 +184,15 @@ if [[ $steps == *" ab "* ]]; then
   for d in $ab_heads; do
     ab_tests+="${ab_tests:+ or }D$d and (bfloat16 or float16) or bfloat16-$d- or float16-$d-"
   done
-  gpu_tests "$out/gpu_summary_ab.json" "$out/pytest_ab.log" \
-    "$repo/tests/test_fused_gpu.py" "$repo/tests/test_fused_options_gpu.py" -k "$ab_tests" \
-    || rc=1
+  if [ "${AB_TESTS:-1}" = 1 ]; then
+    gpu_tests "$out/gpu_summary_ab.json" "$out/pytest_ab.log" \
+      "$repo/tests/test_fused_gpu.py" "$repo/tests/test_fused_options_gpu.py" -k "$ab_tests" \
+      || rc=1
+  fi
   sanitizer_results "$out/sanitizer_ab" || rc=1
   # shellcheck disable=SC2086
-  BENCH_ARGS="" quick_bench "$out/quick_bench_ab.json" --shapes ${AB_SHAPES:-3x256 1x512 1x768} \
-    --no-masks --no-contraction --no-groups || rc=1
+  BENCH_ARGS="${AB_BENCH_ARGS:-}" quick_bench "$out/quick_bench_ab.json" \
+    --shapes ${AB_SHAPES:-3x256 1x512 1x768} --no-masks --no-contraction --no-groups || rc=1
 fi
 
 exit "$rc"
