@@ -21,10 +21,10 @@
 #     ab     an A/B of an experimental CMake option in the same call: a narrow build with
 #            AB_OPTION=ON (FLASHRNN_MMA_CLUSTER_ASYNC_PUSH by default, or e.g.
 #            FLASHRNN_BACKWARD_INPUTS_TWO_AHEAD with AB_HEADS="64 256") for the head sizes
-#            AB_HEADS ("256 512 768"), bf16 and f16, in build/ab_<option>; the GPU tests of
-#            those heads on it with memcheck and racecheck of them beside (SANITIZE_AB=0 leaves
-#            them out); the quick benchmark at AB_SHAPES ("3x256 1x512 1x768") on it, to compare
-#            with the bench step's rows of the same shapes (BENCH_ARGS="--shapes ...");
+#            AB_HEADS ("256 512 768"), bf16 and f16, in build/ab_<option>; the quick benchmark
+#            at AB_SHAPES ("3x256 1x512 1x768") on it, to compare with the bench step's rows of
+#            the same shapes (BENCH_ARGS="--shapes ..."); then the GPU tests of those heads on
+#            it with memcheck and racecheck of them beside (SANITIZE_AB=0 leaves them out);
 #            AB_DTYPES narrows the build ("bf16;f16"), AB_TESTS=0 leaves out the tests,
 #            AB_BENCH_ARGS adds quick-bench arguments (e.g. "--no-scan --functions lstm")
 #   TEST_TIMEOUT_S, SANITIZER_TIMEOUT_S and BENCH_TIMEOUT_S bound one test, each sanitizer run
@@ -169,7 +169,7 @@ fi
 
 if [[ $steps == *" ab "* ]]; then
   ab_option="${AB_OPTION:-FLASHRNN_MMA_CLUSTER_ASYNC_PUSH}" ab_heads="${AB_HEADS:-256 512 768}"
-  echo "== A/B of $ab_option=ON: build (head sizes $ab_heads), tests, benchmark"
+  echo "== A/B of $ab_option=ON: build (head sizes $ab_heads), benchmark, tests"
   # A build directory per option: CMake's cache would keep an earlier A/B's option on.
   ab_dir="$repo/build/ab_$ab_option"
   rm -rf "$ab_dir/site"
@@ -178,6 +178,11 @@ if [[ $steps == *" ab "* ]]; then
     -Ccmake.define.FLASHRNN_DTYPES="${AB_DTYPES:-bf16;f16}" || exit 1
   # The narrow build shadows the installed one for these runs only.
   export PYTHONPATH="$ab_dir/site${PYTHONPATH:+:$PYTHONPATH}"
+  # The benchmark first, on a GPU that nothing else uses, and before the tests can take the
+  # rest of a call.
+  # shellcheck disable=SC2086
+  BENCH_ARGS="${AB_BENCH_ARGS:-}" quick_bench "$out/quick_bench_ab.json" \
+    --shapes ${AB_SHAPES:-3x256 1x512 1x768} --no-masks --no-contraction --no-groups || rc=1
   [ "${SANITIZE_AB:-1}" = 1 ] && sanitizers "$out/sanitizer_ab" "$ab_heads"
   # test_fused_gpu.py names a head D<size>, test_fused_options_gpu.py <dtype>-<size>-.
   ab_tests=""
@@ -190,9 +195,6 @@ if [[ $steps == *" ab "* ]]; then
       || rc=1
   fi
   sanitizer_results "$out/sanitizer_ab" || rc=1
-  # shellcheck disable=SC2086
-  BENCH_ARGS="${AB_BENCH_ARGS:-}" quick_bench "$out/quick_bench_ab.json" \
-    --shapes ${AB_SHAPES:-3x256 1x512 1x768} --no-masks --no-contraction --no-groups || rc=1
 fi
 
 exit "$rc"
