@@ -194,7 +194,8 @@ def main():
                        "tensor_core": fused.tensor_core_kernels(),
                        "records": records + group_records + mask_records
                        + contraction_records}, f, indent=1)
-    print(f"{'function':8} {'N x D':>8} {'impl':>6} {'fwd ms':>9} {'fwd+bwd ms':>11} {'speed-up':>9}")
+    print(f"{'function':8} {'N x D':>8} {'impl':>6} {'fwd ms':>9} {'fwd+bwd ms':>11} "
+          f"{'speed-up':>9}")
     for case in range(0, len(records), len(backends)):
         scan_rec = records[case + 1] if len(backends) == 2 else None
         for r in records[case:case + len(backends)]:

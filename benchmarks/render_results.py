@@ -4,11 +4,10 @@ Reads ``benchmarks/results/quick_bench_<gpu>.json`` (written on the GPU by
 ``benchmarks/quick_bench.py``), writes ``benchmarks/results/quick_bench_<gpu>.png`` and replaces
 the text between the ``<!-- quick-bench -->`` markers of README.md (with ``--other``, also the
 fused rows of a second quick bench of the same call on another build, beside the first's, under
-``--other-label``); with
-``--suite``, also the heads, size, batch and length sweeps of ``benchmarks/suite.py``'s JSON files between the
-``<!-- suite-heads -->`` markers, beside the targets of issue 5 (FlashRNN's fused kernels and
-cuDNN as measured there), each row naming the file (run) it comes from, and the suite's plots
-from those files. No number is typed by hand.
+``--other-label``); with ``--suite``, also the heads, size, batch and length sweeps of
+``benchmarks/suite.py``'s JSON files between the ``<!-- suite-heads -->`` markers, beside the
+targets of issue 5 (FlashRNN's fused kernels and cuDNN as measured there), each row naming the
+file (run) it comes from, and the suite's plots from those files. No number is typed by hand.
 
     python benchmarks/render_results.py benchmarks/results/quick_bench_NVIDIA_H200.json \
         --other benchmarks/results/quick_bench_split_NVIDIA_H200.json --other-label "The split \

@@ -81,7 +81,7 @@ def tensor_core_kernels() -> dict[str, bool]:
     ``FLASHRNN_MMA_BACKWARD``, ``FLASHRNN_MMA_CLUSTER_FORWARD``,
     ``FLASHRNN_MMA_CLUSTER_BACKWARD``, ``FLASHRNN_MMA_SPLIT_FORWARD``,
     ``FLASHRNN_MMA_SPLIT_BACKWARD``, ``FLASHRNN_MMA_CLUSTER_ASYNC_PUSH``,
-    ``FLASHRNN_BACKWARD_INPUTS_TWO_AHEAD``), for the records of
+    ``FLASHRNN_BACKWARD_INPUTS_TWO_AHEAD``, ``FLASHRNN_MMA_ROUNDED_OPERAND``), for the records of
     tests and benchmarks; all False without the compiled module."""
     module = extension()
     return {"forward": bool(module and module.mma_forward()),
@@ -91,7 +91,8 @@ def tensor_core_kernels() -> dict[str, bool]:
             "split_forward": bool(module and module.mma_split_forward()),
             "split_backward": bool(module and module.mma_split_backward()),
             "cluster_async_push": bool(module and module.mma_cluster_async_push()),
-            "backward_inputs_two_ahead": bool(module and module.backward_inputs_two_ahead())}
+            "backward_inputs_two_ahead": bool(module and module.backward_inputs_two_ahead()),
+            "rounded_operand": bool(module and module.mma_rounded_operand())}
 
 
 @functools.cache

@@ -437,3 +437,44 @@ def test_backward_inputs_two_ahead_unrolls_the_step_in_two_slots(tmp_path):
         assert barriers(entries_two[name]) - barriers(entries_one[name]) == per_step, name
         assert spilled(reports_two[name]) <= spilled(reports_one[name]), (
             name, reports_one[name], reports_two[name])
+
+
+ROUNDED_OPERAND_SOURCE = _source([
+    ("Forward", "LstmCell", "__nv_bfloat16", (64, 1, 16, 512)),
+    ("Forward", "LstmCell", "__nv_bfloat16", (128, 1, 16, 256)),
+    ("Forward", "LstmCell", "__nv_bfloat16", (256, 8, 16, 256)),
+    ("Forward", "SlstmCell", "__half", (768, 32, 16, 384)),
+    ("Backward", "LstmCell", "__nv_bfloat16", (64, 1, 16, 512)),
+    ("Backward", "LstmCell", "__nv_bfloat16", (768, 32, 16, 384)),
+    ("Forward", "LstmCell", "__nv_bfloat16", (1024, 64, 8, 512)),
+    ("Backward", "GruCell", "__nv_bfloat16", (1024, 64, 8, 512))])
+
+
+def test_rounded_operand_halves_the_mma_and_the_exchanged_h(tmp_path):
+    """FLASHRNN_MMA_ROUNDED_OPERAND: every tensor-core kernel runs half the mma.sync (no lo
+    part), the cluster forwards send half the remote stores of h (hi only), and none spills
+    more than with hi + lo."""
+    builds = []
+    for on in (0, 1):
+        (tmp_path / f"rounded{on}").mkdir()
+        builds.append(_ptxas_reports_and_ptx(
+            tmp_path / f"rounded{on}", "-DFLASHRNN_MMA_SPLIT_FORWARD=1",
+            "-DFLASHRNN_MMA_SPLIT_BACKWARD=1", f"-DFLASHRNN_MMA_ROUNDED_OPERAND={on}",
+            source_text=ROUNDED_OPERAND_SOURCE))
+    (reports_parts, entries_parts), (reports_rounded, entries_rounded) = builds
+    kernels = [name for name, body in entries_parts.items() if MMA in body]
+    # The five forwards with and without residuals, the three backwards.
+    assert len(kernels) == 2 * 5 + 3, list(entries_parts)
+
+    def remote_stores(body):
+        return len(re.findall(r"st\.shared::cluster\.(?:v4|u16)|st\.async", body))
+
+    for name in kernels:
+        parts, rounded = entries_parts[name], entries_rounded[name]
+        assert parts.count(MMA) == 2 * rounded.count(MMA), name
+        assert remote_stores(parts) == 2 * remote_stores(rounded), name
+        if "ForwardMmaCluster" in name and "Li64E" not in name:
+            assert remote_stores(rounded) > 0, name
+        spilled = [int(re.search(r"(\d+) bytes spill stores", report[name]).group(1))
+                   for report in (reports_parts, reports_rounded)]
+        assert spilled[1] <= spilled[0], (name, spilled)

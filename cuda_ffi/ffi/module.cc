@@ -63,6 +63,10 @@ NB_MODULE(_cuda, m) {
       "Whether the 16-CTA cluster forwards push h asynchronously onto arrival barriers (CMake "
       "FLASHRNN_MMA_CLUSTER_ASYNC_PUSH).");
   m.def(
+      "mma_rounded_operand", []() { return FLASHRNN_MMA_ROUNDED_OPERAND != 0; },
+      "Whether the tensor-core kernels multiply R by h and the gate cotangents rounded to the "
+      "input dtype instead of as hi + lo parts (CMake FLASHRNN_MMA_ROUNDED_OPERAND).");
+  m.def(
       "backward_inputs_two_ahead", []() { return FLASHRNN_BACKWARD_INPUTS_TWO_AHEAD != 0; },
       "Whether the split and cluster tensor-core backwards load a step's inputs two steps ahead "
       "(CMake FLASHRNN_BACKWARD_INPUTS_TWO_AHEAD).");

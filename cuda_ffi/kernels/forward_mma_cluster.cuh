@@ -125,8 +125,11 @@ struct MmaClusterForwardLayout {
   static constexpr std::size_t kArrivalsOffset = kRSharedOffset + kRSharedBytes;
   static constexpr std::size_t kBytes =
       kArrivalsOffset + (kAsyncPush<C> ? 2 * sizeof(uint64_t) : 0);
-  // The bytes of h a CTA receives a step: the other CTAs' slices, hi and lo.
-  static constexpr uint32_t kArrivingBytes = (C - 1) * 2 * kBatchTile * (D / C) * sizeof(T);
+  // The parts of h exchanged: hi and lo, or hi alone (kMmaLoPart); the bytes of h a CTA
+  // receives a step: the other CTAs' slices of them.
+  static constexpr int kParts = kMmaLoPart ? 2 : 1;
+  static constexpr uint32_t kArrivingBytes =
+      (C - 1) * kParts * kBatchTile * (D / C) * sizeof(T);
   static_assert(kArrivalsOffset % alignof(uint64_t) == 0, "mbarriers on 8 bytes");
   static_assert(kBytes <= kMaxSharedBytesPerBlock, "shared memory per block (sm_90 opt-in)");
   static_assert(D / C * kBatchTile == kThreads, "one element per thread");
@@ -203,12 +206,13 @@ __global__ void __launch_bounds__(MmaClusterForwardLayout<Cell, T, D, C>::kThrea
     if constexpr (kStagedBroadcast<C>) {
       const int at = buffer * Layout::kBufferValues + h_at;
       h_hi[at] = hi;
-      h_lo[at] = lo;
+      if constexpr (kMmaLoPart) h_lo[at] = lo;
       __syncthreads();
       // The slice in 16-byte chunks (hi then lo, row by row, 8 units a chunk), each to the other
       // C - 1 CTAs, at the same offset there.
       constexpr int kUnitsPerChunk = 16 / static_cast<int>(sizeof(T));
-      constexpr int kChunksPerRow = U / kUnitsPerChunk, kChunks = 2 * BT * kChunksPerRow;
+      constexpr int kChunksPerRow = U / kUnitsPerChunk;
+      constexpr int kChunks = Layout::kParts * BT * kChunksPerRow;
       constexpr int kPushes = (C - 1) * kChunks;
 #pragma unroll
       for (int k = 0; k < (kPushes + Layout::kThreads - 1) / Layout::kThreads; ++k) {
@@ -238,7 +242,7 @@ __global__ void __launch_bounds__(MmaClusterForwardLayout<Cell, T, D, C>::kThrea
       for (int r = 0; r < C; ++r) {
         const uint32_t remote = Group::MapAddress(h_hi, r) + at;
         Group::StoreU16(remote, Op::Bits(hi));
-        Group::StoreU16(remote + kLoBytes, Op::Bits(lo));
+        if constexpr (kMmaLoPart) Group::StoreU16(remote + kLoBytes, Op::Bits(lo));
       }
     }
   };

@@ -16,6 +16,15 @@
 
 namespace flashrnn {
 
+// Whether the operand computed in float32 goes through the tensor cores as hi + lo (two mma
+// per tile), or rounded to one 16-bit value (CMake FLASHRNN_MMA_ROUNDED_OPERAND, experimental,
+// off by default until the GPU tests have judged it): half the mma, half the B-fragment loads
+// and, in the cluster forward, half the bytes of h exchanged. DESIGN §4's rule has room for it:
+// in float64 simulations of the cells at bfloat16 (benchmarks/precision_study.py) the rounded
+// h and gate cotangents leave the outputs' and gradients' errors at 41-66% of the rule's bound,
+// where the rounding of the 16-bit outputs themselves is most of the error.
+inline constexpr bool kMmaLoPart = !FLASHRNN_MMA_ROUNDED_OPERAND;
+
 // One warp-wide c += a * b of mma.sync m16n8k16 with 16-bit operands of PTX type `ab`.
 #define FLASHRNN_MMA_M16N8K16(ab, c, a, b0, b1)                                          \
   asm("mma.sync.aligned.m16n8k16.row.col.f32." ab "." ab ".f32 "                        \
@@ -33,6 +42,10 @@ struct MmaOperand<__nv_bfloat16> {
   // than inf - inf, so that the product is infinite as in float32.
   __device__ static void Split(float v, __nv_bfloat16& hi, __nv_bfloat16& lo) {
     hi = __float2bfloat16_rn(v);
+    if constexpr (!kMmaLoPart) {
+      lo = __float2bfloat16_rn(0.0f);  // stored by some kernels, read by none
+      return;
+    }
     const float rest = v - __bfloat162float(hi);
     lo = __float2bfloat16_rn(isfinite(rest) ? rest : 0.0f);
   }
@@ -54,6 +67,10 @@ struct MmaOperand<__half> {
   __device__ static void Split(float v, __half& hi, __half& lo) {
     constexpr float kMax = 65504.0f;
     hi = __float2half_rn(fminf(fmaxf(v, -kMax), kMax));
+    if constexpr (!kMmaLoPart) {
+      lo = __float2half_rn(0.0f);  // stored by some kernels, read by none
+      return;
+    }
     lo = __float2half_rn(fminf(fmaxf(v - __half2float(hi), -kMax), kMax));
   }
   __device__ static uint32_t Pack(__half lo, __half hi) {
@@ -183,18 +200,22 @@ template <typename T, int kStride>
 __device__ __forceinline__ HiLoFragments LoadHiLoFragments(const T* hi, const T* lo, int kt,
                                                            int lane) {
   const int at = (lane / 4) * kStride + 16 * kt + 2 * (lane % 4);
+  if constexpr (!kMmaLoPart) {
+    return {*reinterpret_cast<const uint32_t*>(hi + at),
+            *reinterpret_cast<const uint32_t*>(hi + at + 8), 0, 0};
+  }
   return {*reinterpret_cast<const uint32_t*>(hi + at),
           *reinterpret_cast<const uint32_t*>(hi + at + 8),
           *reinterpret_cast<const uint32_t*>(lo + at),
           *reinterpret_cast<const uint32_t*>(lo + at + 8)};
 }
 
-// acc += a B_hi + a B_lo.
+// acc += a B_hi + a B_lo (a B_hi alone without kMmaLoPart).
 template <typename T>
 __device__ __forceinline__ void MmaHiLoTile(float (&acc)[4], const uint32_t (&a)[4],
                                             const HiLoFragments& b) {
   MmaOperand<T>::Mma(acc, a, b.hi0, b.hi1);
-  MmaOperand<T>::Mma(acc, a, b.lo0, b.lo1);
+  if constexpr (kMmaLoPart) MmaOperand<T>::Mma(acc, a, b.lo0, b.lo1);
 }
 
 // acc[g] += A[g] B over k-tiles [kt0, kt0 + KTiles), where B is the shared-memory matrix of
