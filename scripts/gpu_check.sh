@@ -18,10 +18,12 @@
 #            SANITIZER_TOOLS the sanitizer tools, "memcheck racecheck" by default, and
 #            SANITIZE_HEAD_SIZES their head sizes (bf16 and f16), sanitize_case.py's by default
 #     bench  the quick benchmark (BENCH_ARGS adds arguments, e.g. "--shapes 12x64")
-#     ab     an A/B of an experimental CMake option in the same call: a narrow build with
-#            AB_OPTION=ON (FLASHRNN_MMA_CLUSTER_ASYNC_PUSH by default, or e.g.
-#            FLASHRNN_BACKWARD_INPUTS_TWO_AHEAD with AB_HEADS="64 256") for the head sizes
-#            AB_HEADS ("256 512 768"), bf16 and f16, in build/ab_<option>; the quick benchmark
+#     ab     an A/B of experimental CMake options in the same call: a narrow build with the
+#            options of AB_OPTION ON (FLASHRNN_MMA_CLUSTER_ASYNC_PUSH by default; or e.g.
+#            FLASHRNN_BACKWARD_INPUTS_TWO_AHEAD with AB_HEADS="64 256", or several, space-
+#            separated: "FLASHRNN_MMA_ROUNDED_OPERAND FLASHRNN_MMA_CLUSTER_ASYNC_PUSH") for the
+#            head sizes AB_HEADS ("256 512 768"), bf16 and f16, in build/ab_<options joined by
+#            +>; the quick benchmark
 #            at AB_SHAPES ("3x256 1x512 1x768") on it, to compare with the bench step's rows of
 #            the same shapes (BENCH_ARGS="--shapes ..."); then the GPU tests of those heads on
 #            it with memcheck and racecheck of them beside (SANITIZE_AB=0 leaves them out);
@@ -170,11 +172,13 @@ fi
 if [[ $steps == *" ab "* ]]; then
   ab_option="${AB_OPTION:-FLASHRNN_MMA_CLUSTER_ASYNC_PUSH}" ab_heads="${AB_HEADS:-256 512 768}"
   echo "== A/B of $ab_option=ON: build (head sizes $ab_heads), benchmark, tests"
-  # A build directory per option: CMake's cache would keep an earlier A/B's option on.
-  ab_dir="$repo/build/ab_$ab_option"
+  # A build directory per option set: CMake's cache would keep an earlier A/B's options on.
+  ab_dir="$repo/build/ab_${ab_option// /+}"
+  ab_defines=()
+  for option in $ab_option; do ab_defines+=(-Ccmake.define."$option"=ON); done
   rm -rf "$ab_dir/site"
   build "$out/build_ab.log" "$ab_dir/cmake" --target "$ab_dir/site" \
-    -Ccmake.define."$ab_option"=ON -Ccmake.define.FLASHRNN_HEAD_SIZES="${ab_heads// /;}" \
+    "${ab_defines[@]}" -Ccmake.define.FLASHRNN_HEAD_SIZES="${ab_heads// /;}" \
     -Ccmake.define.FLASHRNN_DTYPES="${AB_DTYPES:-bf16;f16}" || exit 1
   # The narrow build shadows the installed one for these runs only.
   export PYTHONPATH="$ab_dir/site${PYTHONPATH:+:$PYTHONPATH}"
