@@ -102,6 +102,21 @@ def _ptxas_reports_and_ptx(tmp_path, *flags: str, source_text: str = SOURCE):
     return reports, entries
 
 
+def _off_and_on(tmp_path, option: str, source_text: str, *flags: str):
+    """_ptxas_reports_and_ptx of source_text with ``option`` defined 0 and 1 (plus flags)."""
+    builds = []
+    for on in (0, 1):
+        (tmp_path / f"{option}{on}").mkdir()
+        builds.append(_ptxas_reports_and_ptx(tmp_path / f"{option}{on}", *flags,
+                                             f"-D{option}={on}", source_text=source_text))
+    return builds
+
+
+def _spilled(report: str) -> int:
+    """The bytes of spill stores in a kernel's ptxas report."""
+    return int(re.search(r"(\d+) bytes spill stores", report).group(1))
+
+
 @pytest.fixture(scope="module")
 def mma_build(tmp_path_factory):
     """_ptxas_reports_and_ptx of SOURCE with every tensor-core kernel on, compiled once."""
@@ -135,13 +150,11 @@ def test_tensor_core_kernels_compile_with_their_mma_count_and_no_spills(mma_buil
     # the sLSTM's).
     slstm128 = [name for name in backward if "SlstmCell" in name and "Li128E" in name]
     assert len(slstm128) == 1, backward
-    spill = re.search(r"(\d+) bytes spill stores", reports[slstm128[0]])
-    assert int(spill.group(1)) <= 256, reports[slstm128[0]]
+    assert _spilled(reports[slstm128[0]]) <= 256, reports[slstm128[0]]
     large = [name for name in cluster + cluster_backward if "Li512E" in name or "Li768E" in name]
     assert len(large) == 10, large
     for name in large:
-        assert int(re.search(r"(\d+) bytes spill stores", reports[name]).group(1)) <= 16, \
-            reports[name]
+        assert _spilled(reports[name]) <= 16, reports[name]
     for name in forward + cluster + backward + cluster_backward:
         if name not in slstm128 + large:
             assert "0 bytes spill stores, 0 bytes spill loads" in reports[name], reports[name]
@@ -203,7 +216,7 @@ def test_tensor_core_group_kernels_take_heads_of_1024_to_2048(tmp_path):
     assert not any("6__half" in name for name in backward), backward
     assert set(reports) == set(forward + backward), list(reports)
     for name in forward + backward:
-        spilled = int(re.search(r"(\d+) bytes spill stores", reports[name]).group(1))
+        spilled = _spilled(reports[name])
         # A word or two at most: the LSTM forward at 2048, where half of its R fragments must be
         # registers, and the sLSTM forward with residuals at 1024 (benchmarks/NOTES.md).
         assert spilled <= 8, reports[name]
@@ -354,8 +367,7 @@ def test_async_push_replaces_the_step_cluster_barrier_by_arrival_barriers(tmp_pa
                           + ["st.async"] * pushes
                           + ["mbarrier.try_wait", "barrier.cluster.arrive"]), (name, events)
         assert "fence.mbarrier_init.release.cluster" in body, name
-        spilled = re.search(r"(\d+) bytes spill stores", reports[name])
-        assert int(spilled.group(1)) == 0, (name, reports[name])
+        assert _spilled(reports[name]) == 0, (name, reports[name])
 
 
 def test_grid_kernels_meet_at_a_release_acquire_counter_and_stage_the_exchange_from_l2(mma_build):
@@ -413,13 +425,9 @@ def test_backward_inputs_two_ahead_unrolls_the_step_in_two_slots(tmp_path):
     (256) run their step body twice per loop iteration, one per register slot of inputs (one
     more copy of the step's block or cluster barriers), and spill no more than without; the
     16-CTA cluster backward (768), which has no registers for a second slot, is unchanged."""
-    builds = []
-    for on in (0, 1):
-        (tmp_path / f"ahead{on}").mkdir()
-        builds.append(_ptxas_reports_and_ptx(
-            tmp_path / f"ahead{on}", "-DFLASHRNN_MMA_SPLIT_BACKWARD=1",
-            f"-DFLASHRNN_BACKWARD_INPUTS_TWO_AHEAD={on}", source_text=INPUTS_AHEAD_SOURCE))
-    (reports_one, entries_one), (reports_two, entries_two) = builds
+    (reports_one, entries_one), (reports_two, entries_two) = _off_and_on(
+        tmp_path, "FLASHRNN_BACKWARD_INPUTS_TWO_AHEAD", INPUTS_AHEAD_SOURCE,
+        "-DFLASHRNN_MMA_SPLIT_BACKWARD=1")
     kernels = [name for name in entries_one
                if "BackwardMmaSplit" in name or "BackwardMmaCluster" in name]
     assert len(kernels) == 3, list(entries_one)
@@ -427,15 +435,12 @@ def test_backward_inputs_two_ahead_unrolls_the_step_in_two_slots(tmp_path):
     def barriers(body):
         return len(re.findall(r"bar\.sync|barrier\.sync|barrier\.cluster\.arrive", body))
 
-    def spilled(report):
-        return int(re.search(r"(\d+) bytes spill stores", report).group(1))
-
     for name in kernels:
         # Per step: the split backward's two block barriers, the cluster backward's block
         # barrier and cluster barrier.
         per_step = 0 if "Li768E" in name else 2
         assert barriers(entries_two[name]) - barriers(entries_one[name]) == per_step, name
-        assert spilled(reports_two[name]) <= spilled(reports_one[name]), (
+        assert _spilled(reports_two[name]) <= _spilled(reports_one[name]), (
             name, reports_one[name], reports_two[name])
 
 
@@ -454,14 +459,9 @@ def test_rounded_operand_halves_the_mma_and_the_exchanged_h(tmp_path):
     """FLASHRNN_MMA_ROUNDED_OPERAND: every tensor-core kernel runs half the mma.sync (no lo
     part), the cluster forwards send half the remote stores of h (hi only), and none spills
     more than with hi + lo."""
-    builds = []
-    for on in (0, 1):
-        (tmp_path / f"rounded{on}").mkdir()
-        builds.append(_ptxas_reports_and_ptx(
-            tmp_path / f"rounded{on}", "-DFLASHRNN_MMA_SPLIT_FORWARD=1",
-            "-DFLASHRNN_MMA_SPLIT_BACKWARD=1", f"-DFLASHRNN_MMA_ROUNDED_OPERAND={on}",
-            source_text=ROUNDED_OPERAND_SOURCE))
-    (reports_parts, entries_parts), (reports_rounded, entries_rounded) = builds
+    (reports_parts, entries_parts), (reports_rounded, entries_rounded) = _off_and_on(
+        tmp_path, "FLASHRNN_MMA_ROUNDED_OPERAND", ROUNDED_OPERAND_SOURCE,
+        "-DFLASHRNN_MMA_SPLIT_FORWARD=1", "-DFLASHRNN_MMA_SPLIT_BACKWARD=1")
     kernels = [name for name, body in entries_parts.items() if MMA in body]
     # The five forwards with and without residuals, the three backwards.
     assert len(kernels) == 2 * 5 + 3, list(entries_parts)
@@ -475,6 +475,5 @@ def test_rounded_operand_halves_the_mma_and_the_exchanged_h(tmp_path):
         assert remote_stores(parts) == 2 * remote_stores(rounded), name
         if "ForwardMmaCluster" in name and "Li64E" not in name:
             assert remote_stores(rounded) > 0, name
-        spilled = [int(re.search(r"(\d+) bytes spill stores", report[name]).group(1))
-                   for report in (reports_parts, reports_rounded)]
-        assert spilled[1] <= spilled[0], (name, spilled)
+        assert _spilled(reports_rounded[name]) <= _spilled(reports_parts[name]), (
+            name, reports_parts[name], reports_rounded[name])
