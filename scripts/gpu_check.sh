@@ -9,8 +9,8 @@
 #            MMA_BACKWARD=0 without the tensor-core backward, MMA_CLUSTER=0 without the
 #            cluster tensor-core forward and backward (head sizes 256 to 2048), MMA_SPLIT=0
 #            without the split tensor-core forward and backward (head sizes 16 to 64),
-#            MMA_ASYNC_PUSH=1 with the experimental asynchronous h push of the 16-CTA cluster
-#            forward (an A/B: build, test and bench with it in a second call)
+#            MMA_ASYNC_PUSH=1 with the experimental asynchronous h push of the 8- and 16-CTA
+#            cluster forwards (an A/B: build, test and bench with it in a second call)
 #     tests  the GPU tests and, beside them, the sanitizers (SANITIZE=0 leaves them out);
 #            PYTEST_WORKERS sets the test processes, 12 by default; GPU_TESTS the test files,
 #            all GPU tests by default; GPU_TEST_ARGS more pytest arguments (e.g. -k "lstm";

@@ -345,21 +345,23 @@ ASYNC_PUSH_SOURCE = _source([
     ("Forward", "ElmanCell", "__nv_bfloat16", (1024, 16, 8, 512))])
 
 
-def test_async_push_replaces_the_step_cluster_barrier_by_arrival_barriers(tmp_path):
+@pytest.mark.parametrize("rounded", [0, 1], ids=["hi+lo", "rounded"])
+def test_async_push_replaces_the_step_cluster_barrier_by_arrival_barriers(tmp_path, rounded):
     """FLASHRNN_MMA_CLUSTER_ASYNC_PUSH: the 8- and 16-CTA cluster forwards stage h and push it
     by st.async onto the destination's mbarrier, thread 0 arms the step's barrier, and the step
     waits on it: within the steps no cluster barrier (only the prologue's two and one at the
-    end), the staged pushes, no spills."""
+    end), the staged pushes (half of them with FLASHRNN_MMA_ROUNDED_OPERAND), no spills."""
     reports, entries = _ptxas_reports_and_ptx(tmp_path, "-DFLASHRNN_MMA_CLUSTER_ASYNC_PUSH=1",
+                                              f"-DFLASHRNN_MMA_ROUNDED_OPERAND={rounded}",
                                               source_text=ASYNC_PUSH_SOURCE)
     forwards = {name: body for name, body in entries.items() if "ForwardMmaClusterKernel" in name}
     assert len(forwards) == 8, list(forwards)
     for name, body in forwards.items():
         events = re.findall(r"barrier\.cluster\.arrive|st\.async|mbarrier\.try_wait|"
                             r"mbarrier\.arrive\.expect_tx|st\.shared::cluster\.v4", body)
-        # (C - 1) x 2 x 8 x U / 8 pushes of 16 bytes over U x 8 threads, unrolled: 1.75 a
-        # thread at 256 (2), 3.75 at 512, 768 and 1024 (4).
-        pushes = 2 if "Li256ELi8E" in name else 4
+        # (C - 1) x parts x 8 x U / 8 pushes of 16 bytes over U x 8 threads, unrolled: with hi
+        # and lo 1.75 a thread at 256 (2), 3.75 at 512, 768 and 1024 (4); with hi alone half.
+        pushes = (2 if "Li256ELi8E" in name else 4) // (1 + rounded)
         # Prologue: the initial h's plain stores between two cluster barriers; steps: the
         # arming, the pushes, the wait; then one cluster barrier before the CTA leaves.
         assert events == (["barrier.cluster.arrive"] + ["st.shared::cluster.v4"] * pushes

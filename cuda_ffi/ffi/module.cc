@@ -60,7 +60,7 @@ NB_MODULE(_cuda, m) {
       "FLASHRNN_MMA_SPLIT_BACKWARD) is built.");
   m.def(
       "mma_cluster_async_push", []() { return FLASHRNN_MMA_CLUSTER_ASYNC_PUSH != 0; },
-      "Whether the 16-CTA cluster forwards push h asynchronously onto arrival barriers (CMake "
+      "Whether the 8- and 16-CTA cluster forwards push h asynchronously onto arrival barriers (CMake "
       "FLASHRNN_MMA_CLUSTER_ASYNC_PUSH).");
   m.def(
       "mma_rounded_operand", []() { return FLASHRNN_MMA_ROUNDED_OPERAND != 0; },

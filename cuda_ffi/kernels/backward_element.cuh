@@ -115,7 +115,8 @@ struct BackwardStepsAhead {
   BackwardElementStep<Cell, T> slot[kAhead];
 
   // The last kAhead steps', before the loop.
-  __device__ void Start(const BackwardArgs& args, const Element& e, int64_t length) {
+  __device__ __forceinline__ void Start(const BackwardArgs& args, const Element& e,
+                                        int64_t length) {
 #pragma unroll
     for (int k = 0; k < kAhead; ++k) {
       if (args.steps - 1 - k >= 0) slot[k].Load(args, e, length, args.steps - 1 - k);
@@ -137,8 +138,9 @@ struct BackwardStepsAhead {
   }
 
   // The inputs of step - kAhead into the slot that held step's, if there is such a step.
-  __device__ static void Refill(const BackwardArgs& args, const Element& e, int64_t length,
-                                int64_t step, BackwardElementStep<Cell, T>& inputs) {
+  __device__ __forceinline__ static void Refill(const BackwardArgs& args, const Element& e,
+                                                int64_t length, int64_t step,
+                                                BackwardElementStep<Cell, T>& inputs) {
     if (step >= kAhead) inputs.Load(args, e, length, step - kAhead);
   }
 };

@@ -14,7 +14,7 @@
 // shared memory, read each step. The partial sums meet in shared memory, where each thread
 // picks up the sums of one element (accumulator register s of its lane position) and runs its
 // cell step: one element per thread. h goes, as hi + lo values of the input dtype
-// (forward_mma.cuh says why), into the h buffer of every CTA of the cluster (distributed shared
+// (forward_mma.cuh says why; hi alone with FLASHRNN_MMA_ROUNDED_OPERAND), into the h buffer of every CTA of the cluster (distributed shared
 // memory, kStagedBroadcast says how), double-buffered; per step one block barrier (two with the
 // staged push) and one cluster barrier (none with kAsyncPush).
 #pragma once
@@ -91,12 +91,12 @@ constexpr bool kAsyncPush = FLASHRNN_MMA_CLUSTER_ASYNC_PUSH && C >= 8;
 template <int C>
 constexpr bool kStagedBroadcast = C >= 16 || kAsyncPush<C>;
 
-// Shared memory: h of the whole head as hi and lo parts, double-buffered, rows padded by 8
-// values (distinct banks for the B-fragment loads); then the partial sums
-// [K part][unit tile][gate][accumulator register][lane] in float32; then the input stages of
-// the CTA's units (input_stage.cuh); then the R fragments that do not fit the registers; then,
-// with kAsyncPush, the arrival barriers of the two h buffers. Four
-// warps per unit tile: K in kKParts parts times the gates in kGateGroups groups; each warp
+// Shared memory: h of the whole head as hi and lo parts (lo unused without kMmaLoPart),
+// double-buffered, rows padded by 8 values (distinct banks for the B-fragment loads); then the
+// partial sums [K part][unit tile][gate][accumulator register][lane] in float32; then the input
+// stages of the CTA's units (input_stage.cuh); then the R fragments that do not fit the
+// registers; then, with kAsyncPush, the arrival barriers of the two h buffers. Four warps per
+// unit tile: K in kKParts parts times the gates in kGateGroups groups; each warp
 // keeps its first kRegisterKTiles k-tiles of R in registers and the other kSharedKTiles as
 // [warp][gate][k-tile][lane] uint4 (a warp's loads of one fragment are 512 contiguous bytes).
 // Only the LSTM, sLSTM and GRU at D = 768 need the shared part (48 units x Gr gates x 768
@@ -214,6 +214,8 @@ __global__ void __launch_bounds__(MmaClusterForwardLayout<Cell, T, D, C>::kThrea
       constexpr int kChunksPerRow = U / kUnitsPerChunk;
       constexpr int kChunks = Layout::kParts * BT * kChunksPerRow;
       constexpr int kPushes = (C - 1) * kChunks;
+      static_assert(!kAsyncPush<C> || kPushes * 16 == Layout::kArrivingBytes,
+                    "the arrival barrier expects the bytes pushed");
 #pragma unroll
       for (int k = 0; k < (kPushes + Layout::kThreads - 1) / Layout::kThreads; ++k) {
         const int idx = static_cast<int>(threadIdx.x) + k * Layout::kThreads;

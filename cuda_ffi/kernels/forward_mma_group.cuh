@@ -163,7 +163,7 @@ __global__ void __launch_bounds__(MmaGroupForwardLayout<Cell, T, D>::kThreads, 1
     T hi, lo;
     Op::Split(h, hi, lo);
     exchange_at(buffer, 0, batch_row)[u0 + unit] = hi;
-    exchange_at(buffer, 1, batch_row)[u0 + unit] = lo;
+    if constexpr (kMmaLoPart) exchange_at(buffer, 1, batch_row)[u0 + unit] = lo;
   };
   // This warp's part of h in `buffer` from L2 into its shared memory: 2 x BT rows of kSlice
   // values, 16 bytes a copy, then the wait for every copy of this thread (the input copies of

@@ -42,10 +42,7 @@ struct MmaOperand<__nv_bfloat16> {
   // than inf - inf, so that the product is infinite as in float32.
   __device__ static void Split(float v, __nv_bfloat16& hi, __nv_bfloat16& lo) {
     hi = __float2bfloat16_rn(v);
-    if constexpr (!kMmaLoPart) {
-      lo = __float2bfloat16_rn(0.0f);  // stored by some kernels, read by none
-      return;
-    }
+    if constexpr (!kMmaLoPart) return;  // lo is neither written nor read
     const float rest = v - __bfloat162float(hi);
     lo = __float2bfloat16_rn(isfinite(rest) ? rest : 0.0f);
   }
@@ -67,10 +64,7 @@ struct MmaOperand<__half> {
   __device__ static void Split(float v, __half& hi, __half& lo) {
     constexpr float kMax = 65504.0f;
     hi = __float2half_rn(fminf(fmaxf(v, -kMax), kMax));
-    if constexpr (!kMmaLoPart) {
-      lo = __float2half_rn(0.0f);  // stored by some kernels, read by none
-      return;
-    }
+    if constexpr (!kMmaLoPart) return;  // lo is neither written nor read
     lo = __float2half_rn(fminf(fmaxf(v - __half2float(hi), -kMax), kMax));
   }
   __device__ static uint32_t Pack(__half lo, __half hi) {
