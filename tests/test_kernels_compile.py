@@ -459,8 +459,8 @@ ROUNDED_OPERAND_SOURCE = _source([
 
 def test_rounded_operand_halves_the_mma_and_the_exchanged_h(tmp_path):
     """FLASHRNN_MMA_ROUNDED_OPERAND: every tensor-core kernel runs half the mma.sync (no lo
-    part), the cluster forwards send half the remote stores of h (hi only), and none spills
-    more than with hi + lo."""
+    part), the cluster forwards send half the remote stores of h (hi only), the group forward
+    publishes and stages less, and none spills more than with hi + lo."""
     (reports_parts, entries_parts), (reports_rounded, entries_rounded) = _off_and_on(
         tmp_path, "FLASHRNN_MMA_ROUNDED_OPERAND", ROUNDED_OPERAND_SOURCE,
         "-DFLASHRNN_MMA_SPLIT_FORWARD=1", "-DFLASHRNN_MMA_SPLIT_BACKWARD=1")
@@ -477,5 +477,12 @@ def test_rounded_operand_halves_the_mma_and_the_exchanged_h(tmp_path):
         assert remote_stores(parts) == 2 * remote_stores(rounded), name
         if "ForwardMmaCluster" in name and "Li64E" not in name:
             assert remote_stores(rounded) > 0, name
+        if "ForwardMmaGroup" in name:
+            # The group forward publishes hi alone to its exchange and copies back only it.
+            copies = [body.count("cp.async.cg.shared.global") for body in (parts, rounded)]
+            assert copies[1] < copies[0], (name, copies)
+            stores = [len(re.findall(r"st\.global\.(?:b16|u16)", body))
+                      for body in (parts, rounded)]
+            assert stores[1] < stores[0], (name, stores)
         assert _spilled(reports_rounded[name]) <= _spilled(reports_parts[name]), (
             name, reports_parts[name], reports_rounded[name])

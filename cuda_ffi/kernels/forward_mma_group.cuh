@@ -166,11 +166,12 @@ __global__ void __launch_bounds__(MmaGroupForwardLayout<Cell, T, D>::kThreads, 1
     if constexpr (kMmaLoPart) exchange_at(buffer, 1, batch_row)[u0 + unit] = lo;
   };
   // This warp's part of h in `buffer` from L2 into its shared memory: 2 x BT rows of kSlice
-  // values, 16 bytes a copy, then the wait for every copy of this thread (the input copies of
-  // earlier steps too, which have had a step to land) and the warp's barrier.
+  // values (BT, hi alone, without kMmaLoPart), 16 bytes a copy, then the wait for every copy of
+  // this thread (the input copies of earlier steps too, which have had a step to land) and the
+  // warp's barrier.
   auto stage_h = [&](int buffer) {
     constexpr int kChunksPerRow = kSlice * static_cast<int>(sizeof(T)) / 16;
-    constexpr int kChunks = 2 * BT * kChunksPerRow;
+    constexpr int kChunks = (kMmaLoPart ? 2 : 1) * BT * kChunksPerRow;
     static_assert(kChunks % 32 == 0, "whole copies per lane");
 #pragma unroll
     for (int k = 0; k < kChunks / 32; ++k) {
