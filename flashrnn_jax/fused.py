@@ -76,23 +76,23 @@ def extension():
     return module
 
 
+# The build options of the compiled module (_cuda.build_options, named after the CMake options
+# of cuda_ffi/ffi/module.cc).
+BUILD_OPTIONS = ("forward", "backward", "cluster_forward", "cluster_backward", "split_forward",
+                 "split_backward", "cluster_async_push", "backward_inputs_two_ahead",
+                 "rounded_operand")
+
+
 def tensor_core_kernels() -> dict[str, bool]:
-    """Which tensor-core kernels the build holds (CMake ``FLASHRNN_MMA_FORWARD``,
-    ``FLASHRNN_MMA_BACKWARD``, ``FLASHRNN_MMA_CLUSTER_FORWARD``,
-    ``FLASHRNN_MMA_CLUSTER_BACKWARD``, ``FLASHRNN_MMA_SPLIT_FORWARD``,
-    ``FLASHRNN_MMA_SPLIT_BACKWARD``, ``FLASHRNN_MMA_CLUSTER_ASYNC_PUSH``,
-    ``FLASHRNN_BACKWARD_INPUTS_TWO_AHEAD``, ``FLASHRNN_MMA_ROUNDED_OPERAND``), for the records of
-    tests and benchmarks; all False without the compiled module."""
+    """Which tensor-core kernels and experimental kernel options the build holds (its CMake
+    ``FLASHRNN_MMA_*`` and ``FLASHRNN_BACKWARD_INPUTS_TWO_AHEAD`` options, by the names of
+    :data:`BUILD_OPTIONS`), for the records of tests and benchmarks; all False without the
+    compiled module."""
     module = extension()
-    return {"forward": bool(module and module.mma_forward()),
-            "backward": bool(module and module.mma_backward()),
-            "cluster_forward": bool(module and module.mma_cluster_forward()),
-            "cluster_backward": bool(module and module.mma_cluster_backward()),
-            "split_forward": bool(module and module.mma_split_forward()),
-            "split_backward": bool(module and module.mma_split_backward()),
-            "cluster_async_push": bool(module and module.mma_cluster_async_push()),
-            "backward_inputs_two_ahead": bool(module and module.backward_inputs_two_ahead()),
-            "rounded_operand": bool(module and module.mma_rounded_operand())}
+    if module is None:
+        return dict.fromkeys(BUILD_OPTIONS, False)
+    options = module.build_options()
+    return {name: bool(options[name]) for name in BUILD_OPTIONS}
 
 
 @functools.cache

@@ -37,39 +37,25 @@ NB_MODULE(_cuda, m) {
         "threads, the forward's kernel, the backward's kernel), the kernels named fma, "
         "fma_grid_group, mma, mma_split or mma_cluster.");
   m.def(
-      "mma_forward", []() { return FLASHRNN_MMA_FORWARD != 0; },
-      "Whether the tensor-core forward (CMake FLASHRNN_MMA_FORWARD) is built.");
-  m.def(
-      "mma_backward", []() { return FLASHRNN_MMA_BACKWARD != 0; },
-      "Whether the tensor-core backward (CMake FLASHRNN_MMA_BACKWARD) is built.");
-  m.def(
-      "mma_cluster_forward", []() { return FLASHRNN_MMA_CLUSTER_FORWARD != 0; },
-      "Whether the cluster tensor-core forward (CMake FLASHRNN_MMA_CLUSTER_FORWARD) "
-      "is built.");
-  m.def(
-      "mma_cluster_backward", []() { return FLASHRNN_MMA_CLUSTER_BACKWARD != 0; },
-      "Whether the cluster tensor-core backward (CMake FLASHRNN_MMA_CLUSTER_BACKWARD) "
-      "is built.");
-  m.def(
-      "mma_split_forward", []() { return FLASHRNN_MMA_SPLIT_FORWARD != 0; },
-      "Whether the split tensor-core forward for heads of 16 to 64 (CMake "
-      "FLASHRNN_MMA_SPLIT_FORWARD) is built.");
-  m.def(
-      "mma_split_backward", []() { return FLASHRNN_MMA_SPLIT_BACKWARD != 0; },
-      "Whether the split tensor-core backward for heads of 32 and 64 (CMake "
-      "FLASHRNN_MMA_SPLIT_BACKWARD) is built.");
-  m.def(
-      "mma_cluster_async_push", []() { return FLASHRNN_MMA_CLUSTER_ASYNC_PUSH != 0; },
-      "Whether the 8- and 16-CTA cluster forwards push h asynchronously onto arrival barriers (CMake "
-      "FLASHRNN_MMA_CLUSTER_ASYNC_PUSH).");
-  m.def(
-      "mma_rounded_operand", []() { return FLASHRNN_MMA_ROUNDED_OPERAND != 0; },
-      "Whether the tensor-core kernels multiply R by h and the gate cotangents rounded to the "
-      "input dtype instead of as hi + lo parts (CMake FLASHRNN_MMA_ROUNDED_OPERAND).");
-  m.def(
-      "backward_inputs_two_ahead", []() { return FLASHRNN_BACKWARD_INPUTS_TWO_AHEAD != 0; },
-      "Whether the split and cluster tensor-core backwards load a step's inputs two steps ahead "
-      "(CMake FLASHRNN_BACKWARD_INPUTS_TWO_AHEAD).");
+      "build_options",
+      []() {
+        nb::dict options;
+        options["forward"] = FLASHRNN_MMA_FORWARD != 0;
+        options["backward"] = FLASHRNN_MMA_BACKWARD != 0;
+        options["cluster_forward"] = FLASHRNN_MMA_CLUSTER_FORWARD != 0;
+        options["cluster_backward"] = FLASHRNN_MMA_CLUSTER_BACKWARD != 0;
+        options["split_forward"] = FLASHRNN_MMA_SPLIT_FORWARD != 0;
+        options["split_backward"] = FLASHRNN_MMA_SPLIT_BACKWARD != 0;
+        options["cluster_async_push"] = FLASHRNN_MMA_CLUSTER_ASYNC_PUSH != 0;
+        options["backward_inputs_two_ahead"] = FLASHRNN_BACKWARD_INPUTS_TWO_AHEAD != 0;
+        options["rounded_operand"] = FLASHRNN_MMA_ROUNDED_OPERAND != 0;
+        return options;
+      },
+      "Which of the kernels' CMake options (params.h) the build has on: the tensor-core "
+      "forward and backward (FLASHRNN_MMA_FORWARD, FLASHRNN_MMA_BACKWARD), their cluster and "
+      "split kinds (FLASHRNN_MMA_CLUSTER_*, FLASHRNN_MMA_SPLIT_*) and the experimental "
+      "FLASHRNN_MMA_CLUSTER_ASYNC_PUSH, FLASHRNN_BACKWARD_INPUTS_TWO_AHEAD and "
+      "FLASHRNN_MMA_ROUNDED_OPERAND.");
   m.def(
       "device_properties",
       [](int device) {
