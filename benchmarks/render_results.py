@@ -104,10 +104,11 @@ def _ms(record: dict | None, key: str) -> str:
     return "—" if value is None else f"{value:.2f}"
 
 
-def _cells(impls: dict, names: tuple[str, ...]) -> list[str]:
-    """"forward / forward+backward" of each implementation named, "" for one not in the case."""
-    return [f"{_ms(impls[impl], 'fwd_ms')} / {_ms(impls[impl], 'fwdbwd_ms')}"
-            if impl in impls else "" for impl in names]
+def _cells(impls: dict, names: tuple[str, ...], missing: str = "") -> list[str]:
+    """"forward / forward+backward" of each implementation named, ``missing`` for one not in
+    the case (None: its times as "— / —")."""
+    return [f"{_ms(impls.get(impl), 'fwd_ms')} / {_ms(impls.get(impl), 'fwdbwd_ms')}"
+            if impl in impls or missing is None else missing for impl in names]
 
 
 def _runs(impls: dict) -> str:
@@ -170,8 +171,7 @@ def size_table(results: dict) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for (function, dtype, D), impls in by_case.items():
-        cells = [f"{_ms(impls.get(impl), 'fwd_ms')} / {_ms(impls.get(impl), 'fwdbwd_ms')}"
-                 for impl in ("fused", "scan")]  # "— / —" where one did not run
+        cells = _cells(impls, ("fused", "scan"), missing=None)
         fused = impls.get("fused") or {}
         kernels = fused.get("kernels")
         why = (", ".join(kernels) if kernels
@@ -211,8 +211,7 @@ def scaling_table(results: dict, sweep: str) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for (function, dtype, value), impls in by_case.items():
-        cells = [f"{_ms(impls.get(impl), 'fwd_ms')} / {_ms(impls.get(impl), 'fwdbwd_ms')}"
-                 for impl in ("fused", "scan")]
+        cells = _cells(impls, ("fused", "scan"), missing=None)
         fused = impls.get("fused")
         rate = "—" if fused is None or fused["fwd_ms"] is None else " / ".join(
             "—" if fused[key] is None else f"{derived(fused, key):.3g}"
