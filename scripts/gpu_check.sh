@@ -8,9 +8,10 @@
 #            what changed); MMA_FORWARD=0 builds without the tensor-core forward,
 #            MMA_BACKWARD=0 without the tensor-core backward, MMA_CLUSTER=0 without the
 #            cluster tensor-core forward and backward (head sizes 256 to 2048), MMA_SPLIT=0
-#            without the split tensor-core forward and backward (head sizes 16 to 64),
-#            MMA_ASYNC_PUSH=1 with the experimental asynchronous h push of the 8- and 16-CTA
-#            cluster forwards (an A/B: build, test and bench with it in a second call)
+#            without the split tensor-core forward and backward (head sizes 16 to 64);
+#            EXPERIMENTS names the experimental CMake options to turn on (space-separated, of
+#            FLASHRNN_MMA_CLUSTER_ASYNC_PUSH, FLASHRNN_BACKWARD_INPUTS_TWO_AHEAD and
+#            FLASHRNN_MMA_ROUNDED_OPERAND; the others are turned off)
 #     tests  the GPU tests and, beside them, the sanitizers (SANITIZE=0 leaves them out);
 #            PYTEST_WORKERS sets the test processes, 12 by default; GPU_TESTS the test files,
 #            all GPU tests by default; GPU_TEST_ARGS more pytest arguments (e.g. -k "lstm";
@@ -19,13 +20,11 @@
 #            SANITIZE_HEAD_SIZES their head sizes (bf16 and f16), sanitize_case.py's by default
 #     bench  the quick benchmark (BENCH_ARGS adds arguments, e.g. "--shapes 12x64")
 #     ab     an A/B of experimental CMake options in the same call: a narrow build with the
-#            options of AB_OPTION ON (FLASHRNN_MMA_CLUSTER_ASYNC_PUSH by default; or e.g.
-#            FLASHRNN_BACKWARD_INPUTS_TWO_AHEAD with AB_HEADS="64 256", or several, space-
-#            separated: "FLASHRNN_MMA_ROUNDED_OPERAND FLASHRNN_MMA_CLUSTER_ASYNC_PUSH") for the
-#            head sizes AB_HEADS ("256 512 768"), bf16 and f16, in build/ab_<options joined by
-#            +>; the quick benchmark
-#            at AB_SHAPES ("3x256 1x512 1x768") on it, to compare with the bench step's rows of
-#            the same shapes (BENCH_ARGS="--shapes ..."); then the GPU tests of those heads on
+#            options of AB_OPTION on (FLASHRNN_MMA_CLUSTER_ASYNC_PUSH by default; or e.g.
+#            FLASHRNN_BACKWARD_INPUTS_TWO_AHEAD with AB_HEADS="64 256", or several,
+#            space-separated) for the head sizes AB_HEADS ("256 512 768"), bf16 and f16, in
+#            build/ab_<options joined by +>; the quick benchmark at AB_SHAPES
+#            ("3x256 1x512 1x768") on it, to compare with the bench step's rows of the same shapes (BENCH_ARGS="--shapes ..."); then the GPU tests of those heads on
 #            it with memcheck and racecheck of them beside (SANITIZE_AB=0 leaves them out);
 #            AB_DTYPES narrows the build ("bf16;f16"), AB_TESTS=0 leaves out the tests,
 #            AB_BENCH_ARGS adds quick-bench arguments (e.g. "--no-scan --functions lstm")
@@ -48,6 +47,20 @@ echo "== GPU: $gpu"
 rc=0
 
 on_off() { [ "$1" = 1 ] && echo ON || echo OFF; }
+
+# experiment_defines ON_OPTIONS: pip's CMake definitions, in the array `defines`, of the options
+# named in ON_OPTIONS (space-separated) ON, and of every other experimental option OFF (a build
+# directory's cache would keep one of an earlier call on otherwise).
+experiments="FLASHRNN_MMA_CLUSTER_ASYNC_PUSH FLASHRNN_BACKWARD_INPUTS_TWO_AHEAD"
+experiments+=" FLASHRNN_MMA_ROUNDED_OPERAND"
+experiment_defines() {
+  local option
+  defines=()
+  for option in $1; do defines+=(-Ccmake.define."$option"=ON); done
+  for option in $experiments; do
+    [[ " $1 " == *" $option "* ]] || defines+=(-Ccmake.define."$option"=OFF)
+  done
+}
 
 # build LOG BUILD_DIR [pip arguments...]: one pip build of the extension, its log to LOG.
 build() {
@@ -96,17 +109,17 @@ if [[ $steps == *" build "* ]]; then
   echo "== build"
   mma=$(on_off "${MMA_FORWARD:-1}") mma_backward=$(on_off "${MMA_BACKWARD:-1}")
   mma_cluster=$(on_off "${MMA_CLUSTER:-1}") mma_split=$(on_off "${MMA_SPLIT:-1}")
-  mma_async_push=$(on_off "${MMA_ASYNC_PUSH:-0}")
-  build "$out/build.log" "$repo/build/cmake" \
+  experiment_defines "${EXPERIMENTS:-}"
+  build "$out/build.log" "$repo/build/cmake" "${defines[@]}" \
     -Ccmake.define.FLASHRNN_MMA_FORWARD="$mma" \
     -Ccmake.define.FLASHRNN_MMA_BACKWARD="$mma_backward" \
     -Ccmake.define.FLASHRNN_MMA_CLUSTER_FORWARD="$mma_cluster" \
     -Ccmake.define.FLASHRNN_MMA_CLUSTER_BACKWARD="$mma_cluster" \
     -Ccmake.define.FLASHRNN_MMA_SPLIT_FORWARD="$mma_split" \
-    -Ccmake.define.FLASHRNN_MMA_SPLIT_BACKWARD="$mma_split" \
-    -Ccmake.define.FLASHRNN_MMA_CLUSTER_ASYNC_PUSH="$mma_async_push" || exit 1
+    -Ccmake.define.FLASHRNN_MMA_SPLIT_BACKWARD="$mma_split" || exit 1
   echo "(tensor-core forward: $mma, backward: $mma_backward, cluster forward and backward:" \
-    "$mma_cluster, split forward and backward: $mma_split, async h push: $mma_async_push)"
+    "$mma_cluster, split forward and backward: $mma_split, experiments on:" \
+    "${EXPERIMENTS:-none})"
 fi
 
 # sanitizers PREFIX [HEAD_SIZES]: memcheck and racecheck on scripts/sanitize_case.py (its
@@ -172,13 +185,13 @@ fi
 if [[ $steps == *" ab "* ]]; then
   ab_option="${AB_OPTION:-FLASHRNN_MMA_CLUSTER_ASYNC_PUSH}" ab_heads="${AB_HEADS:-256 512 768}"
   echo "== A/B of $ab_option=ON: build (head sizes $ab_heads), benchmark, tests"
-  # A build directory per option set: CMake's cache would keep an earlier A/B's options on.
+  # A build directory per option set: a later call with the same options rebuilds only what
+  # changed.
   ab_dir="$repo/build/ab_${ab_option// /+}"
-  ab_defines=()
-  for option in $ab_option; do ab_defines+=(-Ccmake.define."$option"=ON); done
+  experiment_defines "$ab_option"
   rm -rf "$ab_dir/site"
   build "$out/build_ab.log" "$ab_dir/cmake" --target "$ab_dir/site" \
-    "${ab_defines[@]}" -Ccmake.define.FLASHRNN_HEAD_SIZES="${ab_heads// /;}" \
+    "${defines[@]}" -Ccmake.define.FLASHRNN_HEAD_SIZES="${ab_heads// /;}" \
     -Ccmake.define.FLASHRNN_DTYPES="${AB_DTYPES:-bf16;f16}" || exit 1
   # The narrow build shadows the installed one for these runs only.
   export PYTHONPATH="$ab_dir/site${PYTHONPATH:+:$PYTHONPATH}"
