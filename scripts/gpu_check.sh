@@ -24,8 +24,9 @@
 #            FLASHRNN_BACKWARD_INPUTS_TWO_AHEAD with AB_HEADS="64 256", or several,
 #            space-separated) for the head sizes AB_HEADS ("256 512 768"), bf16 and f16, in
 #            build/ab_<options joined by +>; the quick benchmark at AB_SHAPES
-#            ("3x256 1x512 1x768") on it, to compare with the bench step's rows of the same shapes (BENCH_ARGS="--shapes ..."); then the GPU tests of those heads on
-#            it with memcheck and racecheck of them beside (SANITIZE_AB=0 leaves them out);
+#            ("3x256 1x512 1x768") on it, to compare with the bench step's rows of the same
+#            shapes (BENCH_ARGS="--shapes ..."); then the GPU tests of those heads on it with
+#            memcheck and racecheck of them beside (SANITIZE_AB=0 leaves them out);
 #            AB_DTYPES narrows the build ("bf16;f16"), AB_TESTS=0 leaves out the tests,
 #            AB_BENCH_ARGS adds quick-bench arguments (e.g. "--no-scan --functions lstm")
 #   TEST_TIMEOUT_S, SANITIZER_TIMEOUT_S and BENCH_TIMEOUT_S bound one test, each sanitizer run
