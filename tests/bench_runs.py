@@ -8,6 +8,9 @@ import subprocess
 import sys
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
+# Beside running them as subprocesses, tests import benchmark scripts (and the scripts each
+# other: render_results imports suite) in process.
+sys.path.insert(0, str(ROOT / "benchmarks"))
 FAST_XLA_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 
 

@@ -7,14 +7,11 @@ run time, is what a tiny smoke run spends.
 
 import json
 import math
-import sys
 
 import pytest
 from bench_runs import ROOT, run_parallel
 
 SUITE = ROOT / "benchmarks" / "suite.py"
-# Beside running the suite as a subprocess, some tests import benchmark scripts in process.
-sys.path.insert(0, str(SUITE.parent))
 RECORD_KEYS = {"impl", "function", "dtype", "B", "T", "N", "D", "fwd_ms", "fwdbwd_ms",
                "peak_mem_mb", "sweep", "skipped"}
 

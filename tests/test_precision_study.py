@@ -2,15 +2,11 @@
 16-bit dtype (CMake FLASHRNN_MMA_ROUNDED_OPERAND) keeps every output and gradient inside DESIGN
 §4's rule, with room; and the study can tell: a coarser rounding breaks the rule."""
 
-import sys
-
+import bench_runs  # noqa: F401  (puts benchmarks/ on sys.path)
 import jax.numpy as jnp
 import numpy as np
+import precision_study
 import pytest
-from bench_runs import ROOT
-
-sys.path.insert(0, str(ROOT / "benchmarks"))
-import precision_study  # noqa: E402
 
 
 @pytest.mark.parametrize("function", ["lstm", "slstm", "gru", "elman"])
