@@ -34,6 +34,7 @@
 #include "mma_cluster_shape.h"
 #include "mma_operand.cuh"
 #include "params.h"
+#include "partial_sums.cuh"
 #include "tiling.h"
 
 namespace flashrnn {
@@ -142,8 +143,7 @@ __global__ void __launch_bounds__(MmaClusterBackwardLayout<Cell::kGatesR, D, C>:
     float sum = 0.0f;
     if (recurrent) {
       const float* in = part + buffer * Layout::kPartValues + j;
-#pragma unroll
-      for (int src = 0; src < C; ++src) sum += in[src * Layout::kThreads];
+      sum = SumOf<C>([&](int src) { return in[src * Layout::kThreads]; });
     }
     return RecurrentCotangent(args, sum);
   };

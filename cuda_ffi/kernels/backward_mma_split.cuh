@@ -25,6 +25,7 @@
 #include "launch.cuh"
 #include "mma_operand.cuh"
 #include "params.h"
+#include "partial_sums.cuh"
 #include "tiling.h"
 
 namespace flashrnn {
@@ -111,8 +112,7 @@ __global__ void __launch_bounds__(MmaSplitBackwardLayout<Cell::kGatesR, D>::kThr
 #pragma unroll
       for (int c = 0; c < 4; ++c) part[((kp * MT + mt) * 4 + c) * 32 + lane] = acc[0][c];
       __syncthreads();
-#pragma unroll
-      for (int q = 0; q < KP; ++q) sum += part[((q * MT + mt) * 4 + kp) * 32 + lane];
+      sum = SumOf<KP>([&](int q) { return part[((q * MT + mt) * 4 + kp) * 32 + lane]; });
     }
     return RecurrentCotangent(args, sum);
   };

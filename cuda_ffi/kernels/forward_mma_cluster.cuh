@@ -35,6 +35,7 @@
 #include "mma_cluster_shape.h"
 #include "mma_operand.cuh"
 #include "params.h"
+#include "partial_sums.cuh"
 #include "tiling.h"
 
 namespace flashrnn {
@@ -300,11 +301,9 @@ __global__ void __launch_bounds__(MmaClusterForwardLayout<Cell, T, D, C>::kThrea
     float rh[Gr];
 #pragma unroll
     for (int g = 0; g < Gr; ++g) {
-      rh[g] = 0.0f;
-#pragma unroll
-      for (int q = 0; q < KP; ++q) {
-        rh[g] += part[(((q * MT + mt) * Gr + g) * 4 + split) * 32 + lane];
-      }
+      rh[g] = SumOf<KP>([&](int q) {
+        return part[(((q * MT + mt) * Gr + g) * 4 + split) * 32 + lane];
+      });
     }
     T wx[Cell::kGatesWx];
     StagedInputs<Cell, T, Inputs>(wx_stages, stage, batch_row, unit, wx);

@@ -35,6 +35,7 @@
 #include "mma_cluster_shape.h"
 #include "mma_operand.cuh"
 #include "params.h"
+#include "partial_sums.cuh"
 #include "tiling.h"
 
 namespace flashrnn {
@@ -233,11 +234,9 @@ __global__ void __launch_bounds__(MmaGroupForwardLayout<Cell, T, D>::kThreads, 1
       float rh[Gr];
 #pragma unroll
       for (int g = 0; g < Gr; ++g) {
-        rh[g] = 0.0f;
-#pragma unroll
-        for (int w = 0; w < Layout::kWarps; ++w) {
-          rh[g] += reinterpret_cast<const float*>(warp_part(w))[(g * 4 + split) * 32 + lane];
-        }
+        rh[g] = SumOf<Layout::kWarps>([&](int w) {
+          return reinterpret_cast<const float*>(warp_part(w))[(g * 4 + split) * 32 + lane];
+        });
       }
       T wx[Cell::kGatesWx];
       StagedInputs<Cell, T, Inputs>(wx_stages, stage, batch_row, unit, wx);

@@ -1,0 +1,87 @@
+"""The SASS of the kernels' step loops (nvcc for sm_90a and nvdisasm, no GPU): the properties of
+the instructions a warp issues every step that the sources were written to have
+(``benchmarks/sass_loop.py`` extracts the loop; ``benchmarks/NOTES.md`` has the counts)."""
+
+from __future__ import annotations
+
+import shutil
+
+import bench_runs  # noqa: F401  (puts benchmarks/ on sys.path)
+import pytest
+import sass_loop
+
+pytestmark = pytest.mark.skipif(shutil.which("nvcc") is None or sass_loop.nvdisasm() is None,
+                                reason="needs nvcc and nvdisasm (pip install nvidia-cuda-nvdisasm)")
+
+BF16 = "__nv_bfloat16"
+# The split forward and backward of a head of 64 (one CTA, four warps per unit tile) and the
+# cluster forward and backward of a head of 256 (8 CTAs), LSTM, bfloat16.
+HOT = [("Forward", "LstmCell", BF16, (64, 1, 16, 512)),
+       ("Backward", "LstmCell", BF16, (64, 1, 16, 512)),
+       ("Forward", "LstmCell", BF16, (256, 8, 16, 512)),
+       ("Backward", "LstmCell", BF16, (256, 8, 16, 512))]
+
+
+@pytest.fixture(scope="module")
+def loops():
+    return sass_loop.step_loops(HOT)
+
+
+def _kernels(loops, kind: str) -> dict[str, list[sass_loop.Instruction]]:
+    found = {name: loop for name, loop in loops.items() if kind in name}
+    assert found, (kind, list(loops))
+    return found
+
+
+def test_the_step_loop_is_found_with_its_mma_and_barriers(loops):
+    # The split forward at 64: 4 gates x 1 k-tile per warp, as hi and lo: 8 mma; two block
+    # barriers per step (partial sums, then h). Both its variants (with and without
+    # residuals).
+    split_forward = _kernels(loops, "ForwardMmaClusterKernelINS_8LstmCellE13__nv_bfloat16Li64E")
+    assert len(split_forward) == 2
+    for loop in split_forward.values():
+        counts = sass_loop.opcode_counts(loop)
+        assert (counts["HMMA"], counts["BAR"]) == (8, 2), counts
+
+
+def test_sigmoid_and_tanh_take_one_exp2_and_one_reciprocal_each(loops):
+    # The LSTM's step (and its derivative) evaluates three sigmoids and two tanh: five
+    # MUFU.EX2 and five MUFU.RCP, each exp2 without the range test and scalings that keep
+    # subnormal results (FSETP against -126 and two FMUL by 0.5 and by itself).
+    for name, loop in loops.items():
+        ex2 = [i for i in loop if i.opcode == "MUFU.EX2"]
+        rcp = [i for i in loop if i.opcode == "MUFU.RCP"]
+        assert (len(ex2), len(rcp)) == (5, 5), name
+        assert not [i for i in loop if i.op == "FSETP" and "-126" in i.operands], name
+
+
+def test_partial_sums_start_from_the_first_partial(loops):
+    # Each element's recurrent sums add the partials of the warps (split kernels) or CTAs
+    # (cluster backward) that share K: no add of the zero register to a register in the step
+    # loop (-RZ, a negation, is another idiom).
+    for name, loop in loops.items():
+        adds_of_zero = [i for i in loop if i.op == "FADD"
+                        and "RZ" in [o.strip() for o in i.operands.split(",")[1:]]]
+        assert not adds_of_zero, (name, adds_of_zero)
+
+
+def test_the_step_loop_is_the_largest_backward_branch():
+    code = ["start", sass_loop.Instruction("", "IADD3", "R1, R1, 0x1, RZ"), ".L_x_1",
+            sass_loop.Instruction("", "FADD", "R2, R2, R3"),
+            sass_loop.Instruction("@P0", "BRA", "`(.L_x_1)"), ".L_x_2",
+            sass_loop.Instruction("", "HMMA.16816.F32.BF16", "R4, R8, R12, R4"),
+            ".L_x_3", sass_loop.Instruction("", "BAR.SYNC.DEFER_BLOCKING", "0x0"),
+            sass_loop.Instruction("@P1", "BRA", "`(.L_x_3)"),
+            sass_loop.Instruction("@P2", "BRA", "`(.L_x_2)"),
+            sass_loop.Instruction("", "BRA", "`(.L_x_4)"), ".L_x_4",
+            sass_loop.Instruction("", "EXIT", "")]
+    code[0] = ".L_x_0"
+    loop = sass_loop.step_loop(code)
+    assert [i.op for i in loop] == ["HMMA", "BAR", "BRA", "BRA"]
+
+
+def test_disassembly_lines_are_parsed_into_predicate_opcode_and_operands():
+    line = "        /*0a70*/  @!P2 LDG.E.S8 R11, desc[UR6][R28.64] ;"
+    predicate, opcode, operands = sass_loop._LINE.match(line).groups()
+    assert (predicate.strip(), opcode, operands.strip()) == ("@!P2", "LDG.E.S8",
+                                                             "R11, desc[UR6][R28.64]")
