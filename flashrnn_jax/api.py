@@ -160,7 +160,8 @@ def flashrnn(
     if backend == "scan":
         per_device = run_scan
     else:
-        reason = fused.unsupported_reason(Wx.dtype, D, function, for_auto=backend == "auto")
+        reason = fused.unsupported_reason(Wx.dtype, D, function, for_auto=backend == "auto",
+                                          steps=T)
         if backend == "fused" and reason is not None:
             raise fused.FusedBackendUnavailableError(
                 f"backend='fused' cannot run this call: {reason}. "

@@ -226,11 +226,18 @@ def _selected_paths(dtype, head_size: int, function: str
     return name, paths
 
 
-def unsupported_reason(dtype, head_size: int, function: str, for_auto: bool = False
-                       ) -> str | None:
+# The kernels count steps in 32-bit integers (cuda_ffi/kernels/sequence.cuh).
+MAX_STEPS = 2**31 - 1
+
+
+def unsupported_reason(dtype, head_size: int, function: str, for_auto: bool = False,
+                       steps: int | None = None) -> str | None:
     """Why the fused kernels cannot run a call, or None when they can; ``for_auto``: why
     ``backend="auto"`` does not take them for it (a call it may differentiate needs a backward
-    kernel too)."""
+    kernel too); ``steps``: the call's sequence length T, where known."""
+    if steps is not None and steps > MAX_STEPS:
+        return (f"sequence length T = {steps} is more than the {MAX_STEPS} steps the kernels "
+                "count (32-bit)")
     selected = _selected_paths(dtype, head_size, function)
     if isinstance(selected, str):
         return selected

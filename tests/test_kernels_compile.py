@@ -143,18 +143,18 @@ def test_tensor_core_kernels_compile_with_their_mma_count_and_no_spills(mma_buil
     cluster_backward = [name for name in reports if "BackwardMmaClusterKernel" in name]
     assert (len(forward), len(cluster), len(backward), len(cluster_backward)) == (2, 12, 5, 7), \
         list(reports)
-    # Allowed to spill: the sLSTM backward at D=128 (to L1; backward_mma.cuh says why it still
-    # beats the FMA kernel), and a few words at D=512 (255 registers: the LSTM forward's 8 bytes,
-    # in the prologue) and D=768, where 384 threads leave 168 registers a thread (in the SASS the
-    # forward's spills are in the prologue; the backward's are up to 4 local accesses a step,
-    # the sLSTM's).
+    # Allowed to spill a few words (outside the step loop, but for up to 3 local accesses a
+    # step in the backward at 768: tests/test_sass_step_loop.py reads the loops' SASS): where
+    # registers are tightest, the sLSTM's single-CTA backward at D=128 (255 registers) and the
+    # cluster kernels of 16 CTAs at D=512 to 1024 (255 registers, and 168 for 384 threads at
+    # 768). No other kernel spills.
     slstm128 = [name for name in backward if "SlstmCell" in name and "Li128E" in name]
     assert len(slstm128) == 1, backward
-    assert _spilled(reports[slstm128[0]]) <= 256, reports[slstm128[0]]
-    large = [name for name in cluster + cluster_backward if "Li512E" in name or "Li768E" in name]
-    assert len(large) == 10, large
-    for name in large:
-        assert _spilled(reports[name]) <= 16, reports[name]
+    large = [name for name in cluster + cluster_backward
+             if any(f"Li{d}E" in name for d in (512, 768, 1024))]
+    assert len(large) == 13, large
+    for name in slstm128 + large:
+        assert _spilled(reports[name]) <= 24, reports[name]
     for name in forward + cluster + backward + cluster_backward:
         if name not in slstm128 + large:
             assert "0 bytes spill stores, 0 bytes spill loads" in reports[name], reports[name]
@@ -217,9 +217,10 @@ def test_tensor_core_group_kernels_take_heads_of_1024_to_2048(tmp_path):
     assert set(reports) == set(forward + backward), list(reports)
     for name in forward + backward:
         spilled = _spilled(reports[name])
-        # A word or two at most: the LSTM forward at 2048, where half of its R fragments must be
-        # registers, and the sLSTM forward with residuals at 1024 (benchmarks/NOTES.md).
-        assert spilled <= 8, reports[name]
+        # A few words at most, outside the step loop (tests/test_sass_step_loop.py): the LSTM
+        # forward at 2048, where half of its R fragments must be registers, and the sLSTM
+        # forward at 1024 (benchmarks/NOTES.md).
+        assert spilled <= 24, reports[name]
         body = entries[name]
         gates = 3 if "GruCell" in name else 4
         k_tiles = {"Li1024E": 4, "Li1536E": 6, "Li2048E": 8}[re.search(r"Li\d+E", name).group()]

@@ -85,3 +85,43 @@ def test_disassembly_lines_are_parsed_into_predicate_opcode_and_operands():
     predicate, opcode, operands = sass_loop._LINE.match(line).groups()
     assert (predicate.strip(), opcode, operands.strip()) == ("@!P2", "LDG.E.S8",
                                                              "R11, desc[UR6][R28.64]")
+
+
+# Where registers are tightest: the cluster kernels of 16 CTAs (heads of 512 to 1024), the
+# tensor-core group kernels (1024 to 2048), the sLSTM's single-CTA backward at 128 and split
+# backward at 64, bfloat16; each with its forward's residual variant.
+TIGHT = [("Forward", "LstmCell", BF16, (512, 16, 16, 512)),
+         ("Backward", "LstmCell", BF16, (512, 16, 16, 512)),
+         ("Forward", "LstmCell", BF16, (768, 32, 16, 384)),
+         ("Backward", "LstmCell", BF16, (768, 32, 16, 384)),
+         ("Backward", "SlstmCell", BF16, (768, 32, 16, 384)),
+         ("Forward", "ElmanCell", BF16, (1024, 16, 8, 512)),
+         ("Forward", "SlstmCell", BF16, (1024, 64, 8, 512)),
+         ("Forward", "LstmCell", BF16, (2048, 128, 8, 512)),
+         ("Backward", "LstmCell", BF16, (2048, 128, 8, 512)),
+         ("Backward", "SlstmCell", BF16, (128, 1, 16, 512)),
+         ("Backward", "SlstmCell", BF16, (64, 1, 16, 512))]
+
+
+def test_step_loops_keep_to_registers_but_at_768_and_2048():
+    # ptxas may spill a few words where registers are tightest (tests/test_kernels_compile.py);
+    # the step loops keep everything in registers, but for the LSTM's and sLSTM's backward at
+    # 768 (384 threads: 168 registers a thread), up to 3 local accesses a step, and the LSTM's
+    # forward at 2048 (half of its R fragments in registers), one.
+    loops = sass_loop.step_loops(TIGHT)
+    assert len(loops) == 16, list(loops)
+    for name, loop in loops.items():
+        local = [i for i in loop if i.op in ("LDL", "STL")]
+        allowed = (3 if "BackwardMmaClusterKernel" in name and "Li768E" in name else
+                   1 if "ForwardMmaGroupKernelINS_8LstmCell" in name and "Li2048E" in name else
+                   0)
+        assert len(local) <= allowed, (name, local)
+
+
+def test_the_slstm_divides_by_its_normaliser_with_the_hardware_reciprocal():
+    # h = o c / n and the backward's c / n: no IEEE division (its range check FCHK and the call
+    # of its slow path) on the step's critical path.
+    loops = sass_loop.step_loops([("Forward", "SlstmCell", BF16, (64, 1, 16, 512)),
+                                  ("Backward", "SlstmCell", BF16, (64, 1, 16, 512))])
+    for name, loop in loops.items():
+        assert not [i for i in loop if i.op in ("FCHK", "CALL")], name

@@ -261,6 +261,33 @@ def test_auto_takes_every_kernel_of_the_build(monkeypatch):
     assert fused.kernels_for(np.dtype("int8"), 512, "lstm") is None
 
 
+def test_sequences_beyond_the_kernels_32_bit_step_count_are_refused(monkeypatch):
+    """The kernels count steps in int: 'fused' refuses T > 2^31 - 1, naming T, before tracing a
+    kernel call (shapes only, under eval_shape); 'auto' takes the scan; T = 2^31 - 1 passes."""
+    from flashrnn_jax import fused
+    from flashrnn_jax.constrint import hardware
+
+    tiling = hardware.Tiling(1, 16, 512)
+    _stand_in_kernels(monkeypatch, lambda d: tiling,
+                      {(("lstm", "BF16", 32), tiling): ("mma_split", "mma_split")})
+    bf16 = jax.numpy.bfloat16
+    assert fused.unsupported_reason(bf16, 32, "lstm", steps=2**31 - 1) is None
+    reason = fused.unsupported_reason(bf16, 32, "lstm", for_auto=True, steps=2**31)
+    assert "T = 2147483648" in reason and "2147483647" in reason, reason
+    Wx = jax.ShapeDtypeStruct((1, 2**31, 4, 1, 32), bf16)
+    R = jax.ShapeDtypeStruct((4, 1, 32, 32), bf16)
+    b = jax.ShapeDtypeStruct((4, 1, 32), np.float32)
+    with pytest.raises(FusedBackendUnavailableError, match="T = 2147483648"):
+        jax.eval_shape(lambda *a: flashrnn(*a, function="lstm", backend="fused"), Wx, R, b)
+
+    def no_kernel_call(*args, **kwargs):
+        raise AssertionError("'auto' traced the fused kernels for T > 2^31 - 1")
+
+    monkeypatch.setattr(fused, "flashrnn_fused", no_kernel_call)
+    out = jax.eval_shape(lambda *a: flashrnn(*a, function="lstm", backend="auto"), Wx, R, b)
+    assert out[0].shape == (2, 1, 2**31, 1, 32), out
+
+
 def test_a_direction_without_a_kernel_is_named_before_any_call(monkeypatch):
     """A tiling that only the tensor-core group kernels hold has no backward in float16 (and
     neither direction with their CMake options off): 'fused' runs the forward and refuses to

@@ -41,7 +41,8 @@ __device__ __forceinline__ void FmaBackward(const BackwardArgs& args, T* r_s, fl
   constexpr int P = Tile::kPerThread;
   constexpr int Gr = Cell::kGatesR, Gt = Cell::kGatesB, S = Cell::kStates;
 
-  const int64_t B = args.batch, steps = args.steps, N = args.heads;
+  const int64_t B = args.batch, N = args.heads;
+  const int steps = static_cast<int>(args.steps);
   const int64_t head = ex.head, b0 = ex.b0;
   const int u0 = ex.rank * U;
   const T* R = static_cast<const T*>(args.r);
@@ -64,7 +65,7 @@ __device__ __forceinline__ void FmaBackward(const BackwardArgs& args, T* r_s, fl
   };
   float ds[P][S];
   InitialCotangents<S, true> d0[P];
-  int64_t length[P];
+  int length[P];
   bool after_reset[P];
 #pragma unroll
   for (int p = 0; p < P; ++p) {
@@ -81,7 +82,7 @@ __device__ __forceinline__ void FmaBackward(const BackwardArgs& args, T* r_s, fl
   // Every CTA of the group must be running (and the zeros written) before remote writes.
   ex.BeforeFirstExchange();
 
-  for (int64_t step = steps - 1; step >= 0; --step) {
+  for (int step = steps - 1; step >= 0; --step) {
     if (recurrent) ex.ReceivePartials((step + 1) & 1);
 #pragma unroll
     for (int p = 0; p < P; ++p) {

@@ -30,14 +30,16 @@ struct BackwardRowStep {
 };
 
 __device__ __forceinline__ BackwardRowStep BackwardRowAt(const BackwardArgs& args, int64_t b,
-                                                         int64_t nd, int64_t length,
-                                                         int64_t step) {
-  const int64_t t = InputIndex(args.seq, step, length);
-  const int64_t t_prev = args.seq.reverse ? t + 1 : t - 1;
+                                                         int64_t nd, int length, int step) {
+  const int t = InputIndex(args.seq, step, length);
   const bool active = step < length;
   uint32_t flag = 0;
-  if (active && args.seq.resets != nullptr) flag = args.seq.resets[b * args.steps + t];
-  return {(b * args.steps + t) * nd, (b * args.steps + t_prev) * nd, active, step == 0, flag};
+  if (active && args.seq.resets != nullptr) {
+    flag = args.seq.resets[RowOffset(b, args.steps, 1, t)];
+  }
+  // The input read before t: t + 1 when reading in reverse.
+  const int64_t at = RowOffset(b, args.steps, nd, t);
+  return {at, args.seq.reverse ? at + nd : at - nd, active, step == 0, flag};
 }
 
 // The recurrent cotangent the options let through, from the full sum over R's rows: none
@@ -96,7 +98,7 @@ struct BackwardElementStep {
   BackwardRowStep row;
   BackwardInputs<Cell, T> in;
 
-  __device__ void Load(const BackwardArgs& args, const Element& e, int64_t length, int64_t step) {
+  __device__ void Load(const BackwardArgs& args, const Element& e, int length, int step) {
     row = BackwardRowAt(args, e.b, e.nd, length, step);
     LoadBackwardInputs<Cell, T>(args, e, row, in);
   }
@@ -115,11 +117,11 @@ struct BackwardStepsAhead {
   BackwardElementStep<Cell, T> slot[kAhead];
 
   // The last kAhead steps', before the loop.
-  __device__ __forceinline__ void Start(const BackwardArgs& args, const Element& e,
-                                        int64_t length) {
+  __device__ __forceinline__ void Start(const BackwardArgs& args, const Element& e, int length) {
 #pragma unroll
     for (int k = 0; k < kAhead; ++k) {
-      if (args.steps - 1 - k >= 0) slot[k].Load(args, e, length, args.steps - 1 - k);
+      const int step = static_cast<int>(args.steps) - 1 - k;
+      if (step >= 0) slot[k].Load(args, e, length, step);
     }
   }
 
@@ -127,8 +129,8 @@ struct BackwardStepsAhead {
   // step's (a compile-time index, so that the slots stay in registers). The body refills it
   // with Refill where the loads' issue costs the least.
   template <typename Body>
-  __device__ __forceinline__ void ForEachStep(int64_t steps, Body&& body) {
-    for (int64_t step = steps - 1; step >= 0; step -= kAhead) {
+  __device__ __forceinline__ void ForEachStep(int steps, Body&& body) {
+    for (int step = steps - 1; step >= 0; step -= kAhead) {
 #pragma unroll
       for (int k = 0; k < kAhead; ++k) {
         if (step - k < 0) return;
@@ -139,7 +141,7 @@ struct BackwardStepsAhead {
 
   // The inputs of step - kAhead into the slot that held step's, if there is such a step.
   __device__ __forceinline__ static void Refill(const BackwardArgs& args, const Element& e,
-                                                int64_t length, int64_t step,
+                                                int length, int step,
                                                 BackwardElementStep<Cell, T>& inputs) {
     if (step >= kAhead) inputs.Load(args, e, length, step - kAhead);
   }

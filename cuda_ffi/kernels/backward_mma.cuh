@@ -109,7 +109,7 @@ __global__ void __launch_bounds__(2 * D, 1) BackwardMmaKernel(const BackwardArgs
   // next product.
   BackwardRowStep row[2];
   BackwardInputs<Cell, T> in[E];
-  auto load_step = [&](int64_t step) {
+  auto load_step = [&](int step) {
 #pragma unroll
     for (int slot = 0; slot < 2; ++slot) {
       row[slot] = BackwardRowAt(args, rows.b[slot], nd, rows.length[slot], step);
@@ -117,13 +117,14 @@ __global__ void __launch_bounds__(2 * D, 1) BackwardMmaKernel(const BackwardArgs
 #pragma unroll
     for (int e = 0; e < E; ++e) LoadBackwardInputs<Cell, T>(args, element(e), row[e % 2], in[e]);
   };
-  if (args.steps > 0) load_step(args.steps - 1);
+  const int steps = static_cast<int>(args.steps);
+  if (steps > 0) load_step(steps - 1);
 
   bool after_reset[2] = {false, false};
-  for (int64_t step = args.steps - 1; step >= 0; --step) {
+  for (int step = steps - 1; step >= 0; --step) {
     float acc[1][4];
-    recurrent_product(static_cast<int>((step + 1) & 1), acc);
-    const int next = static_cast<int>(step & 1);
+    recurrent_product((step + 1) & 1, acc);
+    const int next = step & 1;
     T* hi_next = dg_hi + next * Layout::kBufferValues;
     T* lo_next = dg_lo + next * Layout::kBufferValues;
 #pragma unroll

@@ -128,7 +128,7 @@ __global__ void __launch_bounds__(MmaClusterBackwardLayout<Cell::kGatesR, D, C>:
   const int j = threadIdx.x, c = j % 4, l = j / 4 % 32, mi = j / 128;
   const int unit = 16 * mi + l / 4 + 8 * (c / 2), batch_row = 2 * (l % 4) + c % 2;
   const Element el{b0 + batch_row, head * D + rank * U + unit, nd};
-  const int64_t length = RowLength(args.seq, el.b, args.batch, args.steps);
+  const int length = RowLength(args.seq, el.b, args.batch, args.steps);
   float ds[S];
   InitialCotangents<S, true> d0;
   StartCotangents<Cell, T>(args, el, ds, d0);
@@ -159,10 +159,11 @@ __global__ void __launch_bounds__(MmaClusterBackwardLayout<Cell::kGatesR, D, C>:
   Group::Sync();
 
   bool after_reset = false;
-  ahead.ForEachStep(args.steps, [&](int64_t step, BackwardElementStep<Cell, T>& inputs) {
+  const int steps = static_cast<int>(args.steps);
+  ahead.ForEachStep(steps, [&](int step, BackwardElementStep<Cell, T>& inputs) {
     float dg[Gt];
     BackwardStep<Cell>(args, el, inputs.row, inputs.in,
-                       recurrent_cotangent(static_cast<int>((step + 1) & 1)), after_reset, ds, d0,
+                       recurrent_cotangent((step + 1) & 1), after_reset, ds, d0,
                        dg);
     after_reset = inputs.row.resets();
 #pragma unroll

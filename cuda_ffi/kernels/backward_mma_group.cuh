@@ -130,7 +130,7 @@ __global__ void __launch_bounds__(MmaGroupBackwardLayout<Cell::kGatesR, D>::kThr
   const int j = threadIdx.x % E, c = j % 4, l = j / 4;
   const int unit = l / 4 + 8 * (c / 2), batch_row = 2 * (l % 4) + c % 2;
   const Element el{b0 + batch_row, head * D + rank * U + unit, nd};
-  int64_t length = 0;
+  int length = 0;
   float ds[S];
   InitialCotangents<S, true> d0;
   if (runs_element) {
@@ -172,15 +172,16 @@ __global__ void __launch_bounds__(MmaGroupBackwardLayout<Cell::kGatesR, D>::kThr
   // The row state and inputs of a step (of the last step, here), loaded between the halves of
   // the group barrier in the loop.
   BackwardElementStep<Cell, T> next;
-  if (runs_element && args.steps > 0) next.Load(args, el, length, args.steps - 1);
+  const int steps = static_cast<int>(args.steps);
+  if (runs_element && steps > 0) next.Load(args, el, length, steps - 1);
 
   bool after_reset = false;
-  for (int64_t step = args.steps - 1; step >= 0; --step) {
+  for (int step = steps - 1; step >= 0; --step) {
     float dg[Gt];
     if (runs_element) {
       // Step T - 1 has no step T to receive from.
       const float dh_rec =
-          step + 1 < args.steps ? recurrent_cotangent(static_cast<int>((step + 1) & 1)) : 0.0f;
+          step + 1 < steps ? recurrent_cotangent((step + 1) & 1) : 0.0f;
       BackwardStep<Cell>(args, el, next.row, next.in, dh_rec, after_reset, ds, d0, dg);
       after_reset = next.row.resets();
 #pragma unroll
@@ -214,7 +215,7 @@ __global__ void __launch_bounds__(MmaGroupBackwardLayout<Cell::kGatesR, D>::kThr
             MmaHiLoTile<T>(acc, shared_a, b[kt]);
           }
         }
-        reinterpret_cast<float4*>(slot(static_cast<int>(step & 1), warp * P + i, rank))[lane] =
+        reinterpret_cast<float4*>(slot(step & 1, warp * P + i, rank))[lane] =
             make_float4(acc[0], acc[1], acc[2], acc[3]);
       }
     }

@@ -89,7 +89,7 @@ __global__ void __launch_bounds__(MmaSplitBackwardLayout<Cell::kGatesR, D>::kThr
   // unit 16 mt + lane / 4 + 8 (kp / 2), batch row 2 (lane % 4) + kp % 2.
   const int unit = 16 * mt + lane / 4 + 8 * (kp / 2), batch_row = 2 * (lane % 4) + kp % 2;
   const Element el{b0 + batch_row, head * D + unit, nd};
-  const int64_t length = RowLength(args.seq, el.b, args.batch, args.steps);
+  const int length = RowLength(args.seq, el.b, args.batch, args.steps);
   float ds[S];
   InitialCotangents<S, true> d0;
   StartCotangents<Cell, T>(args, el, ds, d0);
@@ -123,7 +123,8 @@ __global__ void __launch_bounds__(MmaSplitBackwardLayout<Cell::kGatesR, D>::kThr
   ahead.Start(args, el, length);
 
   bool after_reset = false;
-  ahead.ForEachStep(args.steps, [&](int64_t step, BackwardElementStep<Cell, T>& inputs) {
+  const int steps = static_cast<int>(args.steps);
+  ahead.ForEachStep(steps, [&](int step, BackwardElementStep<Cell, T>& inputs) {
     const float dh_rec = recurrent_cotangent();
     float dg[Gt];
     BackwardStep<Cell>(args, el, inputs.row, inputs.in, dh_rec, after_reset, ds, d0, dg);

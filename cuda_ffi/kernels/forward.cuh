@@ -38,7 +38,8 @@ __device__ __forceinline__ void FmaForward(const ForwardArgs& args, T* r_s, Exch
   constexpr int U = Tile::kUnits, P = Tile::kPerThread;
   constexpr int Gr = Cell::kGatesR, Gt = Cell::kGatesB, S = Cell::kStates;
 
-  const int64_t steps = args.steps, N = args.heads;
+  const int steps = static_cast<int>(args.steps);
+  const int64_t N = args.heads;
   const int64_t head = ex.head, b0 = ex.b0;
   const int u0 = ex.rank * U;
   const T* R = static_cast<const T*>(args.r);
@@ -60,7 +61,7 @@ __device__ __forceinline__ void FmaForward(const ForwardArgs& args, T* r_s, Exch
     const int e = threadIdx.x + p * Tile::kThreads;
     return Element{b0 + e / U, head * D + u0 + e % U, N * D};
   };
-  int64_t length[P];
+  int length[P];
   float s[P][S];
   float bias[P][Gt];
 #pragma unroll
@@ -73,7 +74,7 @@ __device__ __forceinline__ void FmaForward(const ForwardArgs& args, T* r_s, Exch
   }
   ex.Sync();
 
-  for (int64_t step = 0; step < steps; ++step) {
+  for (int step = 0; step < steps; ++step) {
     const float* h_cur = ex.H(step & 1);
 #pragma unroll
     for (int p = 0; p < P; ++p) {

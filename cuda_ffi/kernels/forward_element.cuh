@@ -23,18 +23,18 @@ struct RowStep {
 };
 
 __device__ __forceinline__ RowStep RowAt(const ForwardArgs& args, int64_t b, int64_t nd,
-                                         int64_t length, int64_t step) {
-  return {(b * args.steps + InputIndex(args.seq, step, length)) * nd, step < length};
+                                         int length, int step) {
+  return {RowOffset(b, args.steps, nd, InputIndex(args.seq, step, length)), step < length};
 }
 
 // The reset flag of row b for the step after `step` (nonzero: it starts from the initial
 // states), loaded a step ahead and only tested when used (a bool tested here would make the
 // warp wait for the load at once). Padding rows have length 0: no read.
 __device__ __forceinline__ uint32_t ResetFlagNext(const ForwardArgs& args, int64_t b,
-                                                  int64_t length, int64_t step) {
+                                                  int length, int step) {
   uint32_t flag = 0;
   if (args.seq.resets != nullptr && step + 1 < length) {
-    flag = args.seq.resets[b * args.steps + InputIndex(args.seq, step + 1, length)];
+    flag = args.seq.resets[RowOffset(b, args.steps, 1, InputIndex(args.seq, step + 1, length))];
   }
   return flag;
 }

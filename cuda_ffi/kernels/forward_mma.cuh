@@ -107,7 +107,7 @@ __global__ void __launch_bounds__(2 * D, 1) ForwardMmaKernel(const ForwardArgs a
   // before (of step 0, here); the flags are tested only at the end of their step.
   RowStep row[2];
   uint32_t reset_flag[2];
-  auto load_step = [&](int64_t step) {
+  auto load_step = [&](int step) {
 #pragma unroll
     for (int slot = 0; slot < 2; ++slot) {
       row[slot] = RowAt(args, rows.b[slot], nd, rows.length[slot], step);
@@ -117,9 +117,10 @@ __global__ void __launch_bounds__(2 * D, 1) ForwardMmaKernel(const ForwardArgs a
   load_step(0);
 
   int stage = 0;  // the input stage of this step; step + 2 goes to the one read last step
-  for (int64_t step = 0; step < args.steps; ++step) {
-    const int cur = static_cast<int>(step & 1), next = cur ^ 1;
-    inputs.Issue(args, wx_stages, stage == 0 ? 2 : stage - 1, static_cast<int>(step) + 2);
+  const int steps = static_cast<int>(args.steps);
+  for (int step = 0; step < steps; ++step) {
+    const int cur = step & 1, next = cur ^ 1;
+    inputs.Issue(args, wx_stages, stage == 0 ? 2 : stage - 1, step + 2);
     float acc[Gr][4] = {};
     MmaHiLo<T, Gr, KT, kStride>(h_hi + cur * Layout::kBufferValues,
                                 h_lo + cur * Layout::kBufferValues, 0, lane, a, acc);
@@ -140,7 +141,7 @@ __global__ void __launch_bounds__(2 * D, 1) ForwardMmaKernel(const ForwardArgs a
       const int at = row_of(e) * kStride + unit0 + 8 * (e / 2);
       Op::Split(s[e][0], hi_next[at], lo_next[at]);
     }
-    if (step + 1 < args.steps) load_step(step + 1);
+    if (step + 1 < steps) load_step(step + 1);
     stage = stage == 2 ? 0 : stage + 1;
     // The inputs of the next step have landed (this thread's); the barrier publishes them.
     Inputs::WaitAllButNewest();

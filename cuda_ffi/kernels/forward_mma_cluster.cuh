@@ -189,7 +189,7 @@ __global__ void __launch_bounds__(MmaClusterForwardLayout<Cell, T, D, C>::kThrea
   // mt, i.e. unit 16 mt + group + 8 (split / 2) of this CTA, batch row 2 tig + split % 2.
   const int unit = 16 * mt + group + 8 * (split / 2), batch_row = 2 * tig + split % 2;
   const Element el{b0 + batch_row, head * D + u0 + unit, nd};
-  const int64_t length = RowLength(args.seq, el.b, args.batch, args.steps);
+  const int length = RowLength(args.seq, el.b, args.batch, args.steps);
   float bias[Gt], s[S];
   LoadBias<Cell>(args, el, bias);
   LoadStates<Cell>(args, el, s);
@@ -272,16 +272,17 @@ __global__ void __launch_bounds__(MmaClusterForwardLayout<Cell, T, D, C>::kThrea
   // before (of step 0, here) and used only after the barriers and the next matmul.
   RowStep row;
   uint32_t reset_flag;
-  auto load_step = [&](int64_t step) {
+  auto load_step = [&](int step) {
     row = RowAt(args, el.b, nd, length, step);
     reset_flag = ResetFlagNext(args, el.b, length, step);
   };
   load_step(0);
 
   int stage = 0;  // the input stage of this step; step + 2 goes to the one read last step
-  for (int64_t step = 0; step < args.steps; ++step) {
-    const int cur = static_cast<int>(step & 1);
-    inputs.Issue(args, wx_stages, stage == 0 ? 2 : stage - 1, static_cast<int>(step) + 2);
+  const int steps = static_cast<int>(args.steps);
+  for (int step = 0; step < steps; ++step) {
+    const int cur = step & 1;
+    inputs.Issue(args, wx_stages, stage == 0 ? 2 : stage - 1, step + 2);
     float acc[GW][4] = {};
     const T* step_hi = h_hi + cur * Layout::kBufferValues;
     const T* step_lo = h_lo + cur * Layout::kBufferValues;
@@ -328,7 +329,7 @@ __global__ void __launch_bounds__(MmaClusterForwardLayout<Cell, T, D, C>::kThrea
     if constexpr (!kAsyncPush<C>) Group::Arrive();
     StoreStep<Cell, T, kResiduals>(args, el, row, pre, s);
     SelectAtReset<Cell>(reset, initial, s);
-    if (step + 1 < args.steps) load_step(step + 1);
+    if (step + 1 < steps) load_step(step + 1);
     stage = stage == 2 ? 0 : stage + 1;
     if constexpr (kAsyncPush<C>) {
       Group::WaitArrivals(&arrivals[cur ^ 1], static_cast<uint32_t>(step >> 1) & 1u);

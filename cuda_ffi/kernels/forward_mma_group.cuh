@@ -150,7 +150,7 @@ __global__ void __launch_bounds__(MmaGroupForwardLayout<Cell, T, D>::kThreads, 1
   const int split = warp % 4, group_row = lane / 4, tig = lane % 4;
   const int unit = group_row + 8 * (split / 2), batch_row = 2 * tig + split % 2;
   const Element el{b0 + batch_row, head * D + u0 + unit, nd};
-  int64_t length = 0;
+  int length = 0;
   float bias[Gt], s[S], initial[S];
   if (runs_element) {
     length = RowLength(args.seq, el.b, args.batch, args.steps);
@@ -200,18 +200,19 @@ __global__ void __launch_bounds__(MmaGroupForwardLayout<Cell, T, D>::kThreads, 1
   // here) and used only after the barrier and the next matmul.
   RowStep row;
   uint32_t reset_flag = 0;
-  auto load_step = [&](int64_t step) {
+  auto load_step = [&](int step) {
     row = RowAt(args, el.b, nd, length, step);
     reset_flag = ResetFlagNext(args, el.b, length, step);
   };
   if (runs_element) load_step(0);
 
   int stage = 0;  // the input stage of this step; step + 2 goes to the one read last step
-  for (int64_t step = 0; step < args.steps; ++step) {
-    const int cur = static_cast<int>(step & 1);
+  const int steps = static_cast<int>(args.steps);
+  for (int step = 0; step < steps; ++step) {
+    const int cur = step & 1;
     stage_h(cur);
     // Issued after stage_h's wait, which would otherwise wait for these copies from DRAM too.
-    inputs.Issue(args, wx_stages, stage == 0 ? 2 : stage - 1, static_cast<int>(step) + 2);
+    inputs.Issue(args, wx_stages, stage == 0 ? 2 : stage - 1, step + 2);
     float acc[Gr][4] = {};
     MmaHiLo<T, Gr, KR, kStride>(h_hi, h_lo, 0, lane, a, acc);
     if constexpr (KS > 0) {
@@ -254,7 +255,7 @@ __global__ void __launch_bounds__(MmaGroupForwardLayout<Cell, T, D>::kThreads, 1
     if (runs_element) {
       StoreStep<Cell, T, kResiduals>(args, el, row, pre, s);
       SelectAtReset<Cell>(reset, initial, s);
-      if (step + 1 < args.steps) load_step(step + 1);
+      if (step + 1 < steps) load_step(step + 1);
     }
     stage = stage == 2 ? 0 : stage + 1;
     barrier.Wait();

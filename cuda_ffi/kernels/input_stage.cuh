@@ -59,7 +59,7 @@ struct InputStage {
       const int unit = c % kChunksPerRow * kChunk % kUnits;
       const int64_t b = b0 + row;
       const bool copies = kChunks % kThreads == 0 || c < kChunks;
-      length[k] = copies ? static_cast<int>(RowLength(args.seq, b, args.batch, args.steps)) : 0;
+      length[k] = copies ? RowLength(args.seq, b, args.batch, args.steps) : 0;
       source[k] = static_cast<const T*>(args.wx) +
                   (copies && b < args.batch
                        ? b * args.steps * kGates * nd + g * nd + head_unit0 + unit
@@ -74,7 +74,7 @@ struct InputStage {
   __device__ void Issue(const ForwardArgs& args, T* stages, int stage, int step) const {
 #pragma unroll
     for (int k = 0; k < kCopiesPerThread; ++k) {
-      if ((kChunks % kThreads == 0 || at[k] >= 0) && step < args.steps) {
+      if ((kChunks % kThreads == 0 || at[k] >= 0) && step < static_cast<int>(args.steps)) {
         const bool active = step < length[k];
         const int t = args.seq.reverse && active ? length[k] - 1 - step : step;
         const T* src = active ? source[k] + static_cast<int64_t>(t) * row_values : source[k];

@@ -253,7 +253,8 @@ constexpr int kMmaBatchTile = 8;
 // 2 tig for registers 0 and 2, 2 tig + 1 for 1 and 3 (register e's row is rows[e % 2]), and
 // their lengths (RowLength: 0 for padding rows).
 struct LaneRows {
-  int64_t b[2], length[2];
+  int64_t b[2];
+  int length[2];
 };
 
 __device__ __forceinline__ LaneRows LaneBatchRows(const SequenceArgs& seq, int64_t b0, int lane,
