@@ -75,18 +75,20 @@ __device__ __forceinline__ void LoadBackwardInputs(const BackwardArgs& args,
                                                    BackwardInputs<Cell, T>& in) {
   const bool real = row.active && e.b < args.batch;
   const int64_t state_stride = StateStride(e, args.batch, args.steps);
-  const T* d_states_all = static_cast<const T*>(args.d_states_all);
+  const T* d_out = static_cast<const T*>(args.d_states_all) + e.hd + row.at;
+  const float* prev = args.states_f32 + e.hd + row.at_prev;
+  const float* pre = args.gate_cache + e.hd + row.at * Cell::kGatesB;
 #pragma unroll
   for (int i = 0; i < Cell::kStates; ++i) {
     in.d_out[i] = T{};  // all bits zero: +0.0 without a conversion
     in.prev[i] = 0.0f;
-    if (real) in.d_out[i] = d_states_all[i * state_stride + row.at + e.hd];
-    if (real && !row.first) in.prev[i] = args.states_f32[i * state_stride + row.at_prev + e.hd];
+    if (real) in.d_out[i] = d_out[i * state_stride];
+    if (real && !row.first) in.prev[i] = prev[i * state_stride];
   }
 #pragma unroll
   for (int g = 0; g < Cell::kGatesB; ++g) {
     in.pre[g] = 0.0f;
-    if (real) in.pre[g] = args.gate_cache[row.at * Cell::kGatesB + g * e.nd + e.hd];
+    if (real) in.pre[g] = pre[g * e.nd];
   }
 }
 
