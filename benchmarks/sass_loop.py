@@ -8,9 +8,15 @@ run. nvdisasm comes from PyPI (``pip install nvidia-cuda-nvdisasm``; the ``test`
 x86-64 Linux) or from a CUDA toolkit on PATH.
 
     python benchmarks/sass_loop.py Forward LstmCell bf16 64,1,16,512
-    python benchmarks/sass_loop.py Backward LstmCell bf16 64,1,16,512 -D FLASHRNN_MMA_ROUNDED_OPERAND=1
+    python benchmarks/sass_loop.py Backward LstmCell bf16 64,1,16,512 \
+        -D FLASHRNN_MMA_ROUNDED_OPERAND=1
 
-prints, per kernel of the instantiation, the step loop's instructions by opcode.
+prints, per kernel of the instantiation, the step loop's instructions by opcode;
+
+    python benchmarks/sass_loop.py --table results/sass_step_loops.json --baseline-root DIR
+
+writes the instruction counts of the step loops of the kernels behind issue 5's rows (TABLE),
+beside those of the sources in DIR (another checkout's repository root), as JSON.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import argparse
 import collections
 import dataclasses
 import importlib.util
+import json
 import pathlib
 import re
 import shutil
@@ -30,10 +37,10 @@ CELL_HEADERS = ("elman_pointwise", "gru_pointwise", "lstm_pointwise", "slstm_poi
 CUDA_TYPES = {"bf16": "__nv_bfloat16", "f16": "__half", "f32": "float"}
 
 
-def default_defines() -> tuple[str, ...]:
-    """The kernels' CMake options as the default build sets them (CMakeLists.txt's option()
-    defaults), as nvcc macros."""
-    text = (REPO / "CMakeLists.txt").read_text()
+def default_defines(root: pathlib.Path = REPO) -> tuple[str, ...]:
+    """The kernels' CMake options as the default build of the repository at ``root`` sets them
+    (its CMakeLists.txt's option() defaults), as nvcc macros."""
+    text = (root / "CMakeLists.txt").read_text()
     return tuple(f"{name}={int(value == 'ON')}"
                  for name, value in re.findall(r'option\((FLASHRNN_\w+)\s+"[^"]*"\s+(ON|OFF)\)',
                                                text))
@@ -59,15 +66,18 @@ def instantiation_source(instantiations) -> str:
             + "}  // namespace flashrnn\n")
 
 
-def compile_cubin(source: str, workdir: pathlib.Path, defines=()) -> pathlib.Path:
-    """nvcc -cubin for sm_90a of ``source``, with the default build's options (default_defines)
-    and then ``defines``, which override them."""
+def compile_cubin(source: str, workdir: pathlib.Path, defines=(),
+                  root: pathlib.Path = REPO) -> pathlib.Path:
+    """nvcc -cubin for sm_90a of ``source`` against the kernels of the repository at ``root``,
+    with its default build's options (default_defines) and then ``defines``, which override
+    them."""
     path = workdir / "kernels.cu"
     path.write_text(source)
     cubin = workdir / "kernels.cubin"
     command = [shutil.which("nvcc") or "nvcc", "-std=c++17", "-arch=sm_90a",
-               "--expt-relaxed-constexpr", "-cubin", f"-I{REPO / 'cuda_ffi'}",
-               *(f"-D{d}" for d in _merged(default_defines(), defines)), "-o", str(cubin), str(path)]
+               "--expt-relaxed-constexpr", "-cubin", f"-I{root / 'cuda_ffi'}",
+               *(f"-D{d}" for d in _merged(default_defines(root), defines)),
+               "-o", str(cubin), str(path)]
     result = subprocess.run(command, capture_output=True, text=True, timeout=900)
     if result.returncode != 0:
         raise RuntimeError(f"nvcc failed:\n{result.stderr[-3000:]}")
@@ -137,23 +147,87 @@ def opcode_counts(loop: list[Instruction]) -> collections.Counter:
     return collections.Counter(instruction.op for instruction in loop)
 
 
-def step_loops(instantiations, defines=()) -> dict[str, list[Instruction]]:
+def step_loops(instantiations, defines=(), root: pathlib.Path = REPO
+               ) -> dict[str, list[Instruction]]:
     """Kernel name -> its step loop, for every kernel the instantiations compile."""
     with tempfile.TemporaryDirectory() as tmp:
-        cubin = compile_cubin(instantiation_source(instantiations), pathlib.Path(tmp), defines)
+        cubin = compile_cubin(instantiation_source(instantiations), pathlib.Path(tmp), defines,
+                              root)
         return {name: step_loop(code) for name, code in disassemble(cubin).items()}
+
+
+# The kernels behind issue 5's rows in bfloat16 (48 x 16, 12 x 64, 3 x 256, 1 x 768, 1 x 2048:
+# the split, cluster and group kernels and the FMA backward at 16), LSTM and sLSTM; each
+# forward also with its residuals (the forward of a differentiated call).
+TABLE = [(direction, cell, "bf16", tile)
+         for cell in ("LstmCell", "SlstmCell")
+         for tile in ((16, 1, 16, 512), (64, 1, 16, 512), (256, 8, 16, 512), (768, 32, 16, 384),
+                      (2048, 128, 8, 512))
+         for direction in ("Forward", "Backward")]
+
+
+def short_name(kernel: str) -> str:
+    """A readable name of a kernel symbol: its kernel, cell, head size and residual flag."""
+    m = re.match(r"_ZN8flashrnn\d+(\w+?Kernel)INS_\d+(\w+?Cell)E.*?Li(\d+)E(.*)", kernel)
+    if not m:
+        return kernel
+    kind, cell, d, rest = m.groups()
+    residuals = {"Lb0": " (outputs only)", "Lb1": " (residuals)"}
+    flag = next((text for key, text in residuals.items() if key in rest), "")
+    return f"{kind} {cell} D={d}{flag}"
+
+
+def table(root: pathlib.Path = REPO) -> dict[str, int]:
+    """Short kernel name -> the instructions of its step loop, for TABLE."""
+    loops = step_loops([(d, cell, CUDA_TYPES[dtype], tile) for d, cell, dtype, tile in TABLE],
+                       root=root)
+    return {short_name(name): len(loop) for name, loop in sorted(loops.items())}
+
+
+def _commit(root: pathlib.Path) -> str:
+    """The checkout's commit, "+" where its kernels differ from it."""
+    git = ["git", "-C", str(root)]
+    commit = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True).stdout.strip()
+    dirty = subprocess.run([*git, "diff", "--quiet", "HEAD", "--", "cuda_ffi", "CMakeLists.txt"])
+    return commit + ("+" if dirty.returncode else "")
+
+
+def write_table(path: pathlib.Path, baseline_root: pathlib.Path | None) -> None:
+    counts = table()
+    before = table(baseline_root) if baseline_root else {}
+    nvcc = subprocess.run([shutil.which("nvcc") or "nvcc", "--version"], capture_output=True,
+                          text=True).stdout.strip().splitlines()[-1]
+    record = {"arch": "sm_90a", "nvcc": nvcc, "commit": _commit(REPO),
+              "baseline_commit": _commit(baseline_root) if baseline_root else None,
+              "kernels": {name: {"instructions": n, "baseline": before.get(name)}
+                          for name, n in counts.items()}}
+    path.write_text(json.dumps(record, indent=1) + "\n")
+    for name, n in counts.items():
+        was = before.get(name)
+        print(f"{n:5d}" + (f" (was {was}, {n - was:+d})" if was else "") + f"  {name}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("direction", choices=["Forward", "Backward"])
-    parser.add_argument("cell", help="LstmCell, SlstmCell, GruCell or ElmanCell")
-    parser.add_argument("dtype", choices=sorted(CUDA_TYPES))
-    parser.add_argument("tiling", help="D,C,BT,NT as tiling.h's Tiling, e.g. 64,1,16,512")
+    parser.add_argument("direction", nargs="?", choices=["Forward", "Backward"])
+    parser.add_argument("cell", nargs="?", help="LstmCell, SlstmCell, GruCell or ElmanCell")
+    parser.add_argument("dtype", nargs="?", choices=sorted(CUDA_TYPES))
+    parser.add_argument("tiling", nargs="?",
+                        help="D,C,BT,NT as tiling.h's Tiling, e.g. 64,1,16,512")
     parser.add_argument("-D", dest="defines", action="append", default=[],
                         help="a macro for nvcc, e.g. FLASHRNN_MMA_ROUNDED_OPERAND=1")
     parser.add_argument("--list", action="store_true", help="print the loop's instructions too")
+    parser.add_argument("--table", type=pathlib.Path,
+                        help="write the step loops of TABLE's kernels to this JSON file")
+    parser.add_argument("--baseline-root", type=pathlib.Path,
+                        help="with --table: another checkout's root, counted beside")
     args = parser.parse_args()
+    if args.table:
+        write_table(args.table, args.baseline_root)
+        return
+    if not args.tiling:
+        parser.error("give direction, cell, dtype and tiling, or --table")
     tile = tuple(int(v) for v in args.tiling.split(","))
     loops = step_loops([(args.direction, args.cell, CUDA_TYPES[args.dtype], tile)],
                        args.defines)

@@ -125,3 +125,12 @@ def test_the_slstm_divides_by_its_normaliser_with_the_hardware_reciprocal():
                                   ("Backward", "SlstmCell", BF16, (64, 1, 16, 512))])
     for name, loop in loops.items():
         assert not [i for i in loop if i.op in ("FCHK", "CALL")], name
+
+
+def test_kernel_symbols_get_short_names():
+    name = ("_ZN8flashrnn23ForwardMmaClusterKernelINS_8LstmCellE13__nv_bfloat16Li64ELi1ELb1EEEvNS_"
+            "11ForwardArgsE")
+    assert sass_loop.short_name(name) == "ForwardMmaClusterKernel LstmCell D=64 (residuals)"
+    name = ("_ZN8flashrnn14BackwardKernelINS_9SlstmCellE13__nv_bfloat16NS_6TilingILi16ELi1ELi16ELi"
+            "512EEEEEvNS_12BackwardArgsE")
+    assert sass_loop.short_name(name) == "BackwardKernel SlstmCell D=16"
