@@ -28,7 +28,9 @@
 #            shapes (BENCH_ARGS="--shapes ..."); then the GPU tests of those heads on it with
 #            memcheck and racecheck of them beside (SANITIZE_AB=0 leaves them out);
 #            AB_DTYPES narrows the build ("bf16;f16"), AB_TESTS=0 leaves out the tests,
-#            AB_BENCH_ARGS adds quick-bench arguments (e.g. "--no-scan --functions lstm")
+#            AB_BENCH_ARGS adds quick-bench arguments (e.g. "--no-scan --functions lstm");
+#            AB_SOURCE builds another source tree instead of this checkout (an earlier
+#            commit's, for a baseline in the same call: benchmarks/NOTES.md says how)
 #   TEST_TIMEOUT_S, SANITIZER_TIMEOUT_S and BENCH_TIMEOUT_S bound one test, each sanitizer run
 #   and each benchmark: 240, 300 and 300 s, so that a hung kernel cannot take the whole call.
 set -uo pipefail
@@ -63,12 +65,14 @@ experiment_defines() {
   done
 }
 
-# build LOG BUILD_DIR [pip arguments...]: one pip build of the extension, its log to LOG.
+# build LOG BUILD_DIR [pip arguments...]: one pip build of the extension (of the source tree
+# $build_source, this checkout by default), its log to LOG.
+build_source=.
 build() {
   local log="$1" build_dir="$2" start
   shift 2
   start=$(date +%s)
-  if ! python3 -m pip install --no-build-isolation --no-deps -v . \
+  if ! python3 -m pip install --no-build-isolation --no-deps -v "$build_source" \
       -Ccmake.define.FLASHRNN_CUDA=ON -Cbuild-dir="$build_dir" "$@" >"$log" 2>&1; then
     tail -60 "$log"
     return 1
@@ -188,7 +192,8 @@ if [[ $steps == *" ab "* ]]; then
   echo "== A/B of $ab_option=ON: build (head sizes $ab_heads), benchmark, tests"
   # A build directory per option set: a later call with the same options rebuilds only what
   # changed.
-  ab_dir="$repo/build/ab_${ab_option// /+}"
+  ab_dir="$repo/build/ab_${ab_option// /+}${AB_SOURCE:+_$(basename "$AB_SOURCE")}"
+  build_source="${AB_SOURCE:-.}"
   experiment_defines "$ab_option"
   rm -rf "$ab_dir/site"
   build "$out/build_ab.log" "$ab_dir/cmake" --target "$ab_dir/site" \
