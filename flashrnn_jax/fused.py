@@ -226,8 +226,9 @@ def _selected_paths(dtype, head_size: int, function: str
     return name, paths
 
 
-# The kernels count steps in 32-bit integers (cuda_ffi/kernels/sequence.cuh).
-MAX_STEPS = 2**31 - 1
+# The kernels count steps in 32-bit integers (cuda_ffi/kernels/sequence.cuh), up to the step
+# whose inputs they copy two steps ahead (step + 2 < 2^31).
+MAX_STEPS = 2**31 - 2
 
 
 def unsupported_reason(dtype, head_size: int, function: str, for_auto: bool = False,

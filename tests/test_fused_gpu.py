@@ -282,6 +282,33 @@ def test_slstm_closed_input_gate_from_zero_states(rng):
     assert np.all(np.isfinite(np.asarray(grads)))
 
 
+@pytest.mark.parametrize("dtype,head_size", [(jnp.bfloat16, 16), (jnp.bfloat16, 64),
+                                             (jnp.bfloat16, 256), (jnp.float32, 32)])
+def test_slstm_initial_normaliser_near_the_float32_maximum(dtype, head_size, rng, gpu_case):
+    """Initial states with n above 2^126, where 1 / n is subnormal: the kernels' reciprocal of
+    n (pointwise_math.cuh) keeps it, so h = o c / n is what the reference gives, not 0; the
+    gradients stay finite. Split, cluster and FMA kernels."""
+    B, T, N = 3, 6, 2
+    Wx, R, b = random_inputs(rng, "slstm", B, T, N, head_size)
+    states = random_states(rng, "slstm", B, N, head_size)
+    states[1] = 1e38 * np.sign(states[1])  # c
+    states[2] = 1e38  # n
+    states[3] = 0.0  # m
+    low = [jnp.asarray(x, dtype) for x in (Wx, R, b, states)]
+    expected_all, _ = reference_flashrnn(*(np.asarray(x, np.float64) for x in low), "slstm")
+    with fused.poison_outputs():
+        fused_all, _ = _forward_fn("slstm", "fused")(*low)
+        grads = jax.grad(lambda w: flashrnn(w, *low[1:], function="slstm",
+                                             backend="fused")[0][0].astype(jnp.float32).sum()
+                         )(low[0])
+    scan_all, _ = _forward_fn("slstm", "scan")(*low)
+    err, scan_err = rel_err(fused_all, expected_all), rel_err(scan_all, expected_all)
+    gpu_case(function="slstm", dtype=jnp.dtype(dtype).name, D=head_size, N=N, B=B, T=T,
+             fwd_rel_err=err, grad_rel_err=None)
+    assert err <= 2 * scan_err + floor(dtype), (err, scan_err)
+    assert np.all(np.isfinite(np.asarray(grads, np.float32)))
+
+
 def test_dR_contraction_keeps_its_low_parts_on_the_gpu(rng):
     """The backward's dR of large 16-bit R (three bfloat16 products, fused.bf16x3_einsum)
     compiled for the GPU, whose compiler would fold a convert round trip to nothing: within 2e-5 of float64,

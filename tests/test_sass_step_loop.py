@@ -111,6 +111,7 @@ def test_step_loops_keep_to_registers_but_at_768_and_2048():
     loops = sass_loop.step_loops(TIGHT)
     assert len(loops) == 16, list(loops)
     for name, loop in loops.items():
+        assert sass_loop.opcode_counts(loop)["HMMA"] > 0, name  # the step loop, not another
         local = [i for i in loop if i.op in ("LDL", "STL")]
         allowed = (3 if "BackwardMmaClusterKernel" in name and "Li768E" in name else
                    1 if "ForwardMmaGroupKernelINS_8LstmCell" in name and "Li2048E" in name else
@@ -124,6 +125,7 @@ def test_the_slstm_divides_by_its_normaliser_with_the_hardware_reciprocal():
     loops = sass_loop.step_loops([("Forward", "SlstmCell", BF16, (64, 1, 16, 512)),
                                   ("Backward", "SlstmCell", BF16, (64, 1, 16, 512))])
     for name, loop in loops.items():
+        assert [i for i in loop if i.opcode == "MUFU.RCP"], name
         assert not [i for i in loop if i.op in ("FCHK", "CALL")], name
 
 

@@ -262,8 +262,9 @@ def test_auto_takes_every_kernel_of_the_build(monkeypatch):
 
 
 def test_sequences_beyond_the_kernels_32_bit_step_count_are_refused(monkeypatch):
-    """The kernels count steps in int: 'fused' refuses T > 2^31 - 1, naming T, before tracing a
-    kernel call (shapes only, under eval_shape); 'auto' takes the scan; T = 2^31 - 1 passes."""
+    """The kernels count steps in int, up to step + 2: 'fused' refuses T > 2^31 - 2, naming T,
+    before tracing a kernel call (shapes only, under eval_shape); 'auto' takes the scan;
+    T = 2^31 - 2 passes."""
     from flashrnn_jax import fused
     from flashrnn_jax.constrint import hardware
 
@@ -271,9 +272,9 @@ def test_sequences_beyond_the_kernels_32_bit_step_count_are_refused(monkeypatch)
     _stand_in_kernels(monkeypatch, lambda d: tiling,
                       {(("lstm", "BF16", 32), tiling): ("mma_split", "mma_split")})
     bf16 = jax.numpy.bfloat16
-    assert fused.unsupported_reason(bf16, 32, "lstm", steps=2**31 - 1) is None
-    reason = fused.unsupported_reason(bf16, 32, "lstm", for_auto=True, steps=2**31)
-    assert "T = 2147483648" in reason and "2147483647" in reason, reason
+    assert fused.unsupported_reason(bf16, 32, "lstm", steps=2**31 - 2) is None
+    reason = fused.unsupported_reason(bf16, 32, "lstm", for_auto=True, steps=2**31 - 1)
+    assert "T = 2147483647" in reason and "2147483646" in reason, reason
     Wx = jax.ShapeDtypeStruct((1, 2**31, 4, 1, 32), bf16)
     R = jax.ShapeDtypeStruct((4, 1, 32, 32), bf16)
     b = jax.ShapeDtypeStruct((4, 1, 32), np.float32)

@@ -200,10 +200,11 @@ ffi::Error ResolveSequence(const Problem& p, int64_t steps, ffi::AnyBuffer seq_l
                            ffi::AnyBuffer resets, bool has_resets, bool reverse,
                            SequenceArgs* seq) {
   FLASHRNN_RETURN_IF_ERROR(CheckShape("seq_lengths", seq_lengths.dimensions(), {p.batch}));
-  // The kernels count steps in int (kernels/sequence.cuh; flashrnn_jax.fused refuses first).
-  if (steps > std::numeric_limits<int32_t>::max()) {
+  // The kernels count steps in int, up to step + 2 (kernels/sequence.cuh; flashrnn_jax.fused
+  // refuses first).
+  if (steps > std::numeric_limits<int32_t>::max() - 1) {
     return ffi::Error::InvalidArgument(
-        "flashrnn_jax: the kernels run at most 2^31 - 1 steps, got T = " + std::to_string(steps));
+        "flashrnn_jax: the kernels run at most 2^31 - 2 steps, got T = " + std::to_string(steps));
   }
   if (seq_lengths.element_type() != ffi::DataType::S32) {
     return ffi::Error::InvalidArgument("flashrnn_jax: seq_lengths must be int32");

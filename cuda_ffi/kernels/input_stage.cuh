@@ -77,10 +77,7 @@ struct InputStage {
       if ((kChunks % kThreads == 0 || at[k] >= 0) && step < static_cast<int>(args.steps)) {
         const bool active = step < length[k];
         const int t = args.seq.reverse && active ? length[k] - 1 - step : step;
-        // t and row_values are non-negative: one 32 x 32 -> 64-bit multiply.
-        const T* src = active ? source[k] + static_cast<uint64_t>(static_cast<uint32_t>(t)) *
-                                                static_cast<uint32_t>(row_values)
-                              : source[k];
+        const T* src = active ? source[k] + static_cast<int64_t>(t) * row_values : source[k];
         const uint32_t dst = static_cast<uint32_t>(
             __cvta_generic_to_shared(stages + stage * kStageValues + at[k]));
         asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src),

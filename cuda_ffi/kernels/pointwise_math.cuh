@@ -13,7 +13,7 @@ namespace flashrnn {
 // step's critical path (a range test and two scalings around MUFU.EX2; benchmarks/NOTES.md).
 // The functions below only ever add a subnormal e^x to 1 or subtract it from 1, which rounds to
 // 1 either way, so Sigmoid and Tanh return the same floats with it; LogSigmoid returns 0
-// instead of a subnormal (below 1.2e-38 in magnitude) for |x| > 87.
+// instead of a subnormal (below 1.2e-38 in magnitude) for 87.3 < |x| < 103.3.
 __device__ __forceinline__ float ExpFlushed(float x) {
   float y;
   asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x * 1.44269504088896341f));
@@ -36,10 +36,15 @@ __device__ __forceinline__ float Tanh(float x) {
   return a < 0.0625f ? series : ratio;
 }
 
-// 1 / x by the hardware reciprocal (within 1 ulp), for the sLSTM's normaliser n >= 1, which
-// stays far below 2^126 (n grows by at most 1 a step): an IEEE division costs a range check and
-// a call of its slow path on the step's critical path.
-__device__ __forceinline__ float Reciprocal(float x) { return __fdividef(1.0f, x); }
+// 1 / x by the hardware reciprocal (rcp.approx, within 1 ulp), for the sLSTM's normaliser
+// n >= 1: an IEEE division costs a range check and a call of its slow path on the step's critical
+// path. Not __fdividef, nor the .ftz variant: those return 0 for 2^126 < x < 2^128, where 1 / x is
+// subnormal, and a caller's initial states may hold such an n.
+__device__ __forceinline__ float Reciprocal(float x) {
+  float y;
+  asm("rcp.approx.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
 
 // log(sigmoid(x)) without overflow for large |x|: min(x, 0) - log1p(exp(-|x|)).
 __device__ __forceinline__ float LogSigmoid(float x) {

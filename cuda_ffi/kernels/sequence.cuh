@@ -8,8 +8,9 @@
 
 namespace flashrnn {
 
-// Steps, lengths and input indices are int: a sequence has fewer than 2^31 steps
-// (flashrnn_jax.fused refuses longer ones), and 32-bit arithmetic keeps the per-step index work
+// Steps, lengths and input indices are int: a sequence has at most 2^31 - 2 steps, so that even
+// step + 2 (the inputs copied two steps ahead) is an int (flashrnn_jax.fused refuses longer
+// ones), and 32-bit arithmetic keeps the per-step index work
 // of the step loops at half the instructions of 64-bit (benchmarks/NOTES.md, SASS).
 
 // Row b's length, clamped to 0..steps so that no value can index outside the row (Python
