@@ -23,6 +23,7 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "async_copy.cuh"
 #include "backward_element.cuh"
 #include "grid_sync.cuh"
 #include "grid_workspace.h"
@@ -99,17 +100,11 @@ __global__ void __launch_bounds__(MmaGroupBackwardLayout<Cell::kGatesR, D>::kThr
   uint4* r_shared = reinterpret_cast<uint4*>(smem + Layout::kRSharedOffset) +
                     warp * PS * KT * 32;  // this warp's [PS][KT][32]
 
-  // The group (head, batch tile) of this block and its rank there, its barrier counter and
-  // exchange in the workspace (forward_mma_group.cuh).
-  const int rank = static_cast<int>(blockIdx.x % C);
-  const int64_t group = group0 + blockIdx.x / C;
-  const int64_t N = args.heads, head = group % N, b0 = group / N * kMmaBatchTile, nd = N * D;
-  unsigned char* workspace = static_cast<unsigned char*>(args.workspace);
-  GroupCounterBarrier barrier(
-      reinterpret_cast<unsigned*>(workspace + blockIdx.x / C * kGridCounterBytes), C);
-  float* exchange =
-      reinterpret_cast<float*>(workspace + GridCounterBytes(args.workspace_groups)) +
-      blockIdx.x / C * static_cast<int64_t>(GridExchangeFloats(true, C, kMmaBatchTile, D));
+  const GridGroupPlace<C, kMmaBatchTile, D> place(args, group0, true);
+  const int rank = place.rank;
+  const int64_t N = args.heads, head = place.head, b0 = place.b0, nd = N * D;
+  GroupCounterBarrier barrier(place.counter, C);
+  float* exchange = place.exchange;
   // The slot of source CTA `source` in the block of owner CTA `owner`, buffer `buffer`.
   auto slot = [&](int buffer, int owner, int source) {
     return exchange + ((int64_t{buffer} * C + owner) * C + source) * E;
@@ -153,11 +148,9 @@ __global__ void __launch_bounds__(MmaGroupBackwardLayout<Cell::kGatesR, D>::kThr
         const float* from = slot(buffer, rank, source) + warp * 32 + at;
         const uint32_t to =
             static_cast<uint32_t>(__cvta_generic_to_shared(received + source * 32 + at));
-        asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(to), "l"(from)
-                     : "memory");
+        CopyAsync16(to, from);
       }
-      asm volatile("cp.async.commit_group;\n" ::: "memory");
-      asm volatile("cp.async.wait_group 0;\n" ::: "memory");
+      WaitForCopies();
       __syncwarp();
       float sums[4] = {};
 #pragma unroll 8

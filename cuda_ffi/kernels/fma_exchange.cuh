@@ -22,6 +22,7 @@
 
 #include <cstdint>
 
+#include "async_copy.cuh"
 #include "cluster_sync.cuh"
 #include "grid_sync.cuh"
 #include "grid_workspace.h"
@@ -101,12 +102,7 @@ class GridExchange {
   // h_prev, the backward's partials of this CTA's units).
   template <typename Args>
   __device__ GridExchange(const Args& args, int64_t group0, bool backward, float* stage)
-      : rank(static_cast<int>(blockIdx.x % C)),
-        head(GroupOf(group0) % args.heads),
-        b0(GroupOf(group0) / args.heads * BT),
-        barrier_(Counter(args), C),
-        exchange_(Exchange(args, backward)),
-        stage_(stage) {}
+      : GridExchange(GridGroupPlace<C, BT, D>(args, group0, backward), stage) {}
 
   const int rank;
   const int64_t head, b0;
@@ -149,7 +145,13 @@ class GridExchange {
   }
 
  private:
-  __device__ static int64_t GroupOf(int64_t group0) { return group0 + blockIdx.x / C; }
+  __device__ GridExchange(const GridGroupPlace<C, BT, D>& place, float* stage)
+      : rank(place.rank),
+        head(place.head),
+        b0(place.b0),
+        barrier_(place.counter, C),
+        exchange_(place.exchange),
+        stage_(stage) {}
 
   // `values` floats from global memory into stage_, rows of kRow floats placed kStride floats
   // apart, 16 bytes per cp.async.cg, every copy of the CTA issued before one wait, then the
@@ -160,26 +162,10 @@ class GridExchange {
     const uint32_t stage = static_cast<uint32_t>(__cvta_generic_to_shared(stage_));
     for (int64_t chunk = threadIdx.x; chunk < values / 4; chunk += blockDim.x) {
       const int64_t from = 4 * chunk, at = from / kRow * kStride + from % kRow;
-      asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(
-                       stage + static_cast<uint32_t>(4 * at)),
-                   "l"(source + 4 * chunk)
-                   : "memory");
+      CopyAsync16(stage + static_cast<uint32_t>(4 * at), source + 4 * chunk);
     }
-    asm volatile("cp.async.commit_group;\n" ::: "memory");
-    asm volatile("cp.async.wait_group 0;\n" ::: "memory");
+    WaitForCopies();
     __syncthreads();
-  }
-
-  template <typename Args>
-  __device__ static unsigned* Counter(const Args& args) {
-    return reinterpret_cast<unsigned*>(static_cast<unsigned char*>(args.workspace) +
-                                       blockIdx.x / C * kGridCounterBytes);
-  }
-  template <typename Args>
-  __device__ static float* Exchange(const Args& args, bool backward) {
-    return reinterpret_cast<float*>(static_cast<unsigned char*>(args.workspace) +
-                                    GridCounterBytes(args.workspace_groups)) +
-           blockIdx.x / C * static_cast<int64_t>(GridExchangeFloats(backward, C, BT, D));
   }
 
   GroupCounterBarrier barrier_;

@@ -27,6 +27,7 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "async_copy.cuh"
 #include "forward_element.cuh"
 #include "grid_sync.cuh"
 #include "grid_workspace.h"
@@ -121,18 +122,12 @@ __global__ void __launch_bounds__(MmaGroupForwardLayout<Cell, T, D>::kThreads, 1
   uint4* r_shared = reinterpret_cast<uint4*>(smem + Layout::kRSharedOffset) +
                     warp * Gr * KS * 32;  // this warp's [Gr][KS][32]
 
-  // The group (head, batch tile) of this block and its rank there (fma_exchange.cuh numbers
-  // groups so too); the group's barrier counter and exchange in the workspace.
-  const int rank = static_cast<int>(blockIdx.x % C);
-  const int64_t group = group0 + blockIdx.x / C;
-  const int64_t N = args.heads, head = group % N, b0 = group / N * BT, nd = N * D;
+  const GridGroupPlace<C, BT, D> place(args, group0, false);
+  const int rank = place.rank;
+  const int64_t N = args.heads, head = place.head, b0 = place.b0, nd = N * D;
   const int u0 = rank * U;
-  unsigned char* workspace = static_cast<unsigned char*>(args.workspace);
-  GroupCounterBarrier barrier(
-      reinterpret_cast<unsigned*>(workspace + blockIdx.x / C * kGridCounterBytes), C);
-  T* exchange = reinterpret_cast<T*>(
-      reinterpret_cast<float*>(workspace + GridCounterBytes(args.workspace_groups)) +
-      blockIdx.x / C * static_cast<int64_t>(GridExchangeFloats(false, C, BT, D)));
+  GroupCounterBarrier barrier(place.counter, C);
+  T* exchange = reinterpret_cast<T*>(place.exchange);
   auto exchange_at = [&](int buffer, int part, int row) {
     return exchange + ((buffer * 2 + part) * BT + row) * D;
   };
@@ -181,10 +176,9 @@ __global__ void __launch_bounds__(MmaGroupForwardLayout<Cell, T, D>::kThreads, 1
       const T* from = exchange_at(buffer, 0, 0) + row * D + warp * kSlice + col;
       const uint32_t to =
           static_cast<uint32_t>(__cvta_generic_to_shared(h_hi + row * kStride + col));
-      asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(to), "l"(from) : "memory");
+      CopyAsync16(to, from);
     }
-    asm volatile("cp.async.commit_group;\n" ::: "memory");
-    asm volatile("cp.async.wait_group 0;\n" ::: "memory");
+    WaitForCopies();
     __syncwarp();
   };
   static_assert(Layout::kPartValues == BT * kStride, "lo follows hi (stage_h's rows)");
@@ -246,8 +240,8 @@ __global__ void __launch_bounds__(MmaGroupForwardLayout<Cell, T, D>::kThreads, 1
       reset = reset_flag != 0;
       publish_h(cur ^ 1, reset ? initial[0] : s[0]);
     }
-    // The inputs of the next step have landed (this thread's); the barrier publishes them.
-    Inputs::WaitAllButNewest();
+    // The inputs of the next step landed before this step's were issued (stage_h waits for
+    // every copy of this thread); the barrier publishes them.
     // Orders this step's h writes before the group's next reads, and every warp's reads of
     // the partial sums and of the input stage before the next step's writes. The step's
     // outputs and the next step's row state go between its halves (grid_sync.cuh).

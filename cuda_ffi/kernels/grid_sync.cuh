@@ -4,7 +4,35 @@
 // (launch.cuh) launches cooperatively, which fails instead of deadlocking when they cannot be.
 #pragma once
 
+#include <cstdint>
+
+#include "grid_workspace.h"
+
 namespace flashrnn {
+
+// Where a CTA of a group beyond a cluster stands: launch.cuh runs a chunk of groups from group0
+// on, C consecutive blocks each (the FMA and the tensor-core group kernels alike). Its rank in
+// the group, the group's head and first batch row, and the group's barrier counter and
+// exchange buffer in the workspace (grid_workspace.h).
+template <int C, int BT, int D>
+struct GridGroupPlace {
+  int rank;
+  int64_t head, b0;
+  unsigned* counter;
+  float* exchange;
+
+  template <typename Args>
+  __device__ GridGroupPlace(const Args& args, int64_t group0, bool backward) {
+    const int64_t group = group0 + blockIdx.x / C;
+    rank = static_cast<int>(blockIdx.x % C);
+    head = group % args.heads;
+    b0 = group / args.heads * BT;
+    unsigned char* workspace = static_cast<unsigned char*>(args.workspace);
+    counter = reinterpret_cast<unsigned*>(workspace + blockIdx.x / C * kGridCounterBytes);
+    exchange = reinterpret_cast<float*>(workspace + GridCounterBytes(args.workspace_groups)) +
+               blockIdx.x / C * static_cast<int64_t>(GridExchangeFloats(backward, C, BT, D));
+  }
+};
 
 class GroupCounterBarrier {
  public:
