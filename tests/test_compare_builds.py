@@ -1,4 +1,4 @@
-"""benchmarks/compare_builds.py: quick benches of several builds of one device call, side by side."""
+"""benchmarks/compare_builds.py: the quick benches of several builds of one call, side by side."""
 
 import json
 import subprocess
