@@ -1,0 +1,44 @@
+"""benchmarks/step_model.py's mechanics on small instruction streams: latencies, pipe
+throughput, the scheduler's one issue a cycle and the block barrier (its constants are fitted,
+benchmarks/NOTES.md; these tests check what it does with them)."""
+
+import bench_runs  # noqa: F401  (puts benchmarks/ on sys.path)
+import step_model as m
+from sass_loop import Instruction
+
+
+def _i(opcode, operands):
+    return Instruction("", opcode, operands)
+
+
+def test_a_dependent_instruction_waits_for_its_producers_latency():
+    loop = [_i("FADD", "R1, R2, R3"), _i("FADD", "R4, R1, R1")]
+    assert m.step_cycles(loop, 1) == m.LATENCY["FP"] + 1
+
+
+def test_independent_instructions_of_one_pipe_are_spaced_by_its_throughput():
+    loop = [_i("MUFU.EX2", f"R{i}, R{i + 10}") for i in range(4)]
+    assert m.step_cycles(loop, 1) == 3 * m.PIPE["MUFU"] + 1
+
+
+def test_warps_share_one_issue_a_cycle():
+    loop = [_i("FADD", f"R{i}, R20, R21") for i in range(5)]
+    assert m.step_cycles(loop, 3) == 15
+
+
+def test_a_barrier_waits_for_every_warp():
+    # Warp 0's exp2 issues at 0 and it reaches the barrier at 1; warp 1's waits for the MUFU
+    # pipe until PIPE, reaches the barrier a cycle later; both go on BARRIER cycles after that.
+    loop = [_i("MUFU.EX2", "R1, R2"), _i("BAR.SYNC.DEFER_BLOCKING", "0x0"),
+            _i("FADD", "R3, R1, R1")]
+    assert m.step_cycles(loop, 2) == m.PIPE["MUFU"] + 1 + m.BARRIER + 2
+
+
+def test_operands_are_decoded_with_their_widths():
+    mma = m.decode(_i("HMMA.16816.F32.BF16", "R36, R12, R32, R40"))
+    assert mma.dests == ("R36", "R37", "R38", "R39")
+    assert set(mma.sources) == {f"R{n}" for n in (*range(12, 16), 32, 33, *range(40, 44))}
+    compare = m.decode(Instruction("@!P1", "ISETP.GE.AND", "P2, PT, R5, R6, PT"))
+    assert compare.dests == ("P2",) and set(compare.sources) == {"P1", "R5", "R6"}
+    store = m.decode(_i("STS.128", "[R8+0x10], R20"))
+    assert store.dests == () and set(store.sources) == {"R8", "R20", "R21", "R22", "R23"}
