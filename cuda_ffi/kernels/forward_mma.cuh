@@ -90,7 +90,7 @@ __global__ void __launch_bounds__(2 * D, 1) ForwardMmaKernel(const ForwardArgs a
   LoadBias<Cell>(args, element(0), bias[0]);
   LoadBias<Cell>(args, element(2), bias[1]);
   // The inputs of steps 0 and 1 are copied in while the states load.
-  const Inputs inputs(args, b0, head * D, nd);
+  Inputs inputs(args, b0, head * D, nd);
   inputs.Issue(args, wx_stages, 0, 0);
   inputs.Issue(args, wx_stages, 1, 1);
   float s[E][S];

@@ -250,7 +250,7 @@ __global__ void __launch_bounds__(MmaClusterForwardLayout<Cell, T, D, C>::kThrea
     }
   };
   // The inputs of steps 0 and 1 are copied in while the cluster starts.
-  const Inputs inputs(args, b0, head * D + u0, nd);
+  Inputs inputs(args, b0, head * D + u0, nd);
   inputs.Issue(args, wx_stages, 0, 0);
   inputs.Issue(args, wx_stages, 1, 1);
   if constexpr (kAsyncPush<C>) {

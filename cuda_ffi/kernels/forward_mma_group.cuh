@@ -183,7 +183,7 @@ __global__ void __launch_bounds__(MmaGroupForwardLayout<Cell, T, D>::kThreads, 1
   };
   static_assert(Layout::kPartValues == BT * kStride, "lo follows hi (stage_h's rows)");
 
-  const Inputs inputs(args, b0, head * D + u0, nd);
+  Inputs inputs(args, b0, head * D + u0, nd);
   inputs.Issue(args, wx_stages, 0, 0);
   inputs.Issue(args, wx_stages, 1, 1);
   if (runs_element) publish_h(0, s[0]);

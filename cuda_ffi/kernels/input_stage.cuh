@@ -42,16 +42,19 @@ struct InputStage {
   static constexpr int kCopiesPerThread = (kChunks + kThreads - 1) / kThreads;
 
   // The copies of this thread: each one's source at input 0 of its row (batch row b, gate g,
-  // unit: b * steps * Gw * nd + g * nd + the unit's column), its row's length, and its place
-  // in a stage. Per step only the input index changes: 32-bit arithmetic there (a step's
-  // input row of Wx, Gw * nd values, is far below 2^31 values).
+  // unit: b * steps * Gw * nd + g * nd + the unit's column), its row's length, its place in a
+  // stage, and the offset from the source of the input that the next Issue copies, which moves
+  // by `delta` a step (Gw * nd values, the distance between consecutive inputs of a row;
+  // negative when reading in reverse): a step's source is an add, not the input index times
+  // the row's values (benchmarks/NOTES.md, SASS).
   const T* source[kCopiesPerThread];
   int length[kCopiesPerThread];
   int at[kCopiesPerThread];  // -1: this thread has no such copy (kChunks is not a multiple)
-  int row_values;  // Gw * nd: the distance between consecutive inputs of a row
+  int64_t next[kCopiesPerThread];
+  int delta;  // a step's input row of Wx, Gw * nd values, is far below 2^31 values
 
   __device__ InputStage(const ForwardArgs& args, int64_t b0, int64_t head_unit0, int64_t nd)
-      : row_values(static_cast<int>(kGates * nd)) {
+      : delta(static_cast<int>(args.seq.reverse ? -kGates * nd : kGates * nd)) {
 #pragma unroll
     for (int k = 0; k < kCopiesPerThread; ++k) {
       const int c = static_cast<int>(threadIdx.x) + k * kThreads;
@@ -65,19 +68,22 @@ struct InputStage {
                        ? b * args.steps * kGates * nd + g * nd + head_unit0 + unit
                        : 0);
       at[k] = copies ? row * kRowStride + g * kUnits + unit : -1;
+      // Step 0 reads input 0, or the row's last in reverse.
+      next[k] = args.seq.reverse && length[k] > 0 ? int64_t{length[k] - 1} * -delta : 0;
     }
   }
 
   // Start the copies of step `step` into stage `stage` and close them as one cp.async group
   // (an empty group past the last step, so that every thread counts the same groups). Rows past
   // their length read nothing: the stage is zero-filled there (the step keeps its states).
-  __device__ void Issue(const ForwardArgs& args, T* stages, int stage, int step) const {
+  // Called for steps 0, 1, 2, ... in turn, once each.
+  __device__ void Issue(const ForwardArgs& args, T* stages, int stage, int step) {
 #pragma unroll
     for (int k = 0; k < kCopiesPerThread; ++k) {
       if ((kChunks % kThreads == 0 || at[k] >= 0) && step < static_cast<int>(args.steps)) {
         const bool active = step < length[k];
-        const int t = args.seq.reverse && active ? length[k] - 1 - step : step;
-        const T* src = active ? source[k] + static_cast<int64_t>(t) * row_values : source[k];
+        const T* src = active ? source[k] + next[k] : source[k];
+        next[k] += delta;
         const uint32_t dst = static_cast<uint32_t>(
             __cvta_generic_to_shared(stages + stage * kStageValues + at[k]));
         asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src),
