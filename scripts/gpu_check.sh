@@ -10,8 +10,9 @@
 #            cluster tensor-core forward and backward (head sizes 256 to 2048), MMA_SPLIT=0
 #            without the split tensor-core forward and backward (head sizes 16 to 64);
 #            EXPERIMENTS names the experimental CMake options to turn on (space-separated, of
-#            FLASHRNN_MMA_CLUSTER_ASYNC_PUSH, FLASHRNN_BACKWARD_INPUTS_TWO_AHEAD and
-#            FLASHRNN_MMA_ROUNDED_OPERAND; the others are turned off)
+#            FLASHRNN_MMA_CLUSTER_ASYNC_PUSH, FLASHRNN_BACKWARD_INPUTS_TWO_AHEAD,
+#            FLASHRNN_MMA_ROUNDED_OPERAND and FLASHRNN_MMA_SPLIT_FORWARD_GATES; the others are
+#            turned off)
 #     tests  the GPU tests and, beside them, the sanitizers (SANITIZE=0 leaves them out);
 #            PYTEST_WORKERS sets the test processes, 12 by default; GPU_TESTS the test files,
 #            all GPU tests by default; GPU_TEST_ARGS more pytest arguments (e.g. -k "lstm";
@@ -55,7 +56,7 @@ on_off() { [ "$1" = 1 ] && echo ON || echo OFF; }
 # named in ON_OPTIONS (space-separated) ON, and of every other experimental option OFF (a build
 # directory's cache would keep one of an earlier call on otherwise).
 experiments="FLASHRNN_MMA_CLUSTER_ASYNC_PUSH FLASHRNN_BACKWARD_INPUTS_TWO_AHEAD"
-experiments+=" FLASHRNN_MMA_ROUNDED_OPERAND"
+experiments+=" FLASHRNN_MMA_ROUNDED_OPERAND FLASHRNN_MMA_SPLIT_FORWARD_GATES"
 experiment_defines() {
   local option
   defines=()

@@ -136,3 +136,21 @@ def test_kernel_symbols_get_short_names():
     name = ("_ZN8flashrnn14BackwardKernelINS_9SlstmCellE13__nv_bfloat16NS_6TilingILi16ELi1ELi16ELi"
             "512EEEEEvNS_12BackwardArgsE")
     assert sass_loop.short_name(name) == "BackwardKernel SlstmCell D=16"
+
+
+def test_split_forward_gates_option_drops_the_partial_sums_of_the_four_gate_cells():
+    # FLASHRNN_MMA_SPLIT_FORWARD_GATES: at 64 each warp multiplies one gate over all of K (the
+    # same 8 mma), so a warp stores its 4 accumulator registers instead of 4 gates x 4; the
+    # GRU's 3 gates keep K split (its loop does not change).
+    cases = [("Forward", "LstmCell", BF16, (64, 1, 16, 512)),
+             ("Forward", "GruCell", BF16, (64, 1, 16, 512))]
+    off = sass_loop.step_loops(cases)
+    on = sass_loop.step_loops(cases, ("FLASHRNN_MMA_SPLIT_FORWARD_GATES=1",))
+    assert set(off) == set(on) and len(off) == 4
+    for name in off:
+        before, after = sass_loop.opcode_counts(off[name]), sass_loop.opcode_counts(on[name])
+        assert before["HMMA"] == after["HMMA"] > 0, name
+        if "LstmCell" in name:
+            assert before["STS"] - after["STS"] == 12, (name, before["STS"], after["STS"])
+        else:
+            assert after["STS"] == before["STS"], name

@@ -48,9 +48,15 @@ constexpr bool kMmaClusterForwardSupported =
     MmaClusterTakesHead<Cell>(Tile::kHeadSize);
 
 // The gate groups of the four warps of a unit tile (below): K splits into min(4, D / 16) parts
-// (its k-tiles), and the gates into as many groups as that leaves warps.
-constexpr int MmaForwardGateGroups(int head_size) {
-  return head_size / 16 < 4 ? 4 / (head_size / 16) : 1;
+// (its k-tiles), and the gates into as many groups as that leaves warps. With
+// FLASHRNN_MMA_SPLIT_FORWARD_GATES (experimental, off until measured) a head of 64 with four R
+// gates (LSTM, sLSTM) splits the gates instead, one a warp over all four k-tiles: no partial
+// sums between the warps (a step's shared-memory traffic 72 -> 48 KB, 12 fewer stores a warp),
+// at the price of a dependent chain of 8 mma instead of 2 and the B fragments of all of K
+// (benchmarks/NOTES.md: the step model puts it at 0.94x, 0.85x with the rounded operand).
+constexpr int MmaForwardGateGroups(int head_size, int gates_r) {
+  if (head_size / 16 < 4) return 4 / (head_size / 16);
+  return FLASHRNN_MMA_SPLIT_FORWARD_GATES && head_size == 64 && gates_r % 4 == 0 ? 4 : 1;
 }
 
 // The split forward (CMake FLASHRNN_MMA_SPLIT_FORWARD, on by default since its first GPU run:
@@ -66,7 +72,7 @@ template <typename Cell, typename T, typename Tile>
 constexpr bool kMmaSplitForwardSupported =
     (std::is_same_v<T, __nv_bfloat16> || std::is_same_v<T, __half>) && Tile::kCluster == 1 &&
     (Tile::kHeadSize == 16 || Tile::kHeadSize == 32 || Tile::kHeadSize == 64) &&
-    Cell::kGatesR % MmaForwardGateGroups(Tile::kHeadSize) == 0;
+    Cell::kGatesR % MmaForwardGateGroups(Tile::kHeadSize, Cell::kGatesR) == 0;
 
 // How a CTA learns that the step's h has arrived (CMake FLASHRNN_MMA_CLUSTER_ASYNC_PUSH, off
 // by default until it is measured). Off: a cluster barrier per step, whose arrive is a release
@@ -105,7 +111,7 @@ constexpr bool kStagedBroadcast = C >= 16 || kAsyncPush<C>;
 template <typename Cell, typename T, int D, int C>
 struct MmaClusterForwardLayout {
   static constexpr int kBatchTile = kMmaBatchTile, kWarpsPerUnitTile = 4;
-  static constexpr int kGateGroups = MmaForwardGateGroups(D);
+  static constexpr int kGateGroups = MmaForwardGateGroups(D, Cell::kGatesR);
   static constexpr int kKParts = kWarpsPerUnitTile / kGateGroups;
   static constexpr int kUnitTiles = D / C / 16;
   static constexpr int kThreads = 32 * kUnitTiles * kWarpsPerUnitTile;
