@@ -5,7 +5,9 @@ its issue) and its pipe is free, meeting at the block barriers.
 
 Why: the steps are bound neither by bandwidth nor by flops but by dependent latencies and issue
 slots (benchmarks/NOTES.md); counting instructions alone cannot say which. It is a model, not a
-simulator of the hardware: every instruction of the loop is issued (branches are not followed),
+simulator of the hardware: block barriers only (not the cluster or group barriers of the
+kernels beyond one CTA, whose steps it therefore underestimates), every instruction of the loop
+is issued (branches are not followed),
 the other three schedulers are assumed to do the same (shared-memory instructions therefore take
 a quarter of the SM's shared-memory throughput), and a step's input loads are ready (they are
 issued a step or two ahead). Its latencies are approximations of sm_90 from published
@@ -84,6 +86,7 @@ class Op:
     dests: tuple[str, ...]
     sources: tuple[str, ...]
     barrier: bool
+    pipe_cycles: int  # PIPE of its pipe, times the 128-byte wavefronts of a shared-memory access
 
 
 def decode(instruction: sass_loop.Instruction) -> Op:
@@ -92,7 +95,10 @@ def decode(instruction: sass_loop.Instruction) -> Op:
     operands = [o.strip() for o in instruction.operands.split(",")] if instruction.operands else []
     predicate = _REG.findall(instruction.predicate)
     writes = op not in ("STS", "STG", "ST", "BRA", "BAR", "BSSY", "BSYNC", "LDGSTS", "NOP",
-                        "DEPBAR", "LDGDEPBAR", "EXIT", "ATOMS", "RED")
+                        "DEPBAR", "LDGDEPBAR", "EXIT", "ATOMS", "RED", "REDG")
+    # The carry out of a 64-bit add's low half (IADD3 R, P, ...; LEA R, P, ...), which its .X
+    # high half reads.
+    carry_out = op in ("IADD3", "LEA", "IMAD") and ".X" not in instruction.opcode
     dests: list[str] = []
     sources = list(predicate)
     for i, operand in enumerate(operands):
@@ -108,6 +114,9 @@ def decode(instruction: sass_loop.Instruction) -> Op:
         if writes and i == 1 and op in ("ISETP", "FSETP", "PLOP3", "DSETP") and regs:
             dests.append(regs[0])  # a second predicate destination
             continue
+        if carry_out and i in (1, 2) and regs and regs[0].startswith("P"):
+            dests.append(regs[0])
+            continue
         for reg in regs:
             if not reg.startswith("R"):
                 sources.append(reg)
@@ -121,7 +130,9 @@ def decode(instruction: sass_loop.Instruction) -> Op:
             else:
                 width = 1
             sources += [f"R{int(reg[1:]) + k}" for k in range(width)]
-    return Op(pipe_of(op), tuple(dests), tuple(sources), op == "BAR")
+    pipe = pipe_of(op)
+    wavefronts = _width(instruction.opcode) if pipe == "SMEM" else 1
+    return Op(pipe, tuple(dests), tuple(sources), op == "BAR", PIPE[pipe] * wavefronts)
 
 
 def step_cycles(loop: list[sass_loop.Instruction], warps: int) -> int:
@@ -143,7 +154,7 @@ def step_cycles(loop: list[sass_loop.Instruction], warps: int) -> int:
                 continue
             if pipe_free[op.pipe] > cycle:
                 continue
-            pipe_free[op.pipe] = cycle + PIPE[op.pipe]
+            pipe_free[op.pipe] = cycle + op.pipe_cycles
             for r in op.dests:
                 ready[w][r] = cycle + LATENCY[op.pipe]
             pc[w] += 1
@@ -218,6 +229,9 @@ def main() -> None:
     loops = sass_loop.step_loops([(args.direction, args.cell, sass_loop.CUDA_TYPES[args.dtype],
                                    tile)], args.defines, args.root)
     for name, loop in loops.items():
+        if any(i.op in ("UCGABAR_ARV", "SYNCS", "REDG", "RED") for i in loop):
+            print(f"{sass_loop.short_name(name)}: meets other CTAs each step, which the model "
+                  "does not count")
         cycles = step_cycles(loop, args.warps)
         print(f"{sass_loop.short_name(name)}: {len(loop)} instructions, modelled step "
               f"{cycles} cycles ({cycles / CLOCK_GHZ / 1000:.2f} µs)")

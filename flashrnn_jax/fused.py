@@ -92,7 +92,8 @@ def tensor_core_kernels() -> dict[str, bool]:
     if module is None:
         return dict.fromkeys(BUILD_OPTIONS, False)
     options = module.build_options()
-    return {name: bool(options[name]) for name in BUILD_OPTIONS}
+    # A module built before an option existed has none of it: off.
+    return {name: bool(options.get(name, False)) for name in BUILD_OPTIONS}
 
 
 @functools.cache

@@ -42,3 +42,18 @@ def test_operands_are_decoded_with_their_widths():
     assert compare.dests == ("P2",) and set(compare.sources) == {"P1", "R5", "R6"}
     store = m.decode(_i("STS.128", "[R8+0x10], R20"))
     assert store.dests == () and set(store.sources) == {"R8", "R20", "R21", "R22", "R23"}
+
+
+def test_a_64_bit_adds_carry_is_written_by_its_low_half_and_read_by_its_high_half():
+    low = m.decode(_i("IADD3", "R38, P6, R32, R66, RZ"))
+    high = m.decode(_i("IADD3.X", "R39, R33, R67, RZ, P6, !PT"))
+    assert low.dests == ("R38", "P6") and "P6" not in low.sources
+    assert high.dests == ("R39",) and "P6" in high.sources
+    lea = m.decode(_i("LEA", "R32, P5, R14, R15, 0x1"))
+    assert lea.dests == ("R32", "P5")
+
+
+def test_wide_shared_memory_accesses_take_the_pipe_for_each_128_bytes():
+    assert m.decode(_i("LDS", "R1, [R2]")).pipe_cycles == m.PIPE["SMEM"]
+    assert m.decode(_i("LDS.128", "R4, [R2]")).pipe_cycles == 4 * m.PIPE["SMEM"]
+    assert m.decode(_i("FADD", "R1, R2, R3")).pipe_cycles == m.PIPE["FP"]
