@@ -177,16 +177,17 @@ def step_cycles(loop: list[sass_loop.Instruction], warps: int) -> int:
 # GHz that ncu reported) of the kernels of commit fa8b1e8: (cell, tiling, nvcc macros, warps per
 # scheduler, ms). CALIBRATION: the LSTM's split forward at 16, 32 and 64
 # (results/quick_bench_split_NVIDIA_H200.json: 48 x 16, 24 x 32, 12 x 64). VALIDATION: the
-# sLSTM's at 16 and 64 (same file), the single-CTA LSTM forward at 64 before the split one
-# (NOTES, "Split forward ... measured": 1.69 ms) and the GRU's split forward at 64 (suite, 5
-# runs: 1.78 ms).
+# sLSTM's at 16 and 64 (same file), and the single-CTA forwards at 64 that ran before the split
+# one: the LSTM's (NOTES, "Split forward ... measured": 1.69 ms), the GRU's and the Elman's
+# (results/suite_heads_gru_elman_NVIDIA_H200.json, 5 runs: 1.78 and 1.48 ms).
 CALIBRATION = [("LstmCell", (16, 1, 16, 512), (), 1, 0.75),
                ("LstmCell", (32, 1, 16, 512), (), 2, 0.83),
                ("LstmCell", (64, 1, 16, 512), (), 4, 1.46)]
 VALIDATION = [("SlstmCell", (16, 1, 16, 512), (), 1, 0.73),
               ("SlstmCell", (64, 1, 16, 512), (), 4, 1.68),
               ("LstmCell", (64, 1, 16, 512), ("FLASHRNN_MMA_SPLIT_FORWARD=0",), 1, 1.69),
-              ("GruCell", (64, 1, 16, 512), (), 4, 1.78)]
+              ("GruCell", (64, 1, 16, 512), ("FLASHRNN_MMA_SPLIT_FORWARD=0",), 1, 1.78),
+              ("ElmanCell", (64, 1, 16, 512), ("FLASHRNN_MMA_SPLIT_FORWARD=0",), 1, 1.48)]
 CLOCK_GHZ = 1.93
 
 
