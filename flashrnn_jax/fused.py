@@ -80,7 +80,7 @@ def extension():
 # of cuda_ffi/ffi/module.cc).
 BUILD_OPTIONS = ("forward", "backward", "cluster_forward", "cluster_backward", "split_forward",
                  "split_backward", "cluster_async_push", "backward_inputs_two_ahead",
-                 "rounded_operand", "split_forward_gates")
+                 "rounded_operand", "split_forward_gates", "split_backward_16")
 
 
 def tensor_core_kernels() -> dict[str, bool]:

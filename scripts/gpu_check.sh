@@ -11,8 +11,8 @@
 #            without the split tensor-core forward and backward (head sizes 16 to 64);
 #            EXPERIMENTS names the experimental CMake options to turn on (space-separated, of
 #            FLASHRNN_MMA_CLUSTER_ASYNC_PUSH, FLASHRNN_BACKWARD_INPUTS_TWO_AHEAD,
-#            FLASHRNN_MMA_ROUNDED_OPERAND and FLASHRNN_MMA_SPLIT_FORWARD_GATES; the others are
-#            turned off)
+#            FLASHRNN_MMA_ROUNDED_OPERAND, FLASHRNN_MMA_SPLIT_FORWARD_GATES and
+#            FLASHRNN_MMA_SPLIT_BACKWARD_16; the others are turned off)
 #     tests  the GPU tests and, beside them, the sanitizers (SANITIZE=0 leaves them out);
 #            PYTEST_WORKERS sets the test processes, 12 by default; GPU_TESTS the test files,
 #            all GPU tests by default; GPU_TEST_ARGS more pytest arguments (e.g. -k "lstm";
@@ -57,6 +57,7 @@ on_off() { [ "$1" = 1 ] && echo ON || echo OFF; }
 # directory's cache would keep one of an earlier call on otherwise).
 experiments="FLASHRNN_MMA_CLUSTER_ASYNC_PUSH FLASHRNN_BACKWARD_INPUTS_TWO_AHEAD"
 experiments+=" FLASHRNN_MMA_ROUNDED_OPERAND FLASHRNN_MMA_SPLIT_FORWARD_GATES"
+experiments+=" FLASHRNN_MMA_SPLIT_BACKWARD_16"
 experiment_defines() {
   local option
   defines=()

@@ -154,3 +154,18 @@ def test_split_forward_gates_option_drops_the_partial_sums_of_the_four_gate_cell
             assert before["STS"] - after["STS"] == 12, (name, before["STS"], after["STS"])
         else:
             assert after["STS"] == before["STS"], name
+
+
+def test_split_backward_16_option_takes_the_four_gate_cells_heads_of_16():
+    # FLASHRNN_MMA_SPLIT_BACKWARD_16: the LSTM's and sLSTM's bf16 backward at 16 is the split
+    # one (a quarter of the 4 k-tiles over (gate, unit) a warp: hi and lo, 2 mma a step) with no
+    # local memory; the GRU's (3 gates) stays the FMA kernel.
+    cases = [("Backward", cell, BF16, (16, 1, 16, 256))
+             for cell in ("LstmCell", "SlstmCell", "GruCell")]
+    loops = sass_loop.step_loops(cases, ("FLASHRNN_MMA_SPLIT_BACKWARD_16=1",))
+    split = sorted(name for name in loops if "BackwardMmaSplitKernel" in name)
+    assert len(split) == 2 and "GruCell" not in "".join(split), list(loops)
+    assert [name for name in loops if "GruCell" in name][0].startswith("_ZN8flashrnn14Backward")
+    for name in split:
+        counts = sass_loop.opcode_counts(loops[name])
+        assert counts["HMMA"] == 2 and counts["LDL"] + counts["STL"] == 0, (name, counts)

@@ -50,13 +50,15 @@ NB_MODULE(_cuda, m) {
         options["backward_inputs_two_ahead"] = FLASHRNN_BACKWARD_INPUTS_TWO_AHEAD != 0;
         options["rounded_operand"] = FLASHRNN_MMA_ROUNDED_OPERAND != 0;
         options["split_forward_gates"] = FLASHRNN_MMA_SPLIT_FORWARD_GATES != 0;
+        options["split_backward_16"] = FLASHRNN_MMA_SPLIT_BACKWARD_16 != 0;
         return options;
       },
       "Which of the kernels' CMake options (params.h) the build has on: the tensor-core "
       "forward and backward (FLASHRNN_MMA_FORWARD, FLASHRNN_MMA_BACKWARD), their cluster and "
       "split kinds (FLASHRNN_MMA_CLUSTER_*, FLASHRNN_MMA_SPLIT_*) and the experimental "
       "FLASHRNN_MMA_CLUSTER_ASYNC_PUSH, FLASHRNN_BACKWARD_INPUTS_TWO_AHEAD, "
-      "FLASHRNN_MMA_ROUNDED_OPERAND and FLASHRNN_MMA_SPLIT_FORWARD_GATES.");
+      "FLASHRNN_MMA_ROUNDED_OPERAND, FLASHRNN_MMA_SPLIT_FORWARD_GATES and "
+      "FLASHRNN_MMA_SPLIT_BACKWARD_16.");
   m.def(
       "device_properties",
       [](int device) {

@@ -31,11 +31,15 @@
 namespace flashrnn {
 
 // Which calls it takes: bfloat16 heads of 32 and 64 in one CTA whose k-tiles over (gate, unit)
-// split in quarters (at 32 the LSTM and sLSTM, with 4 gates, not the GRU or Elman).
+// split in quarters (at 32 the LSTM and sLSTM, with 4 gates, not the GRU or Elman); with
+// FLASHRNN_MMA_SPLIT_BACKWARD_16 (experimental, off until measured) the LSTM's and sLSTM's heads
+// of 16 too, one k-tile a quarter, instead of the FMA backward (benchmarks/NOTES.md: the step
+// model puts their step at ~0.65-0.72x of the FMA kernel's, with twice its CTAs).
 template <typename Cell, typename T, typename Tile>
 constexpr bool kMmaSplitBackwardSupported =
     std::is_same_v<T, __nv_bfloat16> && Tile::kCluster == 1 &&
-    (Tile::kHeadSize == 32 || Tile::kHeadSize == 64) &&
+    ((FLASHRNN_MMA_SPLIT_BACKWARD_16 && Tile::kHeadSize == 16) || Tile::kHeadSize == 32 ||
+     Tile::kHeadSize == 64) &&
     Cell::kGatesR * Tile::kHeadSize / 16 % 4 == 0;
 
 // Shared memory: the gate cotangents [batch row][gate * D + unit] as hi and lo parts, rows
