@@ -162,9 +162,8 @@ __global__ void __launch_bounds__(MmaClusterBackwardLayout<Cell::kGatesR, D, C>:
   const int steps = static_cast<int>(args.steps);
   ahead.ForEachStep(steps, [&](int step, BackwardElementStep<Cell, T>& inputs) {
     float dg[Gt];
-    BackwardStep<Cell>(args, el, inputs.row, inputs.in,
-                       recurrent_cotangent((step + 1) & 1), after_reset, ds, d0,
-                       dg);
+    BackwardStep<Cell>(args, el, inputs.row, inputs.in, recurrent_cotangent((step + 1) & 1),
+                       after_reset, ds, d0, dg);
     after_reset = inputs.row.resets();
 #pragma unroll
     for (int g = 0; g < Gr; ++g) {

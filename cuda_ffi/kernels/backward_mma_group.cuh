@@ -173,8 +173,7 @@ __global__ void __launch_bounds__(MmaGroupBackwardLayout<Cell::kGatesR, D>::kThr
     float dg[Gt];
     if (runs_element) {
       // Step T - 1 has no step T to receive from.
-      const float dh_rec =
-          step + 1 < steps ? recurrent_cotangent((step + 1) & 1) : 0.0f;
+      const float dh_rec = step + 1 < steps ? recurrent_cotangent((step + 1) & 1) : 0.0f;
       BackwardStep<Cell>(args, el, next.row, next.in, dh_rec, after_reset, ds, d0, dg);
       after_reset = next.row.resets();
 #pragma unroll

@@ -14,9 +14,10 @@
 // shared memory, read each step. The partial sums meet in shared memory, where each thread
 // picks up the sums of one element (accumulator register s of its lane position) and runs its
 // cell step: one element per thread. h goes, as hi + lo values of the input dtype
-// (forward_mma.cuh says why; hi alone with FLASHRNN_MMA_ROUNDED_OPERAND), into the h buffer of every CTA of the cluster (distributed shared
-// memory, kStagedBroadcast says how), double-buffered; per step one block barrier (two with the
-// staged push) and one cluster barrier (none with kAsyncPush).
+// (forward_mma.cuh says why; hi alone with FLASHRNN_MMA_ROUNDED_OPERAND), into the h buffer of
+// every CTA of the cluster (distributed shared memory, kStagedBroadcast says how),
+// double-buffered; per step one block barrier (two with the staged push) and one cluster
+// barrier (none with kAsyncPush).
 #pragma once
 
 #include <cuda_bf16.h>
@@ -53,7 +54,7 @@ constexpr bool kMmaClusterForwardSupported =
 // gates (LSTM, sLSTM) splits the gates instead, one a warp over all four k-tiles: no partial
 // sums between the warps (a step's shared-memory traffic 72 -> 48 KB, 12 fewer stores a warp),
 // at the price of a dependent chain of 8 mma instead of 2 and the B fragments of all of K
-// (benchmarks/NOTES.md: the step model puts it at 0.94x, 0.85x with the rounded operand).
+// (benchmarks/NOTES.md: the step model puts it at 0.93x, 0.82x with the rounded operand).
 constexpr int MmaForwardGateGroups(int head_size, int gates_r) {
   if (head_size / 16 < 4) return 4 / (head_size / 16);
   return FLASHRNN_MMA_SPLIT_FORWARD_GATES && head_size == 64 && gates_r % 4 == 0 ? 4 : 1;
