@@ -191,11 +191,61 @@ VALIDATION = [("SlstmCell", (16, 1, 16, 512), (), 1, 0.73),
 CLOCK_GHZ = 1.93
 
 
-def modelled_ms(cell: str, tile, defines, warps: int, root=sass_loop.REPO, steps=1024) -> float:
-    """The modelled bf16 forward (outputs only) of ``steps`` steps, in ms."""
-    loops = sass_loop.step_loops([("Forward", cell, "__nv_bfloat16", tile)], defines, root)
-    loop = next(loop for name, loop in loops.items() if "Lb0" in name)
+def modelled_ms(cell: str, tile, defines, warps: int, root=sass_loop.REPO, steps=1024,
+                direction="Forward", residuals=False) -> float:
+    """The modelled bf16 kernel of ``steps`` steps, in ms: the forward with outputs only (or
+    with its residuals), or the backward."""
+    loops = sass_loop.step_loops([(direction, cell, "__nv_bfloat16", tile)], defines, root)
+    variant = "" if direction == "Backward" else "Lb1" if residuals else "Lb0"
+    loop = next(loop for name, loop in loops.items() if variant in name)
     return step_cycles(loop, warps) * steps / CLOCK_GHZ / 1e6
+
+
+# Forward+backward as measured with the forwards of CALIBRATION and VALIDATION (H200, B = 16,
+# T = 1024, bf16, fa8b1e8; results/quick_bench_split_NVIDIA_H200.json): (cell, forward tiling
+# and warps per scheduler, backward tiling and warps, forward ms, forward+backward ms). The
+# backward at 16 is the FMA kernel (2 warps a scheduler), at 32 and 64 the split one.
+FORWARD_BACKWARD = [("LstmCell", (16, 1, 16, 512), 1, (16, 1, 16, 256), 2, 0.75, 2.96),
+                    ("LstmCell", (32, 1, 16, 512), 2, (32, 1, 16, 512), 2, 0.83, 2.80),
+                    ("LstmCell", (64, 1, 16, 512), 4, (64, 1, 16, 512), 4, 1.46, 4.19),
+                    ("SlstmCell", (16, 1, 16, 512), 1, (16, 1, 16, 256), 2, 0.73, 3.31),
+                    ("SlstmCell", (64, 1, 16, 512), 4, (64, 1, 16, 512), 4, 1.68, 5.16)]
+
+
+def predictions(base_root, variants: dict[str, tuple[str, ...]]) -> str:
+    """A markdown table: per FORWARD_BACKWARD case, the measured forward / forward+backward ms
+    of the sources at base_root (fa8b1e8), and per variant (name -> nvcc macros) of this
+    checkout's kernels the predicted ones: the forward scaled by its modelled ratio to the
+    base's, forward+backward moved by the modelled change of the differentiated forward
+    (with residuals) and the backward kernel; what the model does not see of a
+    forward+backward (the XLA work around the kernels, ~0.7-1.3 ms here) is kept as measured."""
+    header = "| case | measured | " + " | ".join(variants) + " |"
+    lines = [header, "|---|---|" + "---|" * len(variants)]
+    for cell, ft, fw, bt, bw, fwd_ms, fwdbwd_ms in FORWARD_BACKWARD:
+        def kernels(root, defines):
+            backward_warps = (1 if bt[0] == 16 and "FLASHRNN_MMA_SPLIT_BACKWARD_16=1" in defines
+                              else bw)
+            return (modelled_ms(cell, ft, defines, fw, root),
+                    modelled_ms(cell, ft, defines, fw, root, residuals=True)
+                    + modelled_ms(cell, bt, defines, backward_warps, root, direction="Backward"))
+        base_fwd, base_rest = kernels(base_root, ())
+        cells = []
+        for defines in variants.values():
+            fwd, rest = kernels(sass_loop.REPO, defines)
+            cells.append(f"{fwd_ms * fwd / base_fwd:.2f} / {fwdbwd_ms - base_rest + rest:.2f}")
+        lines.append(f"| {cell} D={ft[0]} | {fwd_ms:.2f} / {fwdbwd_ms:.2f} | "
+                     + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+PREDICTED_VARIANTS = {
+    "now": (),
+    "rounded operand": ("FLASHRNN_MMA_ROUNDED_OPERAND=1",),
+    "split backward 16": ("FLASHRNN_MMA_SPLIT_BACKWARD_16=1",),
+    "gates split 64": ("FLASHRNN_MMA_SPLIT_FORWARD_GATES=1",),
+    "all three": ("FLASHRNN_MMA_ROUNDED_OPERAND=1", "FLASHRNN_MMA_SPLIT_BACKWARD_16=1",
+                  "FLASHRNN_MMA_SPLIT_FORWARD_GATES=1"),
+}
 
 
 def calibration_report(root) -> None:
@@ -220,9 +270,15 @@ def main() -> None:
                         help="the checkout whose kernels to model")
     parser.add_argument("--calibration", action="store_true",
                         help="model CALIBRATION and VALIDATION against their measurements")
+    parser.add_argument("--predict", action="store_true",
+                        help="with --root the measured kernels' checkout: the predicted forward "
+                             "and forward+backward of this checkout's kernels and options")
     args = parser.parse_args()
     if args.calibration:
         calibration_report(args.root)
+        return
+    if args.predict:
+        print(predictions(args.root, PREDICTED_VARIANTS))
         return
     if not args.tiling or not args.warps:
         parser.error("give direction, cell, dtype, tiling and --warps, or --calibration")

@@ -57,3 +57,17 @@ def test_wide_shared_memory_accesses_take_the_pipe_for_each_128_bytes():
     assert m.decode(_i("LDS", "R1, [R2]")).pipe_cycles == m.PIPE["SMEM"]
     assert m.decode(_i("LDS.128", "R4, [R2]")).pipe_cycles == 4 * m.PIPE["SMEM"]
     assert m.decode(_i("FADD", "R1, R2, R3")).pipe_cycles == m.PIPE["FP"]
+
+
+def test_predictions_move_the_measured_times_by_the_modelled_change(monkeypatch):
+    # The base kernels modelled at 1 ms (forward) and 2 + 3 ms (differentiated forward and
+    # backward), a variant at half of each: the forward is halved, forward+backward loses 2.5.
+    def modelled(cell, tile, defines, warps, root=None, steps=1024, direction="Forward",
+                 residuals=False):
+        scale = 0.5 if defines else 1.0
+        return scale * (3.0 if direction == "Backward" else 2.0 if residuals else 1.0)
+
+    monkeypatch.setattr(m, "modelled_ms", modelled)
+    monkeypatch.setattr(m, "FORWARD_BACKWARD", [("LstmCell", (64,), 4, (64,), 4, 1.5, 4.0)])
+    table = m.predictions("base", {"now": (), "half": ("X=1",)}).splitlines()
+    assert table[2] == "| LstmCell D=64 | 1.50 / 4.00 | 1.50 / 4.00 | 0.75 / 1.50 |"
