@@ -111,18 +111,10 @@ __global__ void __launch_bounds__(MmaSplitBackwardLayout<Cell::kGatesR, D>::kThr
   auto recurrent_cotangent = [&]() {
     float sum = 0.0f;
     if (recurrent) {
-      // The k-tiles alternate between two accumulators: in one, the product is a dependent
-      // chain of 2 KTP mma (8 at 64, ~50 cycles each: benchmarks/NOTES.md, step model).
-      float acc[2][4] = {};
+      float acc[1][4] = {};
+      MmaHiLo<T, 1, KTP, kStride>(dg_hi, dg_lo, kp * KTP, lane, a, acc);
 #pragma unroll
-      for (int j = 0; j < KTP; ++j) {
-        const HiLoFragments b = LoadHiLoFragments<T, kStride>(dg_hi, dg_lo, kp * KTP + j, lane);
-        MmaHiLoTile<T>(acc[j % 2], a[0][j], b);
-      }
-#pragma unroll
-      for (int c = 0; c < 4; ++c) {
-        part[((kp * MT + mt) * 4 + c) * 32 + lane] = KTP > 1 ? acc[0][c] + acc[1][c] : acc[0][c];
-      }
+      for (int c = 0; c < 4; ++c) part[((kp * MT + mt) * 4 + c) * 32 + lane] = acc[0][c];
       __syncthreads();
       sum = SumOf<KP>([&](int q) { return part[((q * MT + mt) * 4 + kp) * 32 + lane]; });
     }

@@ -213,16 +213,27 @@ __device__ __forceinline__ void MmaHiLoTile(float (&acc)[4], const uint32_t (&a)
 }
 
 // acc[g] += A[g] B over k-tiles [kt0, kt0 + KTiles), where B is the shared-memory matrix of
-// LoadHiLoFragments, both parts multiplied, and A[g] k-tile j is a[g][j].
+// LoadHiLoFragments, both parts multiplied, and A[g] k-tile j is a[g][j]. With one gate
+// (Gr == 1) the k-tiles alternate between two accumulators, added at the end: in one, the
+// product would be a dependent chain of 2 KTiles mma (~50 cycles each, benchmarks/NOTES.md,
+// step model); with several gates their chains interleave.
 template <typename T, int Gr, int KTiles, int kStride>
 __device__ __forceinline__ void MmaHiLo(const T* hi, const T* lo, int kt0, int lane,
                                         const uint32_t (&a)[Gr][KTiles][4],
                                         float (&acc)[Gr][4]) {
+  constexpr bool kTwoChains = Gr == 1 && KTiles > 1;
+  float second[4] = {};
 #pragma unroll
   for (int j = 0; j < KTiles; ++j) {
     const HiLoFragments b = LoadHiLoFragments<T, kStride>(hi, lo, kt0 + j, lane);
 #pragma unroll
-    for (int g = 0; g < Gr; ++g) MmaHiLoTile<T>(acc[g], a[g][j], b);
+    for (int g = 0; g < Gr; ++g) {
+      MmaHiLoTile<T>(kTwoChains && j % 2 == 1 ? second : acc[g], a[g][j], b);
+    }
+  }
+  if constexpr (kTwoChains) {
+#pragma unroll
+    for (int c = 0; c < 4; ++c) acc[0][c] += second[c];
   }
 }
 
