@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import pathlib
 import re
 
@@ -191,11 +192,18 @@ VALIDATION = [("SlstmCell", (16, 1, 16, 512), (), 1, 0.73),
 CLOCK_GHZ = 1.93
 
 
+@functools.cache
+def _step_loops(direction: str, cell: str, tile: tuple, defines: tuple, root: pathlib.Path):
+    """sass_loop.step_loops of one bf16 instantiation, compiled once for all its kernels (the
+    forward's two variants, outputs only and with residuals, come from one compile)."""
+    return sass_loop.step_loops([(direction, cell, "__nv_bfloat16", tile)], defines, root)
+
+
 def modelled_ms(cell: str, tile, defines, warps: int, root=sass_loop.REPO, steps=1024,
                 direction="Forward", residuals=False) -> float:
     """The modelled bf16 kernel of ``steps`` steps, in ms: the forward with outputs only (or
     with its residuals), or the backward."""
-    loops = sass_loop.step_loops([(direction, cell, "__nv_bfloat16", tile)], defines, root)
+    loops = _step_loops(direction, cell, tuple(tile), tuple(defines), pathlib.Path(root))
     variant = "" if direction == "Backward" else "Lb1" if residuals else "Lb0"
     loop = next(loop for name, loop in loops.items() if variant in name)
     return step_cycles(loop, warps) * steps / CLOCK_GHZ / 1e6

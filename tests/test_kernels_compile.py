@@ -13,7 +13,9 @@ import re
 import shutil
 import subprocess
 
+import bench_runs  # noqa: F401  (puts benchmarks/ on sys.path)
 import pytest
+from sass_loop import instantiation_source
 
 from flashrnn_jax.constrint import hardware, solve
 
@@ -55,20 +57,7 @@ INSTANTIATIONS = [
 ]
 
 
-
-def _source(instantiations) -> str:
-    return "".join(
-        f'#include "kernels/{header}.cuh"\n'
-        for header in ("backward", "forward", "elman_pointwise", "gru_pointwise", "lstm_pointwise",
-                       "slstm_pointwise")
-    ) + "namespace flashrnn {\n" + "".join(
-        f"template cudaError_t Launch{direction}<{cell}, {dtype}, "
-        f"Tiling<{', '.join(map(str, tile))}>>(const {direction}Args&, cudaStream_t);\n"
-        for direction, cell, dtype, tile in instantiations
-    ) + "}  // namespace flashrnn\n"
-
-
-SOURCE = _source(INSTANTIATIONS)
+SOURCE = instantiation_source(INSTANTIATIONS)
 
 MMA = "mma.sync.aligned.m16n8k16.row.col.f32."
 
@@ -185,7 +174,7 @@ def test_tensor_core_kernels_compile_with_their_mma_count_and_no_spills(mma_buil
 # A tiling of the tensor-core group kernels (hardware.takes_tensor_core_group): 16-bit LSTM,
 # sLSTM and GRU heads of 2048 on 128 CTAs of 16 units, 8 batch rows and 512 threads.
 GROUP_TILE = (2048, 128, 8, 512)
-GROUP_SOURCE = _source([
+GROUP_SOURCE = instantiation_source([
     ("Forward", "LstmCell", "__nv_bfloat16", (1024, 64, 8, 512)),
     ("Forward", "SlstmCell", "__nv_bfloat16", (1024, 64, 8, 512)),
     ("Backward", "LstmCell", "__nv_bfloat16", (1024, 64, 8, 512)),
@@ -272,7 +261,7 @@ def test_tensor_core_group_layouts_hold_every_tiling_the_model_admits(tmp_path):
 
 
 # The hardware model's tilings of these heads (the split kernel launches its own shape).
-SPLIT_FORWARD_SOURCE = _source([
+SPLIT_FORWARD_SOURCE = instantiation_source([
     ("Forward", cell, "__nv_bfloat16", (d, 1, 16, 256 if d == 16 else 512))
     for cell in ("LstmCell", "GruCell") for d in (16, 32, 64)])
 
@@ -339,7 +328,7 @@ def test_cluster_forwards_of_16_ctas_push_h_in_16_byte_pieces(mma_build):
             assert (wide, narrow) == (2 * 4, 0), (name, wide, narrow)
 
 
-ASYNC_PUSH_SOURCE = _source([
+ASYNC_PUSH_SOURCE = instantiation_source([
     ("Forward", "LstmCell", "__nv_bfloat16", (256, 8, 16, 256)),
     ("Forward", "LstmCell", "__nv_bfloat16", (768, 32, 16, 384)),
     ("Forward", "SlstmCell", "__half", (768, 32, 16, 384)),
@@ -392,7 +381,7 @@ def test_grid_kernels_meet_at_a_release_acquire_counter_and_stage_the_exchange_f
         assert "cp.async.cg.shared.global" in body and "cp.async.wait_group 0" in body, name
 
 
-SPLIT_BACKWARD_SOURCE = _source([
+SPLIT_BACKWARD_SOURCE = instantiation_source([
     ("Backward", cell, "__nv_bfloat16", (d, 1, 16, 512))
     for cell in ("LstmCell", "SlstmCell", "GruCell") for d in (32, 64)])
 
@@ -418,7 +407,7 @@ def test_split_backward_takes_bf16_heads_of_32_and_64_with_a_quarter_of_k_per_wa
                       ("Slstm", "64"): 16, ("Gru", "64"): 12}, counts
 
 
-INPUTS_AHEAD_SOURCE = _source([
+INPUTS_AHEAD_SOURCE = instantiation_source([
     ("Backward", "LstmCell", "__nv_bfloat16", (64, 1, 16, 512)),
     ("Backward", "SlstmCell", "__nv_bfloat16", (256, 4, 16, 512)),
     ("Backward", "LstmCell", "__nv_bfloat16", (768, 32, 16, 384))])
@@ -448,7 +437,7 @@ def test_backward_inputs_two_ahead_unrolls_the_step_in_two_slots(tmp_path):
             name, reports_one[name], reports_two[name])
 
 
-ROUNDED_OPERAND_SOURCE = _source([
+ROUNDED_OPERAND_SOURCE = instantiation_source([
     ("Forward", "LstmCell", "__nv_bfloat16", (64, 1, 16, 512)),
     ("Forward", "LstmCell", "__nv_bfloat16", (128, 1, 16, 256)),
     ("Forward", "LstmCell", "__nv_bfloat16", (256, 8, 16, 256)),
