@@ -9,10 +9,11 @@
 #            MMA_BACKWARD=0 without the tensor-core backward, MMA_CLUSTER=0 without the
 #            cluster tensor-core forward and backward (head sizes 256 to 2048), MMA_SPLIT=0
 #            without the split tensor-core forward and backward (head sizes 16 to 64);
-#            EXPERIMENTS names the experimental CMake options to turn on (space-separated, of
-#            FLASHRNN_MMA_CLUSTER_ASYNC_PUSH, FLASHRNN_BACKWARD_INPUTS_TWO_AHEAD,
-#            FLASHRNN_MMA_ROUNDED_OPERAND, FLASHRNN_MMA_SPLIT_FORWARD_GATES and
-#            FLASHRNN_MMA_SPLIT_BACKWARD_16; the others are turned off)
+#            EXPERIMENTS names kernel options to turn on and OPTIONS_OFF options to turn off
+#            (space-separated, of FLASHRNN_MMA_CLUSTER_ASYNC_PUSH,
+#            FLASHRNN_BACKWARD_INPUTS_TWO_AHEAD, FLASHRNN_MMA_ROUNDED_OPERAND,
+#            FLASHRNN_MMA_SPLIT_FORWARD_GATES and FLASHRNN_MMA_SPLIT_BACKWARD_16; the others
+#            keep CMakeLists.txt's defaults)
 #     tests  the GPU tests and, beside them, the sanitizers (SANITIZE=0 leaves them out);
 #            PYTEST_WORKERS sets the test processes, 12 by default; GPU_TESTS the test files,
 #            all GPU tests by default; GPU_TEST_ARGS more pytest arguments (e.g. -k "lstm";
@@ -20,11 +21,12 @@
 #            SANITIZER_TOOLS the sanitizer tools, "memcheck racecheck" by default, and
 #            SANITIZE_HEAD_SIZES their head sizes (bf16 and f16), sanitize_case.py's by default
 #     bench  the quick benchmark (BENCH_ARGS adds arguments, e.g. "--shapes 12x64")
-#     ab     an A/B of experimental CMake options in the same call: a narrow build with the
-#            options of AB_OPTION on (FLASHRNN_MMA_CLUSTER_ASYNC_PUSH by default; or e.g.
-#            FLASHRNN_BACKWARD_INPUTS_TWO_AHEAD with AB_HEADS="64 256", or several,
-#            space-separated) for the head sizes AB_HEADS ("256 512 768"), bf16 and f16, in
-#            build/ab_<options joined by +>; the quick benchmark at AB_SHAPES
+#     ab     an A/B of kernel options in the same call: a narrow build with the options of
+#            AB_OPTION on (FLASHRNN_BACKWARD_INPUTS_TWO_AHEAD by default, or several,
+#            space-separated) and those of AB_OFF off (e.g. AB_OPTION= AB_OFF=
+#            FLASHRNN_MMA_ROUNDED_OPERAND, a default one's baseline) for the head sizes
+#            AB_HEADS ("256 512 768"), bf16 and f16, in build/ab_<options joined by +>[_off_
+#            <options>]; the quick benchmark at AB_SHAPES
 #            ("3x256 1x512 1x768") on it, to compare with the bench step's rows of the same
 #            shapes (BENCH_ARGS="--shapes ..."); then the GPU tests of those heads on it with
 #            memcheck and racecheck of them beside (SANITIZE_AB=0 leaves them out);
@@ -52,18 +54,29 @@ rc=0
 
 on_off() { [ "$1" = 1 ] && echo ON || echo OFF; }
 
-# experiment_defines ON_OPTIONS: pip's CMake definitions, in the array `defines`, of the options
-# named in ON_OPTIONS (space-separated) ON, and of every other experimental option OFF (a build
-# directory's cache would keep one of an earlier call on otherwise).
-experiments="FLASHRNN_MMA_CLUSTER_ASYNC_PUSH FLASHRNN_BACKWARD_INPUTS_TWO_AHEAD"
-experiments+=" FLASHRNN_MMA_ROUNDED_OPERAND FLASHRNN_MMA_SPLIT_FORWARD_GATES"
-experiments+=" FLASHRNN_MMA_SPLIT_BACKWARD_16"
-experiment_defines() {
-  local option
+# option_defines ON_OPTIONS OFF_OPTIONS: pip's CMake definitions, in the array `defines`, of the
+# CMake options named in ON_OPTIONS (ON) and OFF_OPTIONS (OFF), each space-separated, and of
+# every other kernel option below as the CMakeLists.txt of the tree built ($build_source) sets
+# it by default (left out where that tree has no such option): always explicit, since a build
+# directory's cache would keep an earlier call's value otherwise.
+kernel_options="FLASHRNN_MMA_CLUSTER_ASYNC_PUSH FLASHRNN_BACKWARD_INPUTS_TWO_AHEAD"
+kernel_options+=" FLASHRNN_MMA_ROUNDED_OPERAND FLASHRNN_MMA_SPLIT_FORWARD_GATES"
+kernel_options+=" FLASHRNN_MMA_SPLIT_BACKWARD_16"
+option_defines() {
+  local option value
   defines=()
+  for option in $1 $2; do
+    [[ $option == FLASHRNN_* ]] || { echo "not a FLASHRNN_ CMake option: $option" >&2; exit 2; }
+  done
   for option in $1; do defines+=(-Ccmake.define."$option"=ON); done
-  for option in $experiments; do
-    [[ " $1 " == *" $option "* ]] || defines+=(-Ccmake.define."$option"=OFF)
+  for option in $2; do defines+=(-Ccmake.define."$option"=OFF); done
+  for option in $kernel_options; do
+    [[ " $1 $2 " == *" $option "* ]] && continue
+    # option(NAME "description" DEFAULT): the default is the line two below the name.
+    value=$(sed -n "/^option($option\$/{n;n;s/[^A-Z]//g;p}" "$build_source/CMakeLists.txt")
+    [[ -z $value ]] && continue
+    [[ $value == ON || $value == OFF ]] || { echo "no default of $option" >&2; exit 2; }
+    defines+=(-Ccmake.define."$option"="$value")
   done
 }
 
@@ -116,7 +129,7 @@ if [[ $steps == *" build "* ]]; then
   echo "== build"
   mma=$(on_off "${MMA_FORWARD:-1}") mma_backward=$(on_off "${MMA_BACKWARD:-1}")
   mma_cluster=$(on_off "${MMA_CLUSTER:-1}") mma_split=$(on_off "${MMA_SPLIT:-1}")
-  experiment_defines "${EXPERIMENTS:-}"
+  option_defines "${EXPERIMENTS:-}" "${OPTIONS_OFF:-}"
   build "$out/build.log" "$repo/build/cmake" "${defines[@]}" \
     -Ccmake.define.FLASHRNN_MMA_FORWARD="$mma" \
     -Ccmake.define.FLASHRNN_MMA_BACKWARD="$mma_backward" \
@@ -125,8 +138,8 @@ if [[ $steps == *" build "* ]]; then
     -Ccmake.define.FLASHRNN_MMA_SPLIT_FORWARD="$mma_split" \
     -Ccmake.define.FLASHRNN_MMA_SPLIT_BACKWARD="$mma_split" || exit 1
   echo "(tensor-core forward: $mma, backward: $mma_backward, cluster forward and backward:" \
-    "$mma_cluster, split forward and backward: $mma_split, experiments on:" \
-    "${EXPERIMENTS:-none})"
+    "$mma_cluster, split forward and backward: $mma_split; options on: ${EXPERIMENTS:-none}," \
+    "off: ${OPTIONS_OFF:-none}, the others as CMakeLists.txt sets them)"
 fi
 
 # sanitizers PREFIX [HEAD_SIZES]: memcheck and racecheck on scripts/sanitize_case.py (its
@@ -190,13 +203,16 @@ if [[ $steps == *" bench "* ]]; then
 fi
 
 if [[ $steps == *" ab "* ]]; then
-  ab_option="${AB_OPTION:-FLASHRNN_MMA_CLUSTER_ASYNC_PUSH}" ab_heads="${AB_HEADS:-256 512 768}"
-  echo "== A/B of $ab_option=ON: build (head sizes $ab_heads), benchmark, tests"
+  ab_option="${AB_OPTION-FLASHRNN_BACKWARD_INPUTS_TWO_AHEAD}" ab_off="${AB_OFF:-}"
+  ab_heads="${AB_HEADS:-256 512 768}"
+  echo "== A/B of on: ${ab_option:-none}, off: ${ab_off:-none}: build (head sizes $ab_heads)," \
+    "benchmark, tests"
   # A build directory per option set: a later call with the same options rebuilds only what
   # changed.
-  ab_dir="$repo/build/ab_${ab_option// /+}${AB_SOURCE:+_$(basename "$AB_SOURCE")}"
+  ab_dir="$repo/build/ab_${ab_option// /+}${ab_off:+_off_${ab_off// /+}}"
+  ab_dir+="${AB_SOURCE:+_$(basename "$AB_SOURCE")}"
   build_source="${AB_SOURCE:-.}"
-  experiment_defines "$ab_option"
+  option_defines "$ab_option" "$ab_off"
   rm -rf "$ab_dir/site"
   build "$out/build_ab.log" "$ab_dir/cmake" --target "$ab_dir/site" \
     "${defines[@]}" -Ccmake.define.FLASHRNN_HEAD_SIZES="${ab_heads// /;}" \

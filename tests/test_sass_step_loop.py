@@ -33,11 +33,27 @@ def _kernels(loops, kind: str) -> dict[str, list[sass_loop.Instruction]]:
     return found
 
 
+SPLIT_FORWARD_64 = "ForwardMmaClusterKernelINS_8LstmCellE13__nv_bfloat16Li64E"
+
+
 def test_the_step_loop_is_found_with_its_mma_and_barriers(loops):
-    # The split forward at 64: 4 gates x 1 k-tile per warp, as hi and lo: 8 mma; two block
-    # barriers per step (partial sums, then h). Both its variants (with and without
-    # residuals).
-    split_forward = _kernels(loops, "ForwardMmaClusterKernelINS_8LstmCellE13__nv_bfloat16Li64E")
+    # The split forward at 64 of the default build: one gate x 4 k-tiles per warp
+    # (FLASHRNN_MMA_SPLIT_FORWARD_GATES), h rounded to one bf16 operand
+    # (FLASHRNN_MMA_ROUNDED_OPERAND): 4 mma; two block barriers per step. Both its variants
+    # (with and without residuals).
+    split_forward = _kernels(loops, SPLIT_FORWARD_64)
+    assert len(split_forward) == 2
+    for loop in split_forward.values():
+        counts = sass_loop.opcode_counts(loop)
+        assert (counts["HMMA"], counts["BAR"]) == (4, 2), counts
+
+
+def test_without_the_options_the_split_forward_multiplies_hi_and_lo_parts():
+    # Both options off: 4 gates x 1 k-tile per warp, as hi and lo: 8 mma, and the partial sums
+    # of K's quarters through shared memory between the two barriers.
+    loops = sass_loop.step_loops(HOT[:1], ("FLASHRNN_MMA_SPLIT_FORWARD_GATES=0",
+                                           "FLASHRNN_MMA_ROUNDED_OPERAND=0"))
+    split_forward = _kernels(loops, SPLIT_FORWARD_64)
     assert len(split_forward) == 2
     for loop in split_forward.values():
         counts = sass_loop.opcode_counts(loop)
@@ -103,19 +119,18 @@ TIGHT = [("Forward", "LstmCell", BF16, (512, 16, 16, 512)),
          ("Backward", "SlstmCell", BF16, (64, 1, 16, 512))]
 
 
-def test_step_loops_keep_to_registers_but_at_768_and_2048():
+def test_step_loops_keep_to_registers_but_at_2048():
     # ptxas may spill a few words where registers are tightest (tests/test_kernels_compile.py);
-    # the step loops keep everything in registers, but for the LSTM's and sLSTM's backward at
-    # 768 (384 threads: 168 registers a thread), up to 3 local accesses a step, and the LSTM's
-    # forward at 2048 (half of its R fragments in registers), one.
+    # the default build's step loops keep everything in registers, but for the LSTM's forward
+    # at 2048 (half of its R fragments in registers): up to 7 local accesses a step with the
+    # rounded operand, reloads of the input copies' shared-memory addresses at the step's start,
+    # off the mma chain (none with hi + lo parts, which take 32 more mma a step).
     loops = sass_loop.step_loops(TIGHT)
     assert len(loops) == 16, list(loops)
     for name, loop in loops.items():
         assert sass_loop.opcode_counts(loop)["HMMA"] > 0, name  # the step loop, not another
         local = [i for i in loop if i.op in ("LDL", "STL")]
-        allowed = (3 if "BackwardMmaClusterKernel" in name and "Li768E" in name else
-                   1 if "ForwardMmaGroupKernelINS_8LstmCell" in name and "Li2048E" in name else
-                   0)
+        allowed = 7 if "ForwardMmaGroupKernelINS_8LstmCell" in name and "Li2048E" in name else 0
         assert len(local) <= allowed, (name, local)
 
 
@@ -139,13 +154,13 @@ def test_kernel_symbols_get_short_names():
 
 
 def test_split_forward_gates_option_drops_the_partial_sums_of_the_four_gate_cells():
-    # FLASHRNN_MMA_SPLIT_FORWARD_GATES: at 64 each warp multiplies one gate over all of K (the
-    # same 8 mma), so a warp stores its 4 accumulator registers instead of 4 gates x 4; the
-    # GRU's 3 gates keep K split (its loop does not change).
+    # FLASHRNN_MMA_SPLIT_FORWARD_GATES (on by default): at 64 each warp multiplies one gate over
+    # all of K (the same number of mma), so a warp stores its 4 accumulator registers instead
+    # of 4 gates x 4; the GRU's 3 gates keep K split (its loop does not change).
     cases = [("Forward", "LstmCell", BF16, (64, 1, 16, 512)),
              ("Forward", "GruCell", BF16, (64, 1, 16, 512))]
-    off = sass_loop.step_loops(cases)
-    on = sass_loop.step_loops(cases, ("FLASHRNN_MMA_SPLIT_FORWARD_GATES=1",))
+    off = sass_loop.step_loops(cases, ("FLASHRNN_MMA_SPLIT_FORWARD_GATES=0",))
+    on = sass_loop.step_loops(cases)
     assert set(off) == set(on) and len(off) == 4
     for name in off:
         before, after = sass_loop.opcode_counts(off[name]), sass_loop.opcode_counts(on[name])
@@ -157,15 +172,19 @@ def test_split_forward_gates_option_drops_the_partial_sums_of_the_four_gate_cell
 
 
 def test_split_backward_16_option_takes_the_four_gate_cells_heads_of_16():
-    # FLASHRNN_MMA_SPLIT_BACKWARD_16: the LSTM's and sLSTM's bf16 backward at 16 is the split
-    # one (a quarter of the 4 k-tiles over (gate, unit) a warp: hi and lo, 2 mma a step) with no
-    # local memory; the GRU's (3 gates) stays the FMA kernel.
+    # FLASHRNN_MMA_SPLIT_BACKWARD_16 (on by default): the LSTM's and sLSTM's bf16 backward at 16
+    # is the split one (a quarter of the 4 k-tiles over (gate, unit) a warp, one rounded
+    # operand: 1 mma a step) with no local memory; the GRU's (3 gates) stays the FMA kernel, and
+    # so do all three with the option off.
     cases = [("Backward", cell, BF16, (16, 1, 16, 256))
              for cell in ("LstmCell", "SlstmCell", "GruCell")]
-    loops = sass_loop.step_loops(cases, ("FLASHRNN_MMA_SPLIT_BACKWARD_16=1",))
+    loops = sass_loop.step_loops(cases)
     split = sorted(name for name in loops if "BackwardMmaSplitKernel" in name)
     assert len(split) == 2 and "GruCell" not in "".join(split), list(loops)
     assert [name for name in loops if "GruCell" in name][0].startswith("_ZN8flashrnn14Backward")
     for name in split:
         counts = sass_loop.opcode_counts(loops[name])
-        assert counts["HMMA"] == 2 and counts["LDL"] + counts["STL"] == 0, (name, counts)
+        assert counts["HMMA"] == 1 and counts["LDL"] + counts["STL"] == 0, (name, counts)
+    off = sass_loop.step_loops(cases, ("FLASHRNN_MMA_SPLIT_BACKWARD_16=0",))
+    assert len(off) == 3, list(off)
+    assert all(name.startswith("_ZN8flashrnn14Backward") for name in off), list(off)

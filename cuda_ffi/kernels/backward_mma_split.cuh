@@ -32,7 +32,7 @@ namespace flashrnn {
 
 // Which calls it takes: bfloat16 heads of 32 and 64 in one CTA whose k-tiles over (gate, unit)
 // split in quarters (at 32 the LSTM and sLSTM, with 4 gates, not the GRU or Elman); with
-// FLASHRNN_MMA_SPLIT_BACKWARD_16 (experimental, off until measured) the LSTM's and sLSTM's heads
+// FLASHRNN_MMA_SPLIT_BACKWARD_16 (on by default, measured faster) the LSTM's and sLSTM's heads
 // of 16 too, one k-tile a quarter, instead of the FMA backward (benchmarks/NOTES.md: the step
 // model puts their step at ~0.65-0.72x of the FMA kernel's, with twice its CTAs).
 template <typename Cell, typename T, typename Tile>

@@ -50,7 +50,7 @@ constexpr bool kMmaClusterForwardSupported =
 
 // The gate groups of the four warps of a unit tile (below): K splits into min(4, D / 16) parts
 // (its k-tiles), and the gates into as many groups as that leaves warps. With
-// FLASHRNN_MMA_SPLIT_FORWARD_GATES (experimental, off until measured) a head of 64 with four R
+// FLASHRNN_MMA_SPLIT_FORWARD_GATES (on by default, measured faster) a head of 64 with four R
 // gates (LSTM, sLSTM) splits the gates instead, one a warp over all four k-tiles: no partial
 // sums between the warps (a step's shared-memory traffic 72 -> 48 KB, 12 fewer stores a warp),
 // at the price of a dependent chain of 8 mma instead of 2 and the B fragments of all of K
@@ -75,8 +75,8 @@ constexpr bool kMmaSplitForwardSupported =
     (Tile::kHeadSize == 16 || Tile::kHeadSize == 32 || Tile::kHeadSize == 64) &&
     Cell::kGatesR % MmaForwardGateGroups(Tile::kHeadSize, Cell::kGatesR) == 0;
 
-// How a CTA learns that the step's h has arrived (CMake FLASHRNN_MMA_CLUSTER_ASYNC_PUSH, off
-// by default until it is measured). Off: a cluster barrier per step, whose arrive is a release
+// How a CTA learns that the step's h has arrived (CMake FLASHRNN_MMA_CLUSTER_ASYNC_PUSH, on by
+// default since measured). Off: a cluster barrier per step, whose arrive is a release
 // that waits for the thread's remote stores of h to complete (the 1 x 768 profile's hottest
 // instruction, 14% of the stall samples: benchmarks/NOTES.md). On, for clusters of 8 and 16
 // CTAs, with the staged push (below): each 16-byte piece is an asynchronous remote store that

@@ -17,12 +17,13 @@
 namespace flashrnn {
 
 // Whether the operand computed in float32 goes through the tensor cores as hi + lo (two mma
-// per tile), or rounded to one 16-bit value (CMake FLASHRNN_MMA_ROUNDED_OPERAND, experimental,
-// off by default until the GPU tests have judged it): half the mma, half the B-fragment loads
-// and, in the cluster forward, half the bytes of h exchanged. DESIGN §4's rule has room for it:
-// in float64 simulations of the cells at bfloat16 (benchmarks/precision_study.py) the rounded
-// h and gate cotangents leave the outputs' and gradients' errors at 41-66% of the rule's bound,
-// where the rounding of the 16-bit outputs themselves is most of the error.
+// per tile), or rounded to one 16-bit value (CMake FLASHRNN_MMA_ROUNDED_OPERAND, on by default
+// since the GPU tests passed with it and the H100 measured it faster: benchmarks/NOTES.md):
+// half the mma, half the B-fragment loads and, in the cluster forward, half the bytes of h
+// exchanged. DESIGN §4's rule has room for it: in float64 simulations of the cells at bfloat16
+// (benchmarks/precision_study.py) the rounded h and gate cotangents leave the outputs' and
+// gradients' errors at 41-66% of the rule's bound, where the rounding of the 16-bit outputs
+// themselves is most of the error.
 inline constexpr bool kMmaLoPart = !FLASHRNN_MMA_ROUNDED_OPERAND;
 
 // One warp-wide c += a * b of mma.sync m16n8k16 with 16-bit operands of PTX type `ab`.
