@@ -3,7 +3,7 @@
 # summary JSON), run compute-sanitizer (memcheck, racecheck) on a small case of every kernel,
 # and run the quick benchmark, printing its table last.
 #   usage: scripts/gpu_check.sh   (logs and JSON go to $OUT, or build/gpu_check_out)
-#   STEPS: the parts to run, of "build tests bench ab", default "build tests bench":
+#   STEPS: the parts to run, of "build tests bench breakdown ab", default "build tests bench":
 #     build  the default grid, in build/cmake (a second call on a warm machine rebuilds only
 #            what changed); MMA_FORWARD=0 builds without the tensor-core forward,
 #            MMA_BACKWARD=0 without the tensor-core backward, MMA_CLUSTER=0 without the
@@ -21,6 +21,9 @@
 #            SANITIZER_TOOLS the sanitizer tools, "memcheck racecheck" by default, and
 #            SANITIZE_HEAD_SIZES their head sizes (bf16 and f16), sanitize_case.py's by default
 #     bench  the quick benchmark (BENCH_ARGS adds arguments, e.g. "--shapes 12x64")
+#     breakdown  the kernels of a forward and a forward+backward by kind, from JAX's profiler
+#            (benchmarks/kernel_breakdown.py; BREAKDOWN_ARGS, default the LSTM and sLSTM at
+#            48x16, 12x64, 3x256 and 1x768), to $OUT/kernel_breakdown.json
 #     ab     an A/B of kernel options in the same call: a narrow build with the options of
 #            AB_OPTION on (FLASHRNN_BACKWARD_INPUTS_TWO_AHEAD by default, or several,
 #            space-separated) and those of AB_OFF off (e.g. AB_OPTION= AB_OFF=
@@ -200,6 +203,16 @@ fi
 if [[ $steps == *" bench "* ]]; then
   echo "== quick benchmark"
   quick_bench "$out/quick_bench.json" || rc=1
+fi
+
+if [[ $steps == *" breakdown "* ]]; then
+  echo "== kernel breakdown"
+  # BREAKDOWN_ARGS unquoted on purpose: split into its words.
+  # shellcheck disable=SC2086
+  (cd /tmp && timeout -k 10 "${BENCH_TIMEOUT_S:-300}" \
+    python3 "$repo/benchmarks/kernel_breakdown.py" --json "$out/kernel_breakdown.json" \
+    ${BREAKDOWN_ARGS:-lstm:48x16 slstm:48x16 lstm:12x64 slstm:12x64 lstm:3x256 slstm:3x256 \
+      lstm:1x768 slstm:1x768}) || rc=1
 fi
 
 if [[ $steps == *" ab "* ]]; then
