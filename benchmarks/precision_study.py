@@ -12,9 +12,12 @@ forward's R·h and in the backward's Rᵀ·dg. Both results are then rounded to 
 as the kernels' outputs and gradients are. The scan's error is modelled by the rounding of the
 exact result alone (its float32 arithmetic is far smaller): a lower bound of the scan's error,
 so the bound used here is the tighter one. Output: per case the rounded variant's error over
-the bound (the rule holds below 1).
+the bound (the rule holds below 1). ``--rounded-dr`` rounds dR's operands (the gate cotangents
+and h) too, as a backward kernel that accumulated dR on the tensor cores would.
 
     python benchmarks/precision_study.py --out benchmarks/results/precision_study.json
+    python benchmarks/precision_study.py --rounded-dr \
+        --out benchmarks/results/precision_study_rounded_dr.json
 """
 
 from __future__ import annotations
@@ -42,23 +45,28 @@ def rounded(x, dtype):
     return jnp.asarray(jnp.asarray(x, dtype), jnp.float64)
 
 
-def recurrent_product(round_to):
+def recurrent_product(round_to, rounded_dr: bool = False):
     """R·h with h rounded to ``round_to`` (None: exact), and its vjp with the cotangent rounded
     so in Rᵀ·dg; dR from the exact operands (the fused backward forms dR outside the kernel from
-    float32 states and gate cotangents)."""
+    float32 states and gate cotangents), or with ``rounded_dr`` from dg and h both rounded to
+    ``round_to`` (dR accumulated on the tensor cores inside the backward kernel, one mma a tile:
+    a design not built, benchmarks/NOTES.md)."""
+
+    def operand(x):
+        return x if round_to is None else rounded(x, round_to)
 
     @jax.custom_vjp
     def product(R, h):
-        return jnp.einsum("gnoi,bni->bgno", R, h if round_to is None else rounded(h, round_to))
+        return jnp.einsum("gnoi,bni->bgno", R, operand(h))
 
     def forward(R, h):
         return product(R, h), (R, h)
 
     def backward(residuals, dg):
         R, h = residuals
-        dg_operand = dg if round_to is None else rounded(dg, round_to)
-        return (jnp.einsum("bgno,bni->gnoi", dg, h),
-                jnp.einsum("gnoi,bgno->bni", R, dg_operand))
+        dr_operands = (operand(dg), operand(h)) if rounded_dr else (dg, h)
+        return (jnp.einsum("bgno,bni->gnoi", *dr_operands),
+                jnp.einsum("gnoi,bgno->bni", R, operand(dg)))
 
     product.defvjp(forward, backward)
     return product
@@ -80,10 +88,11 @@ def rel_err(x, ref) -> float:
     return float(np.linalg.norm(x - ref) / np.linalg.norm(ref))
 
 
-def study(function, B, T, N, D, dtype, rng, operand_dtype=None):
+def study(function, B, T, N, D, dtype, rng, operand_dtype=None, rounded_dr: bool = False):
     """Error over the rule's bound of the outputs and gradients with the recurrent operand
-    rounded to ``operand_dtype`` (``dtype``, the kernels' case, by default). Needs
-    jax_enable_x64 (main sets it; the tests' conftest does)."""
+    rounded to ``operand_dtype`` (``dtype``, the kernels' case, by default), and with
+    ``rounded_dr`` the operands of dR too. Needs jax_enable_x64 (main sets it; the tests'
+    conftest does)."""
     cell = get_cell(function)
     S = cell.num_states
     Wx = rounded(rng.normal(size=(B, T, cell.gates_wx, N, D)), dtype)
@@ -98,7 +107,7 @@ def study(function, B, T, N, D, dtype, rng, operand_dtype=None):
     floor = max(0.1 * float(jnp.finfo(dtype).eps), 1e-5)
 
     def results(round_to):
-        product = recurrent_product(round_to)
+        product = recurrent_product(round_to, rounded_dr)
 
         def loss(Wx, R, b, states):
             states_all, last = run(function, Wx, R, b, states, product)
@@ -121,6 +130,8 @@ def main():
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dtypes", nargs="+", default=["bfloat16", "float16"])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--rounded-dr", action="store_true",
+                        help="also round dR's operands (dR inside the backward kernel)")
     parser.add_argument("--out", type=pathlib.Path)
     args = parser.parse_args()
     jax.config.update("jax_enable_x64", True)
@@ -128,7 +139,8 @@ def main():
     records = []
     for dtype in args.dtypes:
         for function, B, T, N, D in CASES:
-            ratios = study(function, B, T, N, D, jnp.dtype(dtype), rng)
+            ratios = study(function, B, T, N, D, jnp.dtype(dtype), rng,
+                           rounded_dr=args.rounded_dr)
             records.append({"function": function, "dtype": dtype, "B": B, "T": T, "N": N, "D": D,
                             "error_over_bound": ratios})
             print(f"{dtype:8} {function:6} {N}x{D:<4} B{B:<3} T{T:<5} " + "  ".join(
@@ -136,8 +148,8 @@ def main():
     worst = max(v for r in records for v in r["error_over_bound"].values())
     print(f"worst error over the rule's bound: {worst:.2f} (the rule holds below 1)")
     if args.out:
-        args.out.write_text(json.dumps({"seed": args.seed, "worst": worst, "records": records},
-                                       indent=1) + "\n")
+        args.out.write_text(json.dumps({"seed": args.seed, "rounded_dr": args.rounded_dr,
+                                        "worst": worst, "records": records}, indent=1) + "\n")
 
 
 if __name__ == "__main__":

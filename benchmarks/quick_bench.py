@@ -102,20 +102,22 @@ def bench_mask_cost(function, dtype, B, T, N, D, key):
 
 
 def bench_weight_gradient_contraction(function, dtype, B, T, N, D, key):
-    """The fused forward+backward with dR contracted as three bfloat16 products and as one
-    float32 contraction (``fused.R_GRADIENT_CONTRACTION``; "auto" takes the first for large
-    16-bit R), timed in alternation on the same data."""
+    """The fused forward+backward with dR contracted as three bfloat16 products, as one
+    float32 contraction and as one bfloat16 product (``fused.R_GRADIENT_CONTRACTION``; "auto"
+    takes the first for large 16-bit R, the second below), timed in alternation on the same
+    data."""
     key, mask_key = jax.random.split(key)
     data = random_inputs(function, dtype, B, T, N, D, key)
     compiled = []
-    for setting in ("bf16x3", "float32"):
+    for setting in ("bf16x3", "float32", "bf16"):
         _, fwdbwd = case_functions(function, "fused", B, T, mask_key)
         # The setting is read while the backward is traced.
         with mock.patch.object(fused, "R_GRADIENT_CONTRACTION", setting):
             compiled.append(fwdbwd.lower(*data).compile())
-    bf16x3_ms, float32_ms = interleaved_median_ms(compiled, *data, runs=50)
+    bf16x3_ms, float32_ms, bf16_ms = interleaved_median_ms(compiled, *data, runs=50)
     return record("fused dR bf16x3", function, dtype, B, T, N, D, fwdbwd_ms=bf16x3_ms,
-                  fwdbwd_dr_float32_ms=float32_ms, dr_float32_over_bf16x3=float32_ms / bf16x3_ms)
+                  fwdbwd_dr_float32_ms=float32_ms, dr_float32_over_bf16x3=float32_ms / bf16x3_ms,
+                  fwdbwd_dr_bf16_ms=bf16_ms)
 
 
 def bench_group_sizes(function, dtype, B, T, N, D, key):
@@ -208,10 +210,11 @@ def main():
         print(f"{rec['function']:8} {rec['N']:>3}x{rec['D']:<4} {rec['impl']:>6} "
               f"{rec['fwd_ms']:9.3f} {rec['fwdbwd_ms']:11.3f} ({rec['dtype']})")
 
-    print(f"{'dR':8} {'N x D':>8} {'bf16x3 fwd+bwd ms':>18} {'float32 fwd+bwd ms':>19}")
+    print(f"{'dR':8} {'N x D':>8} {'bf16x3 fwd+bwd ms':>18} {'float32 fwd+bwd ms':>19} "
+          f"{'bf16 fwd+bwd ms':>16}")
     for rec in contraction_records:
         print(f"{rec['function']:8} {rec['N']:>3}x{rec['D']:<4} {rec['fwdbwd_ms']:18.3f} "
-              f"{rec['fwdbwd_dr_float32_ms']:19.3f}")
+              f"{rec['fwdbwd_dr_float32_ms']:19.3f} {rec['fwdbwd_dr_bf16_ms']:16.3f}")
 
     print(f"{'masks':8} {'N x D':>8} {'fwd ms':>9} {'cost':>7} {'fwd+bwd ms':>11} {'cost':>7}")
     for masked in mask_records:

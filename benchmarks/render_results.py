@@ -54,8 +54,10 @@ def table(results: dict, plot_name: str) -> str:
         f, s = impls["fused"], impls["scan"]
         if "fused dR bf16x3" in impls:
             c = impls["fused dR bf16x3"]
+            one_product = ("" if "fwdbwd_dr_bf16_ms" not in c
+                           else f" and {c['fwdbwd_dr_bf16_ms']:.2f}")
             contractions.append(f"{function} {N} × {D}: {c['fwdbwd_ms']:.2f} against "
-                                f"{c['fwdbwd_dr_float32_ms']:.2f}")
+                                f"{c['fwdbwd_dr_float32_ms']:.2f}{one_product}")
         if "fused+masks" in impls:
             m = impls["fused+masks"]
             masks.append(f"{function} {N} × {D}: forward {m['fwd_cost_vs_plain']:+.1%}, "
@@ -71,9 +73,9 @@ def table(results: dict, plot_name: str) -> str:
                   + "."]
     if contractions:
         lines += ["", "Forward+backward ms with dR contracted as three bfloat16 products against "
-                  "one float32 contraction (`fused.R_GRADIENT_CONTRACTION`: \"auto\" takes the "
-                  "first from R of 512² elements a gate), timed in alternation: "
-                  + "; ".join(contractions) + "."]
+                  "one float32 contraction (and, where timed, one bfloat16 product: \"bf16\") "
+                  "(`fused.R_GRADIENT_CONTRACTION`: \"auto\" takes the first from R of 512² "
+                  "elements a gate), timed in alternation: " + "; ".join(contractions) + "."]
     if masks:
         lines += ["", "Cost of the sequence masks in the fused kernels (full `seq_lengths` and 1% "
                   "random `resets`, timed in alternation with the plain kernels on the same "

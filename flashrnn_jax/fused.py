@@ -390,8 +390,12 @@ def recurrent_inputs(states, states_f32, seq_lengths, resets, options: _Options)
 # "auto" takes "bf16x3" where R has at least BF16X3_MIN_R_ELEMENTS per gate (N D², N the heads
 # on one device under a mesh: the contraction's cost is per device) and "float32" below: the split's extra passes over dg and h_prev cost more than the tensor cores
 # save on small R (H200, B=16, T=1024: float32 faster by 0.06–0.2 ms at 48×16 to 3×256, bf16x3
-# faster by 0.34 ms at 1×768 and 3.9 ms at 1×2048; benchmarks/NOTES.md). float32 R always
-# takes "float32". (A module setting so that the benchmark can time each.)
+# faster by 0.34 ms at 1×768 and 3.9 ms at 1×2048; benchmarks/NOTES.md). "bf16" is one product
+# of both operands rounded to bfloat16, a third of bf16x3's: dR then keeps DESIGN §4's rule with
+# less room (benchmarks/precision_study.py --rounded-dr, bfloat16: dR's error at 51–81% of the
+# bound, against 42–63% from exact operands); bfloat16 R only (float16 R, whose result has 3 more
+# mantissa bits, takes "bf16x3" under it); not "auto"'s choice until the GPU has timed it.
+# float32 R always takes "float32". (A module setting so that the benchmark can time each.)
 R_GRADIENT_CONTRACTION = "auto"
 BF16X3_MIN_R_ELEMENTS = 512 * 512
 
@@ -404,8 +408,19 @@ def _bfloat16_parts(x):
     # precision of a float32 GPU matmul, whereas with bfloat16 operands XLA's GPU compiler
     # rewrites a small contraction (B T = 3) into an elementwise multiply in bfloat16, which
     # rounds each product to 8 bits (an f16 Elman head of 6 then had dR 10x off).
-    hi = jax.lax.reduce_precision(x, exponent_bits=8, mantissa_bits=7)
-    return hi, jax.lax.reduce_precision(x - hi, exponent_bits=8, mantissa_bits=7)
+    hi = _bfloat16_rounded(x)
+    return hi, _bfloat16_rounded(x - hi)
+
+
+def _bfloat16_rounded(x):
+    return jax.lax.reduce_precision(x, exponent_bits=8, mantissa_bits=7)
+
+
+def _bfloat16_product(spec: str, a, b):
+    """``jnp.einsum(spec, a, b)`` of float32 operands holding bfloat16 values: exact products
+    on the tensor cores at TF32, accumulated in float32."""
+    return jnp.einsum(spec, a, b, precision=jax.lax.Precision.DEFAULT,
+                      preferred_element_type=jnp.float32)
 
 
 def bf16x3_einsum(spec: str, a, b):
@@ -413,25 +428,29 @@ def bf16x3_einsum(spec: str, a, b):
     products of their bfloat16 hi and lo parts with float32 accumulation, each exact on the
     tensor cores at TF32 (the lo·lo product, ~2⁻¹⁸ relative, is left out)."""
     (a_hi, a_lo), (b_hi, b_lo) = _bfloat16_parts(a), _bfloat16_parts(b)
+    return _bfloat16_product(spec, a_hi, b_hi) + (_bfloat16_product(spec, a_hi, b_lo)
+                                                  + _bfloat16_product(spec, a_lo, b_hi))
 
-    def product(x, y):
-        return jnp.einsum(spec, x, y, precision=jax.lax.Precision.DEFAULT,
-                          preferred_element_type=jnp.float32)
 
-    return product(a_hi, b_hi) + (product(a_hi, b_lo) + product(a_lo, b_hi))
+def bf16_einsum(spec: str, a, b):
+    """``jnp.einsum(spec, a, b)`` of float32 operands, each rounded to bfloat16 first: one
+    product, accumulated in float32."""
+    return _bfloat16_product(spec, _bfloat16_rounded(a), _bfloat16_rounded(b))
 
 
 def weight_gradient_contraction(r_dtype, num_heads: int, head_size: int) -> str:
-    """The dR contraction ("bf16x3" or "float32") that :data:`R_GRADIENT_CONTRACTION` gives R
-    of this dtype and shape."""
-    if R_GRADIENT_CONTRACTION not in ("auto", "bf16x3", "float32"):
-        raise ValueError("fused.R_GRADIENT_CONTRACTION must be 'auto', 'bf16x3' or 'float32', "
-                         f"got {R_GRADIENT_CONTRACTION!r}")
+    """The dR contraction ("bf16", "bf16x3" or "float32") that :data:`R_GRADIENT_CONTRACTION`
+    gives R of this dtype and shape."""
+    if R_GRADIENT_CONTRACTION not in ("auto", "bf16", "bf16x3", "float32"):
+        raise ValueError("fused.R_GRADIENT_CONTRACTION must be 'auto', 'bf16', 'bf16x3' or "
+                         f"'float32', got {R_GRADIENT_CONTRACTION!r}")
     if np.dtype(r_dtype).itemsize != 2:
         return "float32"
     if R_GRADIENT_CONTRACTION == "auto":
         large = num_heads * head_size * head_size >= BF16X3_MIN_R_ELEMENTS
         return "bf16x3" if large else "float32"
+    if R_GRADIENT_CONTRACTION == "bf16" and np.dtype(r_dtype) != jnp.bfloat16:
+        return "bf16x3"
     return R_GRADIENT_CONTRACTION
 
 
@@ -440,7 +459,10 @@ def recurrent_weight_gradient(d_gates_r, h_prev, r_dtype):
     and the ``h_prev`` ``[B, T, N, D]`` of every step (both float32), as
     :data:`R_GRADIENT_CONTRACTION` says."""
     spec = "btgno,btni->gnoi"
-    if weight_gradient_contraction(r_dtype, *h_prev.shape[2:]) == "bf16x3":
+    contraction = weight_gradient_contraction(r_dtype, *h_prev.shape[2:])
+    if contraction == "bf16":
+        return bf16_einsum(spec, d_gates_r, h_prev).astype(r_dtype)
+    if contraction == "bf16x3":
         return bf16x3_einsum(spec, d_gates_r, h_prev).astype(r_dtype)
     return jnp.einsum(spec, d_gates_r, h_prev,
                       precision=jax.lax.Precision.HIGHEST).astype(r_dtype)

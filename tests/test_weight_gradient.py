@@ -103,3 +103,34 @@ def test_unknown_contraction_setting_is_refused(monkeypatch):
     monkeypatch.setattr(fused, "R_GRADIENT_CONTRACTION", "tf32")
     with pytest.raises(ValueError, match="R_GRADIENT_CONTRACTION.*'tf32'"):
         fused.weight_gradient_contraction(jnp.bfloat16, 1, 64)
+
+
+def test_bf16_contraction_is_one_product_of_the_rounded_operands(rng, monkeypatch):
+    """"bf16": dR of bfloat16 R as one product of both operands rounded to bfloat16 (its
+    oracle: the float64 contraction of those rounded values), within one rounding of the
+    bfloat16 result; one dot where bf16x3 has three."""
+    monkeypatch.setattr(fused, "R_GRADIENT_CONTRACTION", "bf16")
+    d_gates, h_prev, _ = operands(rng)
+    as_bf16 = [np.asarray(jnp.asarray(x, jnp.bfloat16), np.float64) for x in (d_gates, h_prev)]
+    want = np.einsum(SPEC, *as_bf16)
+    contract = jax.jit(lambda a, b: fused.recurrent_weight_gradient(a, b, jnp.bfloat16))
+    args = jnp.asarray(d_gates), jnp.asarray(h_prev)
+    got = np.asarray(contract(*args), np.float64)
+    eps = float(jnp.finfo(jnp.bfloat16).eps)
+    assert np.all(np.abs(got - want) <= 0.5 * eps * np.abs(got) + 2e-5 * np.max(np.abs(want)))
+    # The rounding is real: against the exact float32 operands it is off by far more than
+    # bf16x3, which the test above holds to 2e-5.
+    exact = np.einsum(SPEC, d_gates.astype(np.float64), h_prev.astype(np.float64))
+    assert rel_err(fused.bf16_einsum(SPEC, *args), exact) > 1e-4
+    text = contract.lower(*args).as_text()
+    assert text.count("dot_general") == 1 and "reduce_precision" in text
+    monkeypatch.setattr(fused, "R_GRADIENT_CONTRACTION", "bf16x3")  # read when traced anew
+    split = jax.jit(lambda a, b: fused.recurrent_weight_gradient(a, b, jnp.bfloat16))
+    assert split.lower(*args).as_text().count("dot_general") == 3
+
+
+def test_bf16_setting_leaves_float16_R_to_bf16x3(monkeypatch):
+    monkeypatch.setattr(fused, "R_GRADIENT_CONTRACTION", "bf16")
+    assert fused.weight_gradient_contraction(jnp.bfloat16, 1, 64) == "bf16"
+    assert fused.weight_gradient_contraction(jnp.float16, 1, 64) == "bf16x3"
+    assert fused.weight_gradient_contraction(jnp.float32, 1, 64) == "float32"
