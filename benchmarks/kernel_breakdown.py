@@ -80,10 +80,10 @@ def summarise(events, calls: int) -> dict:
     kinds = dict.fromkeys(KINDS, 0.0)
     kernels = []
     for (kernel, hlo_op), (total_ns, count) in per_kernel.items():
-        ms = total_ns / calls / 1e6
-        kinds[kind_of(kernel, hlo_op)] += ms
-        kernels.append({"kernel": kernel, "hlo_op": hlo_op, "kind": kind_of(kernel, hlo_op),
-                        "ms": ms, "launches": count / calls})
+        ms, kind = total_ns / calls / 1e6, kind_of(kernel, hlo_op)
+        kinds[kind] += ms
+        kernels.append({"kernel": kernel, "hlo_op": hlo_op, "kind": kind, "ms": ms,
+                        "launches": count / calls})
     kernels.sort(key=lambda k: -k["ms"])
     return {"kernel_ms": sum(kinds.values()), "kinds_ms": kinds, "kernels": kernels}
 

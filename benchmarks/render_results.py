@@ -73,9 +73,10 @@ def table(results: dict, plot_name: str) -> str:
                   + "."]
     if contractions:
         lines += ["", "Forward+backward ms with dR contracted as three bfloat16 products against "
-                  "one float32 contraction (and, where timed, one bfloat16 product: \"bf16\") "
+                  "one float32 contraction and, where timed, against one bfloat16 product "
                   "(`fused.R_GRADIENT_CONTRACTION`: \"auto\" takes the first from R of 512² "
-                  "elements a gate), timed in alternation: " + "; ".join(contractions) + "."]
+                  "elements a gate, \"bf16\" is the third), timed in alternation: "
+                  + "; ".join(contractions) + "."]
     if masks:
         lines += ["", "Cost of the sequence masks in the fused kernels (full `seq_lengths` and 1% "
                   "random `resets`, timed in alternation with the plain kernels on the same "

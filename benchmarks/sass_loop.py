@@ -37,13 +37,18 @@ CELL_HEADERS = ("elman_pointwise", "gru_pointwise", "lstm_pointwise", "slstm_poi
 CUDA_TYPES = {"bf16": "__nv_bfloat16", "f16": "__half", "f32": "float"}
 
 
+def option_defaults(root: pathlib.Path = REPO) -> dict[str, bool]:
+    """The FLASHRNN_ options of the CMakeLists.txt at ``root`` and whether each is on by
+    default."""
+    text = (root / "CMakeLists.txt").read_text()
+    return {name: value == "ON"
+            for name, value in re.findall(r'option\((FLASHRNN_\w+)\s+"[^"]*"\s+(ON|OFF)\)', text)}
+
+
 def default_defines(root: pathlib.Path = REPO) -> tuple[str, ...]:
     """The kernels' CMake options as the default build of the repository at ``root`` sets them
     (its CMakeLists.txt's option() defaults), as nvcc macros."""
-    text = (root / "CMakeLists.txt").read_text()
-    return tuple(f"{name}={int(value == 'ON')}"
-                 for name, value in re.findall(r'option\((FLASHRNN_\w+)\s+"[^"]*"\s+(ON|OFF)\)',
-                                               text))
+    return tuple(f"{name}={int(on)}" for name, on in option_defaults(root).items())
 
 
 def nvdisasm() -> str | None:
@@ -76,7 +81,7 @@ def compile_cubin(source: str, workdir: pathlib.Path, defines=(),
     cubin = workdir / "kernels.cubin"
     command = [shutil.which("nvcc") or "nvcc", "-std=c++17", "-arch=sm_90a",
                "--expt-relaxed-constexpr", "-cubin", f"-I{root / 'cuda_ffi'}",
-               *(f"-D{d}" for d in _merged(default_defines(root), defines)),
+               *(f"-D{d}" for d in merged_defines(default_defines(root), defines)),
                "-o", str(cubin), str(path)]
     result = subprocess.run(command, capture_output=True, text=True, timeout=900)
     if result.returncode != 0:
@@ -84,7 +89,9 @@ def compile_cubin(source: str, workdir: pathlib.Path, defines=(),
     return cubin
 
 
-def _merged(defaults, overrides) -> list[str]:
+def merged_defines(defaults, overrides) -> list[str]:
+    """NAME=VALUE macros of ``defaults`` with those of ``overrides`` (a bare NAME: 1) in their
+    place."""
     values = dict(d.split("=", 1) if "=" in d else (d, "1") for d in (*defaults, *overrides))
     return [f"{name}={value}" for name, value in values.items()]
 
@@ -157,7 +164,7 @@ def step_loops(instantiations, defines=(), root: pathlib.Path = REPO
 
 
 # The kernels behind issue 5's rows in bfloat16 (48 x 16, 12 x 64, 3 x 256, 1 x 768, 1 x 2048:
-# the split, cluster and group kernels and the FMA backward at 16), LSTM and sLSTM; each
+# the split, cluster and group kernels), LSTM and sLSTM; each
 # forward also with its residuals (the forward of a differentiated call).
 TABLE = [(direction, cell, "bf16", tile)
          for cell in ("LstmCell", "SlstmCell")
@@ -222,7 +229,14 @@ def main() -> None:
                         help="write the step loops of TABLE's kernels to this JSON file")
     parser.add_argument("--baseline-root", type=pathlib.Path,
                         help="with --table: another checkout's root, counted beside")
+    parser.add_argument("--option-defaults", type=pathlib.Path, metavar="ROOT",
+                        help="print NAME=ON|OFF for each option of ROOT's CMakeLists.txt "
+                             "(scripts/gpu_check.sh reads them)")
     args = parser.parse_args()
+    if args.option_defaults:
+        for name, on in option_defaults(args.option_defaults).items():
+            print(f"{name}={'ON' if on else 'OFF'}")
+        return
     if args.table:
         write_table(args.table, args.baseline_root)
         return

@@ -9,7 +9,7 @@
 #            MMA_BACKWARD=0 without the tensor-core backward, MMA_CLUSTER=0 without the
 #            cluster tensor-core forward and backward (head sizes 256 to 2048), MMA_SPLIT=0
 #            without the split tensor-core forward and backward (head sizes 16 to 64);
-#            EXPERIMENTS names kernel options to turn on and OPTIONS_OFF options to turn off
+#            OPTIONS_ON names kernel options to turn on and OPTIONS_OFF options to turn off
 #            (space-separated, of FLASHRNN_MMA_CLUSTER_ASYNC_PUSH,
 #            FLASHRNN_BACKWARD_INPUTS_TWO_AHEAD, FLASHRNN_MMA_ROUNDED_OPERAND,
 #            FLASHRNN_MMA_SPLIT_FORWARD_GATES and FLASHRNN_MMA_SPLIT_BACKWARD_16; the others
@@ -66,20 +66,19 @@ kernel_options="FLASHRNN_MMA_CLUSTER_ASYNC_PUSH FLASHRNN_BACKWARD_INPUTS_TWO_AHE
 kernel_options+=" FLASHRNN_MMA_ROUNDED_OPERAND FLASHRNN_MMA_SPLIT_FORWARD_GATES"
 kernel_options+=" FLASHRNN_MMA_SPLIT_BACKWARD_16"
 option_defines() {
-  local option value
+  local option value defaults
   defines=()
   for option in $1 $2; do
     [[ $option == FLASHRNN_* ]] || { echo "not a FLASHRNN_ CMake option: $option" >&2; exit 2; }
   done
   for option in $1; do defines+=(-Ccmake.define."$option"=ON); done
   for option in $2; do defines+=(-Ccmake.define."$option"=OFF); done
+  defaults=$(python3 "$repo/benchmarks/sass_loop.py" --option-defaults "$build_source") ||
+    { echo "cannot read the options of $build_source/CMakeLists.txt" >&2; exit 2; }
   for option in $kernel_options; do
     [[ " $1 $2 " == *" $option "* ]] && continue
-    # option(NAME "description" DEFAULT): the default is the line two below the name.
-    value=$(sed -n "/^option($option\$/{n;n;s/[^A-Z]//g;p}" "$build_source/CMakeLists.txt")
-    [[ -z $value ]] && continue
-    [[ $value == ON || $value == OFF ]] || { echo "no default of $option" >&2; exit 2; }
-    defines+=(-Ccmake.define."$option"="$value")
+    value=$(sed -n "s/^$option=//p" <<<"$defaults")
+    [[ -n $value ]] && defines+=(-Ccmake.define."$option"="$value")
   done
 }
 
@@ -132,7 +131,7 @@ if [[ $steps == *" build "* ]]; then
   echo "== build"
   mma=$(on_off "${MMA_FORWARD:-1}") mma_backward=$(on_off "${MMA_BACKWARD:-1}")
   mma_cluster=$(on_off "${MMA_CLUSTER:-1}") mma_split=$(on_off "${MMA_SPLIT:-1}")
-  option_defines "${EXPERIMENTS:-}" "${OPTIONS_OFF:-}"
+  option_defines "${OPTIONS_ON:-}" "${OPTIONS_OFF:-}"
   build "$out/build.log" "$repo/build/cmake" "${defines[@]}" \
     -Ccmake.define.FLASHRNN_MMA_FORWARD="$mma" \
     -Ccmake.define.FLASHRNN_MMA_BACKWARD="$mma_backward" \
@@ -141,7 +140,7 @@ if [[ $steps == *" build "* ]]; then
     -Ccmake.define.FLASHRNN_MMA_SPLIT_FORWARD="$mma_split" \
     -Ccmake.define.FLASHRNN_MMA_SPLIT_BACKWARD="$mma_split" || exit 1
   echo "(tensor-core forward: $mma, backward: $mma_backward, cluster forward and backward:" \
-    "$mma_cluster, split forward and backward: $mma_split; options on: ${EXPERIMENTS:-none}," \
+    "$mma_cluster, split forward and backward: $mma_split; options on: ${OPTIONS_ON:-none}," \
     "off: ${OPTIONS_OFF:-none}, the others as CMakeLists.txt sets them)"
 fi
 

@@ -195,3 +195,21 @@ def test_batch_and_length_sweeps_render_with_their_rates(runs):
     row = scaling_table({"records": [{**fused, "sweep": "length"}]}, "length").splitlines()[-1]
     assert "| 1.95 / 7.81 |" in row, row  # 2000 µs / 1024 steps, 8000 µs / 1024
     assert scaling_table({"records": [fused]}, "length") == ""
+
+
+def test_quick_bench_table_names_each_timed_dr_contraction():
+    """render_results.table: the dR sentence gives bf16x3 against float32, and the one-product
+    time where the quick bench measured it (older files lack it)."""
+    from render_results import table
+
+    def records(**contraction):
+        case = {"function": "lstm", "dtype": "bfloat16", "B": 16, "T": 1024, "N": 1, "D": 768}
+        return {"gpu": "G", "jax": "0", "records": [
+            {**case, "impl": "fused", "fwd_ms": 2.0, "fwdbwd_ms": 7.0},
+            {**case, "impl": "scan", "fwd_ms": 15.0, "fwdbwd_ms": 55.0},
+            {**case, "impl": "fused dR bf16x3", "fwdbwd_ms": 7.5,
+             "fwdbwd_dr_float32_ms": 8.0, **contraction}]}
+
+    assert "lstm 1 × 768: 7.50 against 8.00 and 6.25." in table(
+        records(fwdbwd_dr_bf16_ms=6.25), "p.png")
+    assert "lstm 1 × 768: 7.50 against 8.00." in table(records(), "p.png")

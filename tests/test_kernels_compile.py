@@ -15,7 +15,7 @@ import subprocess
 
 import bench_runs  # noqa: F401  (puts benchmarks/ on sys.path)
 import pytest
-from sass_loop import instantiation_source
+from sass_loop import default_defines, instantiation_source, short_name
 
 from flashrnn_jax.constrint import hardware, solve
 
@@ -108,7 +108,9 @@ def _spilled(report: str) -> int:
 
 @pytest.fixture(scope="module")
 def mma_build(tmp_path_factory):
-    """_ptxas_reports_and_ptx of SOURCE with every tensor-core kernel on, compiled once."""
+    """_ptxas_reports_and_ptx of SOURCE with the single-CTA and cluster tensor-core kernels on
+    and the options params.h leaves off (the hi + lo operand, no split kernels: a build with
+    those options off), compiled once; test_default_build_... compiles the default build."""
     return _ptxas_reports_and_ptx(tmp_path_factory.mktemp("mma"))
 
 
@@ -133,7 +135,7 @@ def test_tensor_core_kernels_compile_with_their_mma_count_and_no_spills(mma_buil
     assert (len(forward), len(cluster), len(backward), len(cluster_backward)) == (2, 12, 5, 7), \
         list(reports)
     # Allowed to spill a few words (outside the step loop, but for up to 3 local accesses a
-    # step in the backward at 768: tests/test_sass_step_loop.py reads the loops' SASS): where
+    # step in the backward at 768 with these options): where
     # registers are tightest, the sLSTM's single-CTA backward at D=128 (255 registers) and the
     # cluster kernels of 16 CTAs at D=512 to 1024 (255 registers, and 168 for 384 threads at
     # 768). No other kernel spills.
@@ -477,3 +479,29 @@ def test_rounded_operand_halves_the_mma_and_the_exchanged_h(tmp_path):
             assert stores[1] < stores[0], (name, stores)
         assert _spilled(reports_rounded[name]) <= _spilled(reports_parts[name]), (
             name, reports_parts[name], reports_rounded[name])
+
+
+def test_default_build_spills_only_where_registers_are_tightest(tmp_path):
+    """The kernels as the default build compiles them (CMakeLists.txt's options: the split
+    kernels, the rounded operand, the async push, the gates split at 64, the split backward at
+    16): no spills but a few words in three, the LSTM's group forward at 2048 (its rounded
+    operand's input-copy addresses, reloaded at the step's start: tests/test_sass_step_loop.py),
+    the sLSTM's group forward at 1024 and its single-CTA backward at 128."""
+    defaults = [f"-D{define}" for define in default_defines()]
+    assert "-DFLASHRNN_MMA_ROUNDED_OPERAND=1" in defaults
+    allowed = {"ForwardMmaGroupKernel LstmCell D=2048": 32,
+               "ForwardMmaGroupKernel SlstmCell D=1024": 8,
+               "BackwardMmaKernel SlstmCell D=128": 8}
+    names = []
+    for part, source_text in (("single", SOURCE), ("group", GROUP_SOURCE)):
+        (tmp_path / part).mkdir()
+        reports, _ = _ptxas_reports_and_ptx(tmp_path / part, *defaults, source_text=source_text)
+        for name, report in reports.items():
+            short = short_name(name)
+            names.append(short)
+            limit = next((v for k, v in allowed.items() if short.startswith(k)), 0)
+            assert _spilled(report) <= limit, (short, report)
+    # The default build's own kernels: the split forward and backward at 64 among them.
+    assert "ForwardMmaClusterKernel LstmCell D=64 (outputs only)" in names
+    assert "BackwardMmaSplitKernel SlstmCell D=64" in names
+    assert all(any(name.startswith(k) for name in names) for k in allowed), names

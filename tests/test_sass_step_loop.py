@@ -5,6 +5,8 @@ the instructions a warp issues every step that the sources were written to have
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 
 import bench_runs  # noqa: F401  (puts benchmarks/ on sys.path)
 import pytest
@@ -49,8 +51,8 @@ def test_the_step_loop_is_found_with_its_mma_and_barriers(loops):
 
 
 def test_without_the_options_the_split_forward_multiplies_hi_and_lo_parts():
-    # Both options off: 4 gates x 1 k-tile per warp, as hi and lo: 8 mma, and the partial sums
-    # of K's quarters through shared memory between the two barriers.
+    # Both options off: 4 gates x 1 k-tile per warp, as hi and lo: 8 mma, and two block
+    # barriers still.
     loops = sass_loop.step_loops(HOT[:1], ("FLASHRNN_MMA_SPLIT_FORWARD_GATES=0",
                                            "FLASHRNN_MMA_ROUNDED_OPERAND=0"))
     split_forward = _kernels(loops, SPLIT_FORWARD_64)
@@ -188,3 +190,18 @@ def test_split_backward_16_option_takes_the_four_gate_cells_heads_of_16():
     off = sass_loop.step_loops(cases, ("FLASHRNN_MMA_SPLIT_BACKWARD_16=0",))
     assert len(off) == 3, list(off)
     assert all(name.startswith("_ZN8flashrnn14Backward") for name in off), list(off)
+
+
+def test_option_defaults_come_from_the_trees_cmakelists(tmp_path):
+    # What the compiles here and scripts/gpu_check.sh's builds take as the default build: the
+    # option() defaults of the tree's CMakeLists.txt, whatever its line breaks.
+    defaults = sass_loop.option_defaults()
+    assert defaults["FLASHRNN_MMA_ROUNDED_OPERAND"] is True
+    assert defaults["FLASHRNN_BACKWARD_INPUTS_TWO_AHEAD"] is False
+    (tmp_path / "CMakeLists.txt").write_text(
+        'option(FLASHRNN_A "one line" ON)\noption(FLASHRNN_B\n  "two, (lines)"\n  OFF)\n'
+        'option(OTHER_C "not ours" ON)\n')
+    assert sass_loop.option_defaults(tmp_path) == {"FLASHRNN_A": True, "FLASHRNN_B": False}
+    printed = subprocess.run([sys.executable, sass_loop.__file__, "--option-defaults",
+                              str(tmp_path)], capture_output=True, text=True, check=True)
+    assert printed.stdout.splitlines() == ["FLASHRNN_A=ON", "FLASHRNN_B=OFF"]

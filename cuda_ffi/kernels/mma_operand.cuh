@@ -22,7 +22,7 @@ namespace flashrnn {
 // half the mma, half the B-fragment loads and, in the cluster forward, half the bytes of h
 // exchanged. DESIGN §4's rule has room for it: in float64 simulations of the cells at bfloat16
 // (benchmarks/precision_study.py) the rounded h and gate cotangents leave the outputs' and
-// gradients' errors at 41-66% of the rule's bound, where the rounding of the 16-bit outputs
+// gradients' errors at 41-64% of the rule's bound, where the rounding of the 16-bit outputs
 // themselves is most of the error.
 inline constexpr bool kMmaLoPart = !FLASHRNN_MMA_ROUNDED_OPERAND;
 
