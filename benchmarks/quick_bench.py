@@ -155,12 +155,12 @@ def main():
     parser.add_argument("--json", help="write the records here")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--steps", type=int, default=1024)
-    # 1 x 768: the largest head of the issue's table (the tensor-core kernels on 16-CTA
-    # clusters, R partly in shared memory).
+    # The rows of issue 5's table: 48 x 16 and 12 x 64 (the split kernels), 3 x 256 and 1 x 768
+    # (the tensor-core kernels on 8- and 16-CTA clusters, R partly in shared memory at 768).
     parser.add_argument("--shapes", nargs="+", type=heads_by_size,
-                        default=[(12, 64), (3, 256), (1, 768)],
-                        help="heads x head size of the cases, e.g. 12x64 (default: 12x64 3x256 "
-                             "1x768); the mask cost is measured at those of 64 and 256")
+                        default=[(48, 16), (12, 64), (3, 256), (1, 768)],
+                        help="heads x head size of the cases, e.g. 12x64 (default: 48x16 12x64 "
+                             "3x256 1x768); the mask cost is measured at those of 64 and 256")
     parser.add_argument("--no-masks", action="store_true", help="leave out the mask cost")
     parser.add_argument("--no-groups", action="store_true",
                         help="leave out the two group sizes of heads beyond a cluster (float32, "
