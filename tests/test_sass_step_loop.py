@@ -205,3 +205,16 @@ def test_option_defaults_come_from_the_trees_cmakelists(tmp_path):
     printed = subprocess.run([sys.executable, sass_loop.__file__, "--option-defaults",
                               str(tmp_path)], capture_output=True, text=True, check=True)
     assert printed.stdout.splitlines() == ["FLASHRNN_A=ON", "FLASHRNN_B=OFF"]
+
+
+def test_split_step_loops_keep_the_thread_index_in_registers():
+    # The kernels' register cap is __maxnreg__ (launch.cuh PersistentKernelRegisters): under
+    # __launch_bounds__(threads, 1), with the same cap, ptxas left registers unused and read the
+    # thread index again every step to recompute addresses from it (S2R SR_TID.X in 29 of
+    # these loops at fa8b1e8); the split forwards and backwards now keep them.
+    cases = [(direction, cell, BF16, (d, 1, 16, 512)) for cell in ("LstmCell", "SlstmCell")
+             for d in (16, 32, 64) for direction in ("Forward", "Backward")]
+    loops = sass_loop.step_loops(cases)
+    assert len(loops) == 18, list(loops)
+    for name, loop in loops.items():
+        assert not [i for i in loop if i.op == "S2R" and "SR_TID" in i.operands], name

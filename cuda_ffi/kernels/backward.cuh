@@ -129,10 +129,10 @@ __device__ __forceinline__ void FmaBackward(const BackwardArgs& args, T* r_s, fl
   }
 }
 
-// Launch bounds (threads, 1): a persistent CTA needs no second CTA beside it on its SM, and
-// without the 1 ptxas held some of these kernels to 64 registers and spilled (NOTES, v2).
+// Registers: PersistentKernelRegisters (launch.cuh), a persistent CTA alone on its SM.
 template <typename Cell, typename T, typename Tile>
-__global__ void __launch_bounds__(Tile::kThreads, 1) BackwardKernel(const BackwardArgs args) {
+__global__ void __maxnreg__(PersistentKernelRegisters(Tile::kThreads))
+    BackwardKernel(const BackwardArgs args) {
   using Layout = BackwardLayout<Cell::kGatesR, sizeof(T), Tile>;
   extern __shared__ __align__(128) unsigned char smem[];
   ClusterExchange<Tile> ex(args, 0, true, reinterpret_cast<float*>(smem + Layout::kRBytes));
@@ -143,7 +143,7 @@ __global__ void __launch_bounds__(Tile::kThreads, 1) BackwardKernel(const Backwa
 
 // A group beyond a cluster: blocks of the launch's groups from group0 on (fma_exchange.cuh).
 template <typename Cell, typename T, typename Tile>
-__global__ void __launch_bounds__(Tile::kThreads, 1)
+__global__ void __maxnreg__(PersistentKernelRegisters(Tile::kThreads))
     BackwardGridKernel(const BackwardArgs args, const int64_t group0) {
   using Layout = BackwardGridLayout<Cell::kGatesR, sizeof(T), Tile>;
   extern __shared__ __align__(128) unsigned char smem[];

@@ -53,9 +53,10 @@ struct MmaBackwardLayout {
       2 * 2 * std::size_t{kBufferValues} * sizeof(__nv_bfloat16);
 };
 
-// Launch bounds (threads, 1): as the other persistent kernels.
+// Registers: PersistentKernelRegisters (launch.cuh), as the other persistent kernels.
 template <typename Cell, typename T, int D>
-__global__ void __launch_bounds__(2 * D, 1) BackwardMmaKernel(const BackwardArgs args) {
+__global__ void __maxnreg__(PersistentKernelRegisters(2 * D))
+    BackwardMmaKernel(const BackwardArgs args) {
   constexpr int BT = kMmaBatchTile;
   using Op = MmaOperand<T>;
   using Layout = MmaBackwardLayout<Cell::kGatesR, D>;

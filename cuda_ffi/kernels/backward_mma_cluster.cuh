@@ -79,9 +79,10 @@ struct MmaClusterBackwardLayout {
   static_assert(kBytes <= kMaxSharedBytesPerBlock, "shared memory per block (sm_90 opt-in)");
 };
 
-// Launch bounds (threads, 1): as the other persistent kernels.
+// Registers: PersistentKernelRegisters (launch.cuh), as the other persistent kernels.
 template <typename Cell, typename T, int D, int C>
-__global__ void __launch_bounds__(MmaClusterBackwardLayout<Cell::kGatesR, D, C>::kThreads, 1)
+__global__ void __maxnreg__(
+    PersistentKernelRegisters(MmaClusterBackwardLayout<Cell::kGatesR, D, C>::kThreads))
     BackwardMmaClusterKernel(const BackwardArgs args) {
   using Op = MmaOperand<T>;
   using Group = CtaGroup<C>;

@@ -78,10 +78,11 @@ struct MmaGroupBackwardLayout {
   static_assert(kGroup * kElements == kMmaBatchTile * D, "an owner's block per CTA");
 };
 
-// Launch bounds (threads, 1): as the other persistent kernels. group0: the launch's first group
-// (launch.cuh LaunchGridGroups).
+// Registers: PersistentKernelRegisters (launch.cuh), as the other persistent kernels. group0:
+// the launch's first group (launch.cuh LaunchGridGroups).
 template <typename Cell, typename T, int D>
-__global__ void __launch_bounds__(MmaGroupBackwardLayout<Cell::kGatesR, D>::kThreads, 1)
+__global__ void __maxnreg__(
+    PersistentKernelRegisters(MmaGroupBackwardLayout<Cell::kGatesR, D>::kThreads))
     BackwardMmaGroupKernel(const BackwardArgs args, const int64_t group0) {
   using Op = MmaOperand<T>;
   using Layout = MmaGroupBackwardLayout<Cell::kGatesR, D>;

@@ -63,9 +63,10 @@ struct MmaSplitBackwardLayout {
   static_assert(kBytes <= kMaxSharedBytesPerBlock, "shared memory per block (sm_90 opt-in)");
 };
 
-// Launch bounds (threads, 1): as the other persistent kernels.
+// Registers: PersistentKernelRegisters (launch.cuh), as the other persistent kernels.
 template <typename Cell, typename T, int D>
-__global__ void __launch_bounds__(MmaSplitBackwardLayout<Cell::kGatesR, D>::kThreads, 1)
+__global__ void __maxnreg__(
+    PersistentKernelRegisters(MmaSplitBackwardLayout<Cell::kGatesR, D>::kThreads))
     BackwardMmaSplitKernel(const BackwardArgs args) {
   using Op = MmaOperand<T>;
   using Layout = MmaSplitBackwardLayout<Cell::kGatesR, D>;

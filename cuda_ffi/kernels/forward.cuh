@@ -104,10 +104,10 @@ __device__ __forceinline__ void FmaForward(const ForwardArgs& args, T* r_s, Exch
   for (int p = 0; p < P; ++p) StoreLast<Cell, T>(args, element(p), s[p]);
 }
 
-// Launch bounds (threads, 1): a persistent CTA needs no second CTA beside it on its SM, and
-// without the 1 ptxas held some of these kernels to 64 registers and spilled (NOTES, v2).
+// Registers: PersistentKernelRegisters (launch.cuh), a persistent CTA alone on its SM.
 template <typename Cell, typename T, typename Tile, bool kResiduals>
-__global__ void __launch_bounds__(Tile::kThreads, 1) ForwardKernel(const ForwardArgs args) {
+__global__ void __maxnreg__(PersistentKernelRegisters(Tile::kThreads))
+    ForwardKernel(const ForwardArgs args) {
   using Layout = ForwardLayout<Cell::kGatesR, sizeof(T), Tile>;
   extern __shared__ __align__(128) unsigned char smem[];
   ClusterExchange<Tile> ex(args, 0, false, reinterpret_cast<float*>(smem + Layout::kRBytes));
@@ -116,7 +116,7 @@ __global__ void __launch_bounds__(Tile::kThreads, 1) ForwardKernel(const Forward
 
 // A group beyond a cluster: blocks of the launch's groups from group0 on (fma_exchange.cuh).
 template <typename Cell, typename T, typename Tile, bool kResiduals>
-__global__ void __launch_bounds__(Tile::kThreads, 1)
+__global__ void __maxnreg__(PersistentKernelRegisters(Tile::kThreads))
     ForwardGridKernel(const ForwardArgs args, const int64_t group0) {
   using Layout = ForwardGridLayout<Cell::kGatesR, sizeof(T), Tile>;
   extern __shared__ __align__(128) unsigned char smem[];

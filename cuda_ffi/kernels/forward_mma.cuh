@@ -50,10 +50,10 @@ struct MmaForwardLayout {
 };
 
 // kResiduals: also write the residuals of the backward (a forward that is differentiated).
-// Launch bounds (threads, 1): a persistent CTA needs no second CTA beside it on its SM, and
-// without the 1 ptxas held some of these kernels to 64 registers and spilled (NOTES, v2).
+// Registers: PersistentKernelRegisters (launch.cuh), a persistent CTA alone on its SM.
 template <typename Cell, typename T, int D, bool kResiduals>
-__global__ void __launch_bounds__(2 * D, 1) ForwardMmaKernel(const ForwardArgs args) {
+__global__ void __maxnreg__(PersistentKernelRegisters(2 * D))
+    ForwardMmaKernel(const ForwardArgs args) {
   constexpr int BT = kMmaBatchTile;
   using Op = MmaOperand<T>;
   using Layout = MmaForwardLayout<Cell, T, D>;

@@ -148,9 +148,10 @@ struct MmaClusterForwardLayout {
                 "rows and CTA slices of h in whole 16-byte chunks (kStagedBroadcast)");
 };
 
-// Launch bounds (threads, 1): as the other persistent kernels.
+// Registers: PersistentKernelRegisters (launch.cuh), as the other persistent kernels.
 template <typename Cell, typename T, int D, int C, bool kResiduals>
-__global__ void __launch_bounds__(MmaClusterForwardLayout<Cell, T, D, C>::kThreads, 1)
+__global__ void __maxnreg__(
+    PersistentKernelRegisters(MmaClusterForwardLayout<Cell, T, D, C>::kThreads))
     ForwardMmaClusterKernel(const ForwardArgs args) {
   using Op = MmaOperand<T>;
   using Group = CtaGroup<C>;

@@ -99,10 +99,10 @@ struct MmaGroupForwardLayout {
   static_assert(2 * sizeof(T) == sizeof(float), "hi + lo of a 16-bit value in a float's room");
 };
 
-// Launch bounds (threads, 1): as the other persistent kernels. group0: the launch's first group
-// (launch.cuh LaunchGridGroups).
+// Registers: PersistentKernelRegisters (launch.cuh), as the other persistent kernels. group0:
+// the launch's first group (launch.cuh LaunchGridGroups).
 template <typename Cell, typename T, int D, bool kResiduals>
-__global__ void __launch_bounds__(MmaGroupForwardLayout<Cell, T, D>::kThreads, 1)
+__global__ void __maxnreg__(PersistentKernelRegisters(MmaGroupForwardLayout<Cell, T, D>::kThreads))
     ForwardMmaGroupKernel(const ForwardArgs args, const int64_t group0) {
   using Op = MmaOperand<T>;
   using Layout = MmaGroupForwardLayout<Cell, T, D>;

@@ -13,6 +13,16 @@
 
 namespace flashrnn {
 
+// The registers a thread of a persistent kernel of `threads` threads may take: the SM's 64K
+// over its threads (one CTA an SM), in ptxas's steps of 8, at most 255. The kernels give it as
+// __maxnreg__ rather than __launch_bounds__(threads, 1), which caps them alike but under which
+// ptxas left registers unused and recomputed thread-index addresses every step (the sLSTM's
+// split backward at 64: 78 registers and 458 instructions a step, 343 under __maxnreg__;
+// benchmarks/NOTES.md). Without either, ptxas held some kernels to 64 registers and spilled.
+constexpr int PersistentKernelRegisters(int threads) {
+  return std::min(255, 65536 / threads / 8 * 8);
+}
+
 template <typename Tile, typename Args>
 cudaError_t LaunchOverHeadsAndBatchTiles(void (*kernel)(Args), const Args& args,
                                          std::size_t smem_bytes, cudaStream_t stream) {
