@@ -88,10 +88,10 @@ def summarise(events, calls: int) -> dict:
     return {"kernel_ms": sum(kinds.values()), "kinds_ms": kinds, "kernels": kernels}
 
 
-def traced_kernels(fn, args, calls: int = 5) -> dict:
-    """Warm ``fn`` up, trace ``calls`` device-synchronised calls of it, and summarise what the
-    device ran during them."""
-    for _ in range(3):
+def traced_kernels(fn, args, calls: int = 5, warmup: int = 3) -> dict:
+    """Warm ``fn`` up (``warmup`` calls; none where the caller just timed it), trace ``calls``
+    device-synchronised calls of it, and summarise what the device ran during them."""
+    for _ in range(warmup):
         jax.block_until_ready(fn(*args))
     with tempfile.TemporaryDirectory() as trace_dir:
         jax.profiler.start_trace(trace_dir)
@@ -115,8 +115,8 @@ def breakdown_case(function, backend, dtype, B, T, N, D, key, calls: int = 5) ->
     data = random_inputs(function, dtype, B, T, N, D, key)
     records = []
     for direction, fn in zip(("fwd", "fwdbwd"), case_functions(function, backend, B, T, mask_key)):
-        wall_ms = median_ms(fn, *data)
-        traced = traced_kernels(fn, data, calls)
+        wall_ms = median_ms(fn, *data)  # which warms fn up for the trace too
+        traced = traced_kernels(fn, data, calls, warmup=0)
         records.append({"impl": backend, "function": function, "dtype": jax.numpy.dtype(dtype).name,
                         "B": B, "T": T, "N": N, "D": D, "direction": direction,
                         "wall_ms": wall_ms, "gap_ms": wall_ms - traced["kernel_ms"], **traced})

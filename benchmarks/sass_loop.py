@@ -191,9 +191,14 @@ def table(root: pathlib.Path = REPO) -> dict[str, int]:
     return {short_name(name): len(loop) for name, loop in sorted(loops.items())}
 
 
-def _commit(root: pathlib.Path) -> str:
-    """The checkout's commit, "+" where its kernels differ from it."""
+def _commit(root: pathlib.Path) -> str | None:
+    """The checkout's commit, "+" where its kernels differ from it; None where root is no
+    checkout's top (a tree unpacked by git archive, inside another checkout or not, whose
+    enclosing repository's commit would say nothing of it)."""
     git = ["git", "-C", str(root)]
+    top = subprocess.run([*git, "rev-parse", "--show-toplevel"], capture_output=True, text=True)
+    if top.returncode != 0 or pathlib.Path(top.stdout.strip()).resolve() != root.resolve():
+        return None
     commit = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True).stdout.strip()
     dirty = subprocess.run([*git, "diff", "--quiet", "HEAD", "--", "cuda_ffi", "CMakeLists.txt"])

@@ -400,6 +400,10 @@ R_GRADIENT_CONTRACTION = "auto"
 BF16X3_MIN_R_ELEMENTS = 512 * 512
 
 
+def _bfloat16_rounded(x):
+    return jax.lax.reduce_precision(x, exponent_bits=8, mantissa_bits=7)
+
+
 def _bfloat16_parts(x):
     # Rounded to bfloat16 by reduce_precision, not by a round trip of converts: XLA's GPU
     # compiler folds f32 -> bf16 -> f32 into nothing (SimplifyFPConversions, with excess
@@ -410,10 +414,6 @@ def _bfloat16_parts(x):
     # rounds each product to 8 bits (an f16 Elman head of 6 then had dR 10x off).
     hi = _bfloat16_rounded(x)
     return hi, _bfloat16_rounded(x - hi)
-
-
-def _bfloat16_rounded(x):
-    return jax.lax.reduce_precision(x, exponent_bits=8, mantissa_bits=7)
 
 
 def _bfloat16_product(spec: str, a, b):
