@@ -80,7 +80,8 @@ def extension():
 # of cuda_ffi/ffi/module.cc).
 BUILD_OPTIONS = ("forward", "backward", "cluster_forward", "cluster_backward", "split_forward",
                  "split_backward", "cluster_async_push", "backward_inputs_two_ahead",
-                 "rounded_operand", "split_forward_gates", "split_backward_16")
+                 "rounded_operand", "split_forward_gates", "split_backward_16",
+                 "split_backward_dr")
 
 
 def tensor_core_kernels() -> dict[str, bool]:
@@ -314,21 +315,25 @@ def _forward_call(Wx, R, b, states, seq_lengths, resets, options: _Options, *, t
 
 
 def _backward_call(R, states, gate_cache, states_f32, d_states_all, d_last, seq_lengths,
-                   resets, options: _Options):
-    """The cotangents of every bias gate's pre-activation and of the initial states."""
-    return jax.ffi.ffi_call(
-        "flashrnn_jax_backward",
-        (
-            jax.ShapeDtypeStruct(gate_cache.shape, jnp.float32),
-            jax.ShapeDtypeStruct(states.shape, jnp.float32),
-        ),
-        vmap_method="sequential",
-    )(
+                   resets, options: _Options, *, weight_gradient: bool):
+    """The cotangents of every bias gate's pre-activation and of the initial states, and with
+    ``weight_gradient`` each batch tile's part of dR ``[batch tiles, Gr, N, D, D]`` (float32;
+    None without)."""
+    out = [jax.ShapeDtypeStruct(gate_cache.shape, jnp.float32),
+           jax.ShapeDtypeStruct(states.shape, jnp.float32)]
+    if weight_gradient:
+        Gr, N, D = R.shape[0], R.shape[1], R.shape[-1]
+        batch_tile = int(_tiling_attributes(options.function, R.dtype, D)["batch_tile"])
+        tiles = -(-states.shape[1] // batch_tile)
+        out.append(jax.ShapeDtypeStruct((tiles, Gr, N, D, D), jnp.float32))
+    target = "flashrnn_jax_backward_dr" if weight_gradient else "flashrnn_jax_backward"
+    results = jax.ffi.ffi_call(target, tuple(out), vmap_method="sequential")(
         R, states, gate_cache, states_f32, d_states_all, d_last, seq_lengths, resets,
         recurrent_gradient=np.int32(options.recurrent_gradient),
         clipval=np.float32(options.clipval),
         **options.attributes(R.dtype, R.shape[-1]),
     )
+    return tuple(results) if weight_gradient else (*results, None)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
@@ -395,7 +400,9 @@ def recurrent_inputs(states, states_f32, seq_lengths, resets, options: _Options)
 # less room (benchmarks/precision_study.py --rounded-dr, bfloat16: dR's error at 51–81% of the
 # bound, against 42–63% from exact operands); bfloat16 R only (float16 R, whose result has 3 more
 # mantissa bits, takes "bf16x3" under it); not "auto"'s choice until the GPU has timed it.
-# float32 R always takes "float32". (A module setting so that the benchmark can time each.)
+# float32 R always takes "float32". Where the call's backward kernel accumulates dR itself
+# (kernel_computes_weight_gradient, a CMake option off by default), "auto" takes that, no
+# contraction at all. (A module setting so that the benchmark can time each.)
 R_GRADIENT_CONTRACTION = "auto"
 BF16X3_MIN_R_ELEMENTS = 512 * 512
 
@@ -454,6 +461,17 @@ def weight_gradient_contraction(r_dtype, num_heads: int, head_size: int) -> str:
     return R_GRADIENT_CONTRACTION
 
 
+def kernel_computes_weight_gradient(dtype, head_size: int, function: str) -> bool:
+    """Whether the backward kernel of a call accumulates dR itself (CMake
+    ``FLASHRNN_MMA_SPLIT_BACKWARD_DR``: the split tensor-core backward, bfloat16, its operands
+    rounded as the "bf16" contraction's), which :data:`R_GRADIENT_CONTRACTION` "auto" then
+    takes instead of an XLA contraction."""
+    if R_GRADIENT_CONTRACTION != "auto" or not tensor_core_kernels()["split_backward_dr"]:
+        return False
+    paths = kernels_for(dtype, head_size, function)
+    return paths is not None and paths[1] == "mma_split"
+
+
 def recurrent_weight_gradient(d_gates_r, h_prev, r_dtype):
     """dR ``[Gr, N, D, D]`` in ``r_dtype`` from the recurrent gate cotangents ``[B, T, Gr, N, D]``
     and the ``h_prev`` ``[B, T, N, D]`` of every step (both float32), as
@@ -472,15 +490,19 @@ def _fused_bwd(options, residuals, cotangents):
     R, states, seq_lengths, resets, gate_cache, states_f32 = residuals
     d_states_all, d_last = cotangents
     wx_dtype = d_states_all.dtype  # the outputs, and so their cotangents, have Wx's dtype
-    d_gates, d_states0 = _backward_call(
+    in_kernel = kernel_computes_weight_gradient(R.dtype, R.shape[-1], options.function)
+    d_gates, d_states0, d_r_partial = _backward_call(
         R, states, gate_cache, states_f32, d_states_all, d_last.astype(wx_dtype), seq_lengths,
-        resets, options,
+        resets, options, weight_gradient=in_kernel,
     )
     cell = get_cell(options.function)
     offset = cell.wx_bias_offset
     d_wx = d_gates[:, :, offset : offset + cell.gates_wx].astype(wx_dtype)
-    h_prev = recurrent_inputs(states, states_f32, seq_lengths, resets, options)
-    d_r = recurrent_weight_gradient(d_gates[:, :, : cell.gates_r], h_prev, R.dtype)
+    if in_kernel:
+        d_r = d_r_partial.sum(axis=0).astype(R.dtype)
+    else:
+        h_prev = recurrent_inputs(states, states_f32, seq_lengths, resets, options)
+        d_r = recurrent_weight_gradient(d_gates[:, :, : cell.gates_r], h_prev, R.dtype)
     d_b = d_gates.sum(axis=(0, 1))
     # seq_lengths and resets are integer and boolean: no cotangent.
     return d_wx, d_r, d_b, d_states0, None, None

@@ -12,7 +12,8 @@
 #            OPTIONS_ON names kernel options to turn on and OPTIONS_OFF options to turn off
 #            (space-separated, of FLASHRNN_MMA_CLUSTER_ASYNC_PUSH,
 #            FLASHRNN_BACKWARD_INPUTS_TWO_AHEAD, FLASHRNN_MMA_ROUNDED_OPERAND,
-#            FLASHRNN_MMA_SPLIT_FORWARD_GATES and FLASHRNN_MMA_SPLIT_BACKWARD_16; the others
+#            FLASHRNN_MMA_SPLIT_FORWARD_GATES, FLASHRNN_MMA_SPLIT_BACKWARD_16 and
+#            FLASHRNN_MMA_SPLIT_BACKWARD_DR; the others
 #            keep CMakeLists.txt's defaults)
 #     tests  the GPU tests and, beside them, the sanitizers (SANITIZE=0 leaves them out);
 #            PYTEST_WORKERS sets the test processes, 12 by default; GPU_TESTS the test files,
@@ -64,7 +65,7 @@ on_off() { [ "$1" = 1 ] && echo ON || echo OFF; }
 # directory's cache would keep an earlier call's value otherwise.
 kernel_options="FLASHRNN_MMA_CLUSTER_ASYNC_PUSH FLASHRNN_BACKWARD_INPUTS_TWO_AHEAD"
 kernel_options+=" FLASHRNN_MMA_ROUNDED_OPERAND FLASHRNN_MMA_SPLIT_FORWARD_GATES"
-kernel_options+=" FLASHRNN_MMA_SPLIT_BACKWARD_16"
+kernel_options+=" FLASHRNN_MMA_SPLIT_BACKWARD_16 FLASHRNN_MMA_SPLIT_BACKWARD_DR"
 option_defines() {
   local option value defaults
   defines=()

@@ -89,10 +89,24 @@ def emulate_forward(Wx, R, b, states0, seq_lengths, resets, options, train):
     return outs
 
 
+# The batch rows of a tile of the split backward (kMmaBatchTile), whose parts of dR the target
+# flashrnn_jax_backward_dr returns.
+DR_BATCH_TILE = 8
+
+
+def _as_kernel_operand(x, r_dtype):
+    """x as the in-kernel dR multiplies it: rounded to bfloat16 for bfloat16 R (the kernel's
+    operands), exact otherwise (so that float64 tests check the assembly alone)."""
+    if np.dtype(r_dtype) != jnp.bfloat16:
+        return x
+    return np.asarray(x, np.float32).astype(jnp.bfloat16).astype(np.float64)
+
+
 def emulate_backward(R, states0, cache, states_f32, d_all, d_last, seq_lengths, resets,
-                     options):
+                     options, weight_gradient=False):
     cell = get_cell(options.function)
     _, vjp = _step_fns(options.function)
+    r_dtype = R.dtype
     R, states0, cache, states_f32, d_all, d_last = (
         np.asarray(x, np.float64) for x in (R, states0, cache, states_f32, d_all, d_last))
     seq_lengths, resets = np.asarray(seq_lengths), np.asarray(resets)
@@ -100,6 +114,9 @@ def emulate_backward(R, states0, cache, states_f32, d_all, d_last, seq_lengths, 
     T = cache.shape[1]
     d_gates = np.zeros(cache.shape)
     d_states0 = np.zeros(states0.shape)
+    # With weight_gradient: per batch tile, dR summed over its rows and steps from the h_prev
+    # each step started from.
+    d_r_partial = np.zeros((-(-B // DR_BATCH_TILE), cell.gates_r, N, D, D))
     for row in range(B):
         ds = d_last[:, row].copy()
         length = min(max(int(seq_lengths[row]), 0), T)
@@ -122,6 +139,10 @@ def emulate_backward(R, states0, cache, states_f32, d_all, d_last, seq_lengths, 
             d_cache, d_prev = vjp(cache[row, t], tuple(prev), tuple(ds))
             d_gates[row, t] = d_cache
             ds = np.stack(d_prev)
+            if weight_gradient:
+                d_r_partial[row // DR_BATCH_TILE] += np.einsum(
+                    "gno,ni->gnoi", _as_kernel_operand(d_cache[: cell.gates_r], r_dtype),
+                    _as_kernel_operand(prev[0], r_dtype))
             if options.recurrent_gradient != fused.RECURRENT_CUT:
                 dh_rec = np.einsum("gnoi,gno->ni", R, d_gates[row, t, : cell.gates_r])
                 if options.recurrent_gradient == fused.RECURRENT_CLIP:
@@ -131,7 +152,7 @@ def emulate_backward(R, states0, cache, states_f32, d_all, d_last, seq_lengths, 
                 ds = np.zeros_like(ds)
         ds[0] += dh_rec
         d_states0[:, row] += ds
-    return d_gates, d_states0
+    return (d_gates, d_states0) + ((d_r_partial,) if weight_gradient else ())
 
 
 def _callback(fn, shapes, *args):
@@ -154,11 +175,16 @@ def forward_call(Wx, R, b, states, seq_lengths, resets, options, *, train):
 
 
 def backward_call(R, states, gate_cache, states_f32, d_all, d_last, seq_lengths, resets,
-                  options):
+                  options, *, weight_gradient):
+    S, B, N, D = states.shape
     shapes = [jax.ShapeDtypeStruct(gate_cache.shape, jnp.float32),
               jax.ShapeDtypeStruct(states.shape, jnp.float32)]
-    return _callback(lambda *a: emulate_backward(*a, options), shapes,
-                     R, states, gate_cache, states_f32, d_all, d_last, seq_lengths, resets)
+    if weight_gradient:
+        shapes.append(jax.ShapeDtypeStruct(
+            (-(-B // DR_BATCH_TILE), R.shape[0], N, D, D), jnp.float32))
+    results = _callback(lambda *a: emulate_backward(*a, options, weight_gradient), shapes,
+                        R, states, gate_cache, states_f32, d_all, d_last, seq_lengths, resets)
+    return tuple(results) if weight_gradient else (*results, None)
 
 
 def install(monkeypatch) -> None:

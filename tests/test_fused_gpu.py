@@ -317,3 +317,23 @@ def test_dR_contraction_keeps_its_low_parts_on_the_gpu(rng):
     got = jax.jit(lambda a, b: fused.bf16x3_einsum(SPEC, a, b))(jnp.asarray(d_gates),
                                                                 jnp.asarray(h_prev))
     assert weight_gradient_error(got, want) < 2e-5
+
+
+@pytest.mark.parametrize("function", ("lstm", "slstm"))
+def test_dR_comes_from_the_backward_kernel_exactly_where_built(function, rng):
+    """A build with FLASHRNN_MMA_SPLIT_BACKWARD_DR differentiates a bfloat16 head of 64 (the split
+    backward) through the target flashrnn_jax_backward_dr, whose kernel accumulates dR; a build
+    without it through flashrnn_jax_backward and an XLA contraction. (The values: every bf16
+    gradient of test_fused_matches_reference at 16, 32 and 64, against the rule.)"""
+    built = fused.tensor_core_kernels()["split_backward_dr"]
+    B, T, N, D = 3, 9, 2, 64
+    Wx, R, b = random_inputs(rng, function, B, T, N, D)
+    states = random_states(rng, function, B, N, D)
+    args = [jnp.asarray(x, jnp.bfloat16) for x in (Wx, R)] + [jnp.asarray(b), jnp.asarray(states)]
+    S = CELL_SHAPES[function].num_states
+    w_all = jnp.ones((S, B, T, N, D))
+    w_last = jnp.ones((S, B, N, D))
+    text = _grad_fn(function, "fused").lower(*args, w_all, w_last).as_text()
+    assert fused.kernel_computes_weight_gradient(jnp.bfloat16, D, function) is built
+    assert ("flashrnn_jax_backward_dr" in text) is built
+    assert "flashrnn_jax_backward" in text

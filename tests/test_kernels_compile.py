@@ -409,6 +409,37 @@ def test_split_backward_takes_bf16_heads_of_32_and_64_with_a_quarter_of_k_per_wa
                       ("Slstm", "64"): 16, ("Gru", "64"): 12}, counts
 
 
+SPLIT_BACKWARD_DR_SOURCE = instantiation_source(
+    [("Backward", cell, "__nv_bfloat16", tiling)
+     for cell in ("LstmCell", "SlstmCell")
+     for tiling in ((16, 1, 16, 256), (32, 1, 16, 512), (64, 1, 16, 512))]
+    + [("Backward", "GruCell", "__nv_bfloat16", (64, 1, 16, 512))])
+MMA_K8 = "mma.sync.aligned.m16n8k8.row.col.f32.bf16.bf16.f32"
+LDMATRIX_TRANS = "ldmatrix.sync.aligned.m8n8.x{}.trans.shared.b16"
+
+
+def test_split_backward_dr_accumulates_dR_on_the_tensor_cores_without_spills(tmp_path):
+    """FLASHRNN_MMA_SPLIT_BACKWARD_DR: the split backward accumulates dR itself, one
+    mma.m16n8k8 per (m-tile of (gate, unit) rows, n-tile of 8 inputs) of its warp (the m-tiles
+    round-robin over the warps: one each here) in the step loop and once after it (step 0), from
+    fragments that ldmatrix.trans reads (one x2 for the m-tile, one x4 per four n-tiles, x2 at
+    16), without spills; off, none of it."""
+    (off_reports, off_ptx), (on_reports, on_ptx) = _off_and_on(
+        tmp_path, "FLASHRNN_MMA_SPLIT_BACKWARD_DR", SPLIT_BACKWARD_DR_SOURCE,
+        "-DFLASHRNN_MMA_SPLIT_BACKWARD=1", "-DFLASHRNN_MMA_SPLIT_BACKWARD_16=1")
+    split = [name for name in on_reports if "BackwardMmaSplitKernel" in name]
+    assert len(split) == 7, list(on_reports)
+    for name in split:
+        assert "0 bytes spill stores, 0 bytes spill loads" in on_reports[name], on_reports[name]
+        assert MMA_K8 not in off_ptx[name] and ".trans" not in off_ptx[name], name
+        d = int(re.search(r"Li(\d+)E", name).group(1))
+        n_tiles = d // 8
+        assert on_ptx[name].count(MMA_K8) == 2 * n_tiles, name
+        x2 = on_ptx[name].count(LDMATRIX_TRANS.format(2))
+        x4 = on_ptx[name].count(LDMATRIX_TRANS.format(4))
+        assert (x2, x4) == ((2 * 2, 0) if d == 16 else (2, 2 * n_tiles // 4)), (name, x2, x4)
+
+
 INPUTS_AHEAD_SOURCE = instantiation_source([
     ("Backward", "LstmCell", "__nv_bfloat16", (64, 1, 16, 512)),
     ("Backward", "SlstmCell", "__nv_bfloat16", (256, 4, 16, 512)),

@@ -261,13 +261,16 @@ FUSED_COMBOS = {
 }
 
 
+@pytest.mark.parametrize("dr_in_kernel", (False, True), ids=("dr_xla", "dr_in_kernel"))
 @pytest.mark.parametrize("combo", FUSED_COMBOS)
 @pytest.mark.parametrize("function", FUNCTIONS)
-def test_fused_custom_vjp_with_emulated_kernels(rng, monkeypatch, function, combo):
+def test_fused_custom_vjp_with_emulated_kernels(rng, monkeypatch, function, combo, dr_in_kernel):
     """The fused backend's custom_vjp (h_prev, dR, db, d_states0 assembly, options passed to
     the kernels) with the kernels replaced by tests/fused_emulator.py: forward against the
     float64 reference, gradients against the scan backend (itself checked against finite
-    differences above)."""
+    differences above). dr_in_kernel: dR from the backward's per-batch-tile parts (the target
+    flashrnn_jax_backward_dr, emulated with exact operands in float64), summed by the
+    custom_vjp, instead of its own contraction."""
     Wx, R, b, states, resets = draw(rng, function)
     R = 2.0 * R  # recurrent cotangents large enough for the clip to act
     opts = dict(FUSED_COMBOS[combo])
@@ -284,6 +287,10 @@ def test_fused_custom_vjp_with_emulated_kernels(rng, monkeypatch, function, comb
 
     want = jax.value_and_grad(functools.partial(loss, "scan"), argnums=(0, 1, 2, 3))(*args)
     fused_emulator.install(monkeypatch)
+    if dr_in_kernel:
+        monkeypatch.setattr(fused, "kernel_computes_weight_gradient", lambda *a: True)
+        # Tiles of 3 rows: B = 4 makes two, the second with one row.
+        monkeypatch.setattr(fused_emulator, "DR_BATCH_TILE", 3)
     got_all, got_last = flashrnn(*args, function=function, backend="fused", **opts)
     ref_opts = {k: v for k, v in opts.items() if not k.startswith("gradient")}
     want_all, want_last, _ = reference_flashrnn_options(*args, function, **ref_opts)

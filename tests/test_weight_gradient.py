@@ -134,3 +134,29 @@ def test_bf16_setting_leaves_float16_R_to_bf16x3(monkeypatch):
     assert fused.weight_gradient_contraction(jnp.bfloat16, 1, 64) == "bf16"
     assert fused.weight_gradient_contraction(jnp.float16, 1, 64) == "bf16x3"
     assert fused.weight_gradient_contraction(jnp.float32, 1, 64) == "float32"
+
+
+@pytest.mark.parametrize("built", (False, True))
+@pytest.mark.parametrize("backward", ("mma_split", "mma_cluster", "fma"))
+@pytest.mark.parametrize("setting", ("auto", "bf16", "bf16x3", "float32"))
+def test_dR_is_left_to_the_backward_kernel_only_where_it_computes_it(monkeypatch, built,
+                                                                     backward, setting):
+    """kernel_computes_weight_gradient: dR from the backward kernel (the target
+    flashrnn_jax_backward_dr) only where the build has FLASHRNN_MMA_SPLIT_BACKWARD_DR, the call's
+    backward runs the split kernel (the one that computes it) and the setting is "auto" (the
+    others name an XLA contraction, for the benchmark to time)."""
+    options = dict.fromkeys(fused.BUILD_OPTIONS, False) | {"split_backward_dr": built}
+    monkeypatch.setattr(fused, "tensor_core_kernels", lambda: options)
+    monkeypatch.setattr(fused, "kernels_for", lambda *args: ("mma_split", backward))
+    monkeypatch.setattr(fused, "R_GRADIENT_CONTRACTION", setting)
+    want = built and backward == "mma_split" and setting == "auto"
+    assert fused.kernel_computes_weight_gradient(jnp.bfloat16, 64, "lstm") is want
+
+
+def test_dR_stays_with_xla_where_the_fused_kernels_cannot_run(monkeypatch):
+    """Without a kernel for the call (kernels_for None: no device, no extension), no in-kernel
+    dR even on a build that has it."""
+    options = dict.fromkeys(fused.BUILD_OPTIONS, False) | {"split_backward_dr": True}
+    monkeypatch.setattr(fused, "tensor_core_kernels", lambda: options)
+    monkeypatch.setattr(fused, "kernels_for", lambda *args: None)
+    assert fused.kernel_computes_weight_gradient(jnp.bfloat16, 64, "lstm") is False

@@ -310,16 +310,17 @@ ffi::Error ForwardTrainImpl(cudaStream_t stream, ffi::ScratchAllocator scratch,
                  &states, poison);
 }
 
-ffi::Error BackwardImpl(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::AnyBuffer r,
-                        ffi::AnyBuffer states0,
-                        ffi::AnyBuffer gate_cache, ffi::AnyBuffer states_f32,
-                        ffi::AnyBuffer d_states_all, ffi::AnyBuffer d_last_states,
-                        ffi::AnyBuffer seq_lengths, ffi::AnyBuffer resets,
-                        ffi::Result<ffi::AnyBuffer> d_gates,
-                        ffi::Result<ffi::AnyBuffer> d_states0, std::string_view function,
-                        bool poison, int32_t cluster, int32_t batch_tile, int32_t threads,
-                        bool has_resets, bool reverse, int32_t recurrent_gradient,
-                        float clipval) {
+// The backward of either target: d_r_partial null (flashrnn_jax_backward: dR is the caller's)
+// or [batch tiles, Gr, N, D, D] float32, each batch tile's part of dR (flashrnn_jax_backward_dr,
+// for the kernels that compute it).
+ffi::Error Backward(cudaStream_t stream, ffi::ScratchAllocator& scratch, ffi::AnyBuffer r,
+                    ffi::AnyBuffer states0, ffi::AnyBuffer gate_cache, ffi::AnyBuffer states_f32,
+                    ffi::AnyBuffer d_states_all, ffi::AnyBuffer d_last_states,
+                    ffi::AnyBuffer seq_lengths, ffi::AnyBuffer resets, ffi::AnyBuffer d_gates,
+                    ffi::AnyBuffer d_states0, ffi::AnyBuffer* d_r_partial,
+                    std::string_view function, bool poison, int32_t cluster, int32_t batch_tile,
+                    int32_t threads, bool has_resets, bool reverse, int32_t recurrent_gradient,
+                    float clipval) {
   const Variant variant{function, cluster, batch_tile, threads};
   Problem p;
   FLASHRNN_RETURN_IF_ERROR(ResolveProblem(variant, r, states0, &p));
@@ -338,11 +339,26 @@ ffi::Error BackwardImpl(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi:
   FLASHRNN_RETURN_IF_ERROR(CheckShape("states_f32", states_f32.dimensions(), all_states));
   FLASHRNN_RETURN_IF_ERROR(CheckShape("d_states_all", d_states_all.dimensions(), all_states));
   FLASHRNN_RETURN_IF_ERROR(CheckShape("d_last_states", d_last_states.dimensions(), last));
-  FLASHRNN_RETURN_IF_ERROR(CheckShape("d_gates", d_gates->dimensions(), gates));
-  FLASHRNN_RETURN_IF_ERROR(CheckShape("d_states0", d_states0->dimensions(), last));
+  FLASHRNN_RETURN_IF_ERROR(CheckShape("d_gates", d_gates.dimensions(), gates));
+  FLASHRNN_RETURN_IF_ERROR(CheckShape("d_states0", d_states0.dimensions(), last));
+  if (d_r_partial != nullptr) {
+    if (!BackwardComputesDr(k.backward_path())) {
+      return ffi::Error::InvalidArgument(
+          "flashrnn_jax: flashrnn_jax_backward_dr called for a backward kernel that leaves dR "
+          "to the caller (" + std::string(KernelPathName(k.backward_path())) +
+          "); call flashrnn_jax_backward");
+    }
+    const int64_t batch_tiles = (p.batch + k.batch_tile - 1) / k.batch_tile;
+    FLASHRNN_RETURN_IF_ERROR(CheckShape(
+        "d_r_partial", d_r_partial->dimensions(),
+        {batch_tiles, k.gates_r, p.heads, p.head_size, p.head_size}));
+    if (d_r_partial->element_type() != ffi::DataType::F32) {
+      return ffi::Error::InvalidArgument("flashrnn_jax: d_r_partial must be float32");
+    }
+  }
   const std::pair<const char*, ffi::AnyBuffer> float32_buffers[] = {
-      {"gate_cache", gate_cache}, {"states_f32", states_f32}, {"d_gates", *d_gates},
-      {"d_states0", *d_states0}};
+      {"gate_cache", gate_cache}, {"states_f32", states_f32}, {"d_gates", d_gates},
+      {"d_states0", d_states0}};
   for (const auto& [name, buffer] : float32_buffers) {
     if (buffer.element_type() != ffi::DataType::F32) {
       return ffi::Error::InvalidArgument("flashrnn_jax: " + std::string(name) +
@@ -374,17 +390,54 @@ ffi::Error BackwardImpl(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi:
   args.states_f32 = static_cast<const float*>(states_f32.untyped_data());
   args.d_states_all = d_states_all.untyped_data();
   args.d_last_states = d_last_states.untyped_data();
-  args.d_gates = static_cast<float*>(d_gates->untyped_data());
-  args.d_states0 = static_cast<float*>(d_states0->untyped_data());
+  args.d_gates = static_cast<float*>(d_gates.untyped_data());
+  args.d_states0 = static_cast<float*>(d_states0.untyped_data());
+  args.d_r_partial =
+      d_r_partial ? static_cast<float*>(d_r_partial->untyped_data()) : nullptr;
   args.batch = p.batch;
   args.steps = steps;
   args.heads = p.heads;
   FLASHRNN_RETURN_IF_ERROR(AllocateWorkspace(scratch, k, true, &args));
-  if (poison) FLASHRNN_RETURN_IF_ERROR(PoisonOutputs(stream, {*d_gates, *d_states0}));
+  if (poison) {
+    FLASHRNN_RETURN_IF_ERROR(PoisonOutputs(stream, {d_gates, d_states0}));
+    if (d_r_partial) FLASHRNN_RETURN_IF_ERROR(PoisonOutputs(stream, {*d_r_partial}));
+  }
   if (cudaError_t err = k.backward(args, stream); err != cudaSuccess) {
     return CudaError("fused backward kernel launch", err);
   }
   return ffi::Error::Success();
+}
+
+ffi::Error BackwardImpl(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::AnyBuffer r,
+                        ffi::AnyBuffer states0, ffi::AnyBuffer gate_cache,
+                        ffi::AnyBuffer states_f32, ffi::AnyBuffer d_states_all,
+                        ffi::AnyBuffer d_last_states, ffi::AnyBuffer seq_lengths,
+                        ffi::AnyBuffer resets, ffi::Result<ffi::AnyBuffer> d_gates,
+                        ffi::Result<ffi::AnyBuffer> d_states0, std::string_view function,
+                        bool poison, int32_t cluster, int32_t batch_tile, int32_t threads,
+                        bool has_resets, bool reverse, int32_t recurrent_gradient,
+                        float clipval) {
+  return Backward(stream, scratch, r, states0, gate_cache, states_f32, d_states_all,
+                  d_last_states, seq_lengths, resets, *d_gates, *d_states0, nullptr, function,
+                  poison, cluster, batch_tile, threads, has_resets, reverse, recurrent_gradient,
+                  clipval);
+}
+
+ffi::Error BackwardDrImpl(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::AnyBuffer r,
+                          ffi::AnyBuffer states0, ffi::AnyBuffer gate_cache,
+                          ffi::AnyBuffer states_f32, ffi::AnyBuffer d_states_all,
+                          ffi::AnyBuffer d_last_states, ffi::AnyBuffer seq_lengths,
+                          ffi::AnyBuffer resets, ffi::Result<ffi::AnyBuffer> d_gates,
+                          ffi::Result<ffi::AnyBuffer> d_states0,
+                          ffi::Result<ffi::AnyBuffer> d_r_partial, std::string_view function,
+                          bool poison, int32_t cluster, int32_t batch_tile, int32_t threads,
+                          bool has_resets, bool reverse, int32_t recurrent_gradient,
+                          float clipval) {
+  ffi::AnyBuffer partial = *d_r_partial;
+  return Backward(stream, scratch, r, states0, gate_cache, states_f32, d_states_all,
+                  d_last_states, seq_lengths, resets, *d_gates, *d_states0, &partial, function,
+                  poison, cluster, batch_tile, threads, has_resets, reverse, recurrent_gradient,
+                  clipval);
 }
 
 }  // namespace
@@ -457,6 +510,31 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(FlashrnnBackward, flashrnn::BackwardImpl,
                                   .Arg<ffi::AnyBuffer>()  // resets
                                   .Ret<ffi::AnyBuffer>()  // d_gates
                                   .Ret<ffi::AnyBuffer>()  // d_states0
+                                  .Attr<std::string_view>("function")
+                                  .Attr<bool>("poison_outputs")
+                                  .Attr<int32_t>("cluster")
+                                  .Attr<int32_t>("batch_tile")
+                                  .Attr<int32_t>("threads")
+                                  .Attr<bool>("has_resets")
+                                  .Attr<bool>("reverse")
+                                  .Attr<int32_t>("recurrent_gradient")
+                                  .Attr<float>("clipval"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(FlashrnnBackwardDr, flashrnn::BackwardDrImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::PlatformStream<cudaStream_t>>()
+                                  .Ctx<ffi::ScratchAllocator>()
+                                  .Arg<ffi::AnyBuffer>()  // R
+                                  .Arg<ffi::AnyBuffer>()  // states0
+                                  .Arg<ffi::AnyBuffer>()  // gate_cache
+                                  .Arg<ffi::AnyBuffer>()  // states_f32
+                                  .Arg<ffi::AnyBuffer>()  // d_states_all
+                                  .Arg<ffi::AnyBuffer>()  // d_last_states
+                                  .Arg<ffi::AnyBuffer>()  // seq_lengths
+                                  .Arg<ffi::AnyBuffer>()  // resets
+                                  .Ret<ffi::AnyBuffer>()  // d_gates
+                                  .Ret<ffi::AnyBuffer>()  // d_states0
+                                  .Ret<ffi::AnyBuffer>()  // d_r_partial
                                   .Attr<std::string_view>("function")
                                   .Attr<bool>("poison_outputs")
                                   .Attr<int32_t>("cluster")

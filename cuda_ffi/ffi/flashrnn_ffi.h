@@ -11,6 +11,7 @@ extern "C" {
 XLA_FFI_Error* FlashrnnForward(XLA_FFI_CallFrame* call_frame);
 XLA_FFI_Error* FlashrnnForwardTrain(XLA_FFI_CallFrame* call_frame);
 XLA_FFI_Error* FlashrnnBackward(XLA_FFI_CallFrame* call_frame);
+XLA_FFI_Error* FlashrnnBackwardDr(XLA_FFI_CallFrame* call_frame);
 }
 
 namespace flashrnn {

@@ -30,6 +30,7 @@ NB_MODULE(_cuda, m) {
     table["flashrnn_jax_forward"] = Capsule(FlashrnnForward);
     table["flashrnn_jax_forward_train"] = Capsule(FlashrnnForwardTrain);
     table["flashrnn_jax_backward"] = Capsule(FlashrnnBackward);
+    table["flashrnn_jax_backward_dr"] = Capsule(FlashrnnBackwardDr);
     return table;
   });
   m.def("compiled_grid", &flashrnn::CompiledGrid,
@@ -51,14 +52,15 @@ NB_MODULE(_cuda, m) {
         options["rounded_operand"] = FLASHRNN_MMA_ROUNDED_OPERAND != 0;
         options["split_forward_gates"] = FLASHRNN_MMA_SPLIT_FORWARD_GATES != 0;
         options["split_backward_16"] = FLASHRNN_MMA_SPLIT_BACKWARD_16 != 0;
+        options["split_backward_dr"] = FLASHRNN_MMA_SPLIT_BACKWARD_DR != 0;
         return options;
       },
       "Which of the kernels' CMake options (params.h) the build has on: the tensor-core "
       "forward and backward (FLASHRNN_MMA_FORWARD, FLASHRNN_MMA_BACKWARD), their cluster and "
       "split kinds (FLASHRNN_MMA_CLUSTER_*, FLASHRNN_MMA_SPLIT_*) and the experimental "
       "FLASHRNN_MMA_CLUSTER_ASYNC_PUSH, FLASHRNN_BACKWARD_INPUTS_TWO_AHEAD, "
-      "FLASHRNN_MMA_ROUNDED_OPERAND, FLASHRNN_MMA_SPLIT_FORWARD_GATES and "
-      "FLASHRNN_MMA_SPLIT_BACKWARD_16.");
+      "FLASHRNN_MMA_ROUNDED_OPERAND, FLASHRNN_MMA_SPLIT_FORWARD_GATES, "
+      "FLASHRNN_MMA_SPLIT_BACKWARD_16 and FLASHRNN_MMA_SPLIT_BACKWARD_DR.");
   m.def(
       "device_properties",
       [](int device) {

@@ -202,9 +202,10 @@ __device__ __forceinline__ void StartCotangents(
 // initial states'. dg: the cotangent of every bias gate's pre-activation
 // (zeros where the step did not run), for StoreGateCotangents. The cell derivative is computed
 // for every element and selected, so that the elements of a thread interleave in one basic
-// block.
+// block. Returns the h the step started from (the h_prev of its R @ h_prev; 0 on a padding
+// row), for a kernel that forms dR itself.
 template <typename Cell, typename T, bool kInRegisters>
-__device__ __forceinline__ void BackwardStep(const BackwardArgs& args, const Element& e,
+__device__ __forceinline__ float BackwardStep(const BackwardArgs& args, const Element& e,
                                              const BackwardRowStep& row,
                                              const BackwardInputs<Cell, T>& in, float dh_rec,
                                              bool after_reset, float (&ds)[Cell::kStates],
@@ -213,7 +214,7 @@ __device__ __forceinline__ void BackwardStep(const BackwardArgs& args, const Ele
   constexpr int S = Cell::kStates, Gt = Cell::kGatesB;
 #pragma unroll
   for (int g = 0; g < Gt; ++g) dg[g] = 0.0f;
-  if (e.b >= args.batch) return;
+  if (e.b >= args.batch) return 0.0f;
   if (after_reset) {
     d0.Add(args, e, 0, dh_rec);
   } else {
@@ -243,6 +244,7 @@ __device__ __forceinline__ void BackwardStep(const BackwardArgs& args, const Ele
       ds[i] = 0.0f;
     }
   }
+  return prev[0];
 }
 
 // The gate cotangents of a step (BackwardStep's dg) into d_gates, at the step's input index.

@@ -56,6 +56,14 @@ struct MmaOperand<__nv_bfloat16> {
   __device__ static void Mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
     FLASHRNN_MMA_M16N8K16("bf16", c, a, b0, b1);
   }
+  // c += a (16x8: register r holds row group (+8 for r = 1), columns 2 tig and 2 tig + 1) * b
+  // (8x8: rows 2 tig and 2 tig + 1 of column group), float32 c: mma.sync m16n8k8.
+  __device__ static void MmaK8(float (&c)[4], const uint32_t (&a)[2], uint32_t b) {
+    asm("mma.sync.aligned.m16n8k8.row.col.f32.bf16.bf16.f32 "
+        "{%0, %1, %2, %3}, {%4, %5}, {%6}, {%0, %1, %2, %3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(b));
+  }
 };
 
 template <>
@@ -253,6 +261,23 @@ __device__ __forceinline__ void MmaHiLoSharedA(const T* hi, const T* lo, int kt0
       MmaHiLoTile<T>(acc[g], a, b);
     }
   }
+}
+
+// Transposed 8 x 8 matrices of 16-bit values from shared memory (ldmatrix .trans): lane l
+// gives the address of row l % 8 of matrix l / 8 (16 contiguous bytes) and receives, of each
+// matrix i, the pair (rows 2 (l % 4) and 2 (l % 4) + 1, column l / 4) in register i: the
+// layout of an mma.m16n8k8 fragment whose K runs down the stored rows.
+__device__ __forceinline__ void LoadMatricesTransposed(const void* row, uint32_t (&r)[2]) {
+  const uint32_t at = static_cast<uint32_t>(__cvta_generic_to_shared(row));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0, %1}, [%2];"
+               : "=r"(r[0]), "=r"(r[1])
+               : "r"(at));
+}
+__device__ __forceinline__ void LoadMatricesTransposed(const void* row, uint32_t (&r)[4]) {
+  const uint32_t at = static_cast<uint32_t>(__cvta_generic_to_shared(row));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(at));
 }
 
 // Batch rows per CTA of every tensor-core kernel: one n-tile of m16n8k16, so that a lane's

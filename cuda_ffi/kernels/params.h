@@ -43,6 +43,9 @@
 #ifndef FLASHRNN_MMA_SPLIT_BACKWARD_16
 #define FLASHRNN_MMA_SPLIT_BACKWARD_16 0
 #endif
+#ifndef FLASHRNN_MMA_SPLIT_BACKWARD_DR
+#define FLASHRNN_MMA_SPLIT_BACKWARD_DR 0
+#endif
 
 namespace flashrnn {
 
@@ -97,6 +100,10 @@ struct BackwardArgs {
   const void* d_last_states;
   float* d_gates;
   float* d_states0;
+  // [batch tiles, Gr, N, D, D]: each batch tile's part of dR, summed over its rows and steps,
+  // from the kernels that compute it (the split backward with FLASHRNN_MMA_SPLIT_BACKWARD_DR);
+  // null: dR is left to the caller.
+  float* d_r_partial;
   SequenceArgs seq;
   RecurrentGradient recurrent_gradient;
   float clipval;  // with RecurrentGradient::kClip: the cotangent is clipped to [-clipval, clipval]
@@ -146,6 +153,13 @@ inline const char* KernelPathName(KernelPath path) {
     case KernelPath::kNone: return "none";
   }
   return "unknown";
+}
+
+// Whether the backward of a kernel path computes dR itself (BackwardArgs::d_r_partial, the
+// FFI target flashrnn_jax_backward_dr): the split tensor-core backward built with
+// FLASHRNN_MMA_SPLIT_BACKWARD_DR.
+constexpr bool BackwardComputesDr(KernelPath path) {
+  return FLASHRNN_MMA_SPLIT_BACKWARD_DR && path == KernelPath::kMmaSplit;
 }
 
 template <typename Cell, typename T, typename Tile>
