@@ -35,6 +35,8 @@
 #            shapes (BENCH_ARGS="--shapes ..."); then the GPU tests of those heads on it with
 #            memcheck and racecheck of them beside (SANITIZE_AB=0 leaves them out);
 #            AB_DTYPES narrows the build ("bf16;f16"), AB_TESTS=0 leaves out the tests,
+#            AB_TEST_FILES names their files ("test_fused_gpu.py test_fused_options_gpu.py")
+#            and AB_TEST_K adds tests by a pytest -k expression,
 #            AB_BENCH_ARGS adds quick-bench arguments (e.g. "--no-scan --functions lstm");
 #            AB_SOURCE builds another source tree instead of this checkout (an earlier
 #            commit's, for a baseline in the same call: benchmarks/NOTES.md says how)
@@ -243,9 +245,13 @@ if [[ $steps == *" ab "* ]]; then
   for d in $ab_heads; do
     ab_tests+="${ab_tests:+ or }D$d and (bfloat16 or float16) or bfloat16-$d- or float16-$d-"
   done
+  ab_tests+="${AB_TEST_K:+ or $AB_TEST_K}"
   if [ "${AB_TESTS:-1}" = 1 ]; then
-    gpu_tests "$out/gpu_summary_ab.json" "$out/pytest_ab.log" \
-      "$repo/tests/test_fused_gpu.py" "$repo/tests/test_fused_options_gpu.py" -k "$ab_tests" \
+    ab_files=()
+    for f in ${AB_TEST_FILES:-test_fused_gpu.py test_fused_options_gpu.py}; do
+      ab_files+=("$repo/tests/$f")
+    done
+    gpu_tests "$out/gpu_summary_ab.json" "$out/pytest_ab.log" "${ab_files[@]}" -k "$ab_tests" \
       || rc=1
   fi
   sanitizer_results "$out/sanitizer_ab" || rc=1
