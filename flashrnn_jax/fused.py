@@ -314,6 +314,11 @@ def _forward_call(Wx, R, b, states, seq_lengths, resets, options: _Options, *, t
     )
 
 
+# The batch rows of each part of dR that flashrnn_jax_backward_dr returns (params.h
+# kDrPartialBatchTile: a CTA of the split backward, whatever batch tile the tiling names).
+DR_PARTIAL_BATCH_TILE = 8
+
+
 def _backward_call(R, states, gate_cache, states_f32, d_states_all, d_last, seq_lengths,
                    resets, options: _Options, *, weight_gradient: bool):
     """The cotangents of every bias gate's pre-activation and of the initial states, and with
@@ -323,8 +328,7 @@ def _backward_call(R, states, gate_cache, states_f32, d_states_all, d_last, seq_
            jax.ShapeDtypeStruct(states.shape, jnp.float32)]
     if weight_gradient:
         Gr, N, D = R.shape[0], R.shape[1], R.shape[-1]
-        batch_tile = int(_tiling_attributes(options.function, R.dtype, D)["batch_tile"])
-        tiles = -(-states.shape[1] // batch_tile)
+        tiles = -(-states.shape[1] // DR_PARTIAL_BATCH_TILE)
         out.append(jax.ShapeDtypeStruct((tiles, Gr, N, D, D), jnp.float32))
     target = "flashrnn_jax_backward_dr" if weight_gradient else "flashrnn_jax_backward"
     results = jax.ffi.ffi_call(target, tuple(out), vmap_method="sequential")(

@@ -89,11 +89,6 @@ def emulate_forward(Wx, R, b, states0, seq_lengths, resets, options, train):
     return outs
 
 
-# The batch rows of a tile of the split backward (kMmaBatchTile), whose parts of dR the target
-# flashrnn_jax_backward_dr returns.
-DR_BATCH_TILE = 8
-
-
 def _as_kernel_operand(x, r_dtype):
     """x as the in-kernel dR multiplies it: rounded to bfloat16 for bfloat16 R (the kernel's
     operands), exact otherwise (so that float64 tests check the assembly alone)."""
@@ -116,7 +111,7 @@ def emulate_backward(R, states0, cache, states_f32, d_all, d_last, seq_lengths, 
     d_states0 = np.zeros(states0.shape)
     # With weight_gradient: per batch tile, dR summed over its rows and steps from the h_prev
     # each step started from.
-    d_r_partial = np.zeros((-(-B // DR_BATCH_TILE), cell.gates_r, N, D, D))
+    d_r_partial = np.zeros((-(-B // fused.DR_PARTIAL_BATCH_TILE), cell.gates_r, N, D, D))
     for row in range(B):
         ds = d_last[:, row].copy()
         length = min(max(int(seq_lengths[row]), 0), T)
@@ -140,7 +135,7 @@ def emulate_backward(R, states0, cache, states_f32, d_all, d_last, seq_lengths, 
             d_gates[row, t] = d_cache
             ds = np.stack(d_prev)
             if weight_gradient:
-                d_r_partial[row // DR_BATCH_TILE] += np.einsum(
+                d_r_partial[row // fused.DR_PARTIAL_BATCH_TILE] += np.einsum(
                     "gno,ni->gnoi", _as_kernel_operand(d_cache[: cell.gates_r], r_dtype),
                     _as_kernel_operand(prev[0], r_dtype))
             if options.recurrent_gradient != fused.RECURRENT_CUT:
@@ -181,7 +176,7 @@ def backward_call(R, states, gate_cache, states_f32, d_all, d_last, seq_lengths,
               jax.ShapeDtypeStruct(states.shape, jnp.float32)]
     if weight_gradient:
         shapes.append(jax.ShapeDtypeStruct(
-            (-(-B // DR_BATCH_TILE), R.shape[0], N, D, D), jnp.float32))
+            (-(-B // fused.DR_PARTIAL_BATCH_TILE), R.shape[0], N, D, D), jnp.float32))
     results = _callback(lambda *a: emulate_backward(*a, options, weight_gradient), shapes,
                         R, states, gate_cache, states_f32, d_all, d_last, seq_lengths, resets)
     return tuple(results) if weight_gradient else (*results, None)

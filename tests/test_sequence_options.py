@@ -290,7 +290,7 @@ def test_fused_custom_vjp_with_emulated_kernels(rng, monkeypatch, function, comb
     if dr_in_kernel:
         monkeypatch.setattr(fused, "kernel_computes_weight_gradient", lambda *a: True)
         # Tiles of 3 rows: B = 4 makes two, the second with one row.
-        monkeypatch.setattr(fused_emulator, "DR_BATCH_TILE", 3)
+        monkeypatch.setattr(fused, "DR_PARTIAL_BATCH_TILE", 3)
     got_all, got_last = flashrnn(*args, function=function, backend="fused", **opts)
     ref_opts = {k: v for k, v in opts.items() if not k.startswith("gradient")}
     want_all, want_last, _ = reference_flashrnn_options(*args, function, **ref_opts)

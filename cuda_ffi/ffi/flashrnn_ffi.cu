@@ -348,7 +348,7 @@ ffi::Error Backward(cudaStream_t stream, ffi::ScratchAllocator& scratch, ffi::An
           "to the caller (" + std::string(KernelPathName(k.backward_path())) +
           "); call flashrnn_jax_backward");
     }
-    const int64_t batch_tiles = (p.batch + k.batch_tile - 1) / k.batch_tile;
+    const int64_t batch_tiles = (p.batch + kDrPartialBatchTile - 1) / kDrPartialBatchTile;
     FLASHRNN_RETURN_IF_ERROR(CheckShape(
         "d_r_partial", d_r_partial->dimensions(),
         {batch_tiles, k.gates_r, p.heads, p.head_size, p.head_size}));

@@ -82,7 +82,8 @@ struct MmaSplitBackwardLayout {
   static_assert(D * kMmaBatchTile == kThreads, "one element per thread");
   static_assert((kGatesR * D / 16) % kQuarters == 0, "whole k-tiles per quarter");
   static_assert(kBytes <= kMaxSharedBytesPerBlock, "shared memory per block (sm_90 opt-in)");
-  static_assert(kMmaBatchTile == 8, "dR's K is the batch tile: mma.m16n8k8");
+  static_assert(kMmaBatchTile == 8 && kDrPartialBatchTile == kMmaBatchTile,
+                "dR's K is the batch tile (mma.m16n8k8), a part of d_r_partial's rows");
 };
 
 // Registers: PersistentKernelRegisters (launch.cuh), as the other persistent kernels.

@@ -100,7 +100,8 @@ struct BackwardArgs {
   const void* d_last_states;
   float* d_gates;
   float* d_states0;
-  // [batch tiles, Gr, N, D, D]: each batch tile's part of dR, summed over its rows and steps,
+  // [batch tiles of kDrPartialBatchTile rows, Gr, N, D, D]: each batch tile's part of dR,
+  // summed over its rows and steps,
   // from the kernels that compute it (the split backward with FLASHRNN_MMA_SPLIT_BACKWARD_DR);
   // null: dR is left to the caller.
   float* d_r_partial;
@@ -161,6 +162,9 @@ inline const char* KernelPathName(KernelPath path) {
 constexpr bool BackwardComputesDr(KernelPath path) {
   return FLASHRNN_MMA_SPLIT_BACKWARD_DR && path == KernelPath::kMmaSplit;
 }
+// The batch rows of each part of d_r_partial: a CTA of the split backward (kMmaBatchTile),
+// whatever batch tile the tiling names.
+inline constexpr int kDrPartialBatchTile = 8;
 
 template <typename Cell, typename T, typename Tile>
 KernelPath ForwardPath();
