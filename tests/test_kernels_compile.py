@@ -413,7 +413,7 @@ SPLIT_BACKWARD_DR_SOURCE = instantiation_source(
     [("Backward", cell, "__nv_bfloat16", tiling)
      for cell in ("LstmCell", "SlstmCell")
      for tiling in ((16, 1, 16, 256), (32, 1, 16, 512), (64, 1, 16, 512))]
-    + [("Backward", "GruCell", "__nv_bfloat16", (64, 1, 16, 512))])
+    + [("Backward", cell, "__nv_bfloat16", (64, 1, 16, 512)) for cell in ("GruCell", "ElmanCell")])
 MMA_K8 = "mma.sync.aligned.m16n8k8.row.col.f32.bf16.bf16.f32"
 LDMATRIX_TRANS = "ldmatrix.sync.aligned.m8n8.x{}.trans.shared.b16"
 
@@ -428,7 +428,7 @@ def test_split_backward_dr_accumulates_dR_on_the_tensor_cores_without_spills(tmp
         tmp_path, "FLASHRNN_MMA_SPLIT_BACKWARD_DR", SPLIT_BACKWARD_DR_SOURCE,
         "-DFLASHRNN_MMA_SPLIT_BACKWARD=1", "-DFLASHRNN_MMA_SPLIT_BACKWARD_16=1")
     split = [name for name in on_reports if "BackwardMmaSplitKernel" in name]
-    assert len(split) == 7, list(on_reports)
+    assert len(split) == 8, list(on_reports)
     for name in split:
         assert "0 bytes spill stores, 0 bytes spill loads" in on_reports[name], on_reports[name]
         assert MMA_K8 not in off_ptx[name] and ".trans" not in off_ptx[name], name

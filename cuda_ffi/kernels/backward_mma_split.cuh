@@ -163,6 +163,8 @@ __global__ void __maxnreg__(
         if (kDrWarpsIdle && warp + j * Layout::kWarps >= Layout::kDrMTiles) break;
         LoadMatricesTransposed(dg_rows + 16 * j * Layout::kWarps, f.a[j]);
       }
+      // A warp without an m-tile (the GRU's and Elman's fewer rows) loads no h_prev either.
+      if (kDrWarpsIdle && warp >= Layout::kDrMTiles) return f;
 #pragma unroll
       for (int q = 0; q < DN / kNPerLoad; ++q) {
         LoadMatricesTransposed(h_rows + 8 * kNPerLoad * q, f.b[q]);

@@ -271,13 +271,15 @@ __device__ __forceinline__ void LoadMatricesTransposed(const void* row, uint32_t
   const uint32_t at = static_cast<uint32_t>(__cvta_generic_to_shared(row));
   asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0, %1}, [%2];"
                : "=r"(r[0]), "=r"(r[1])
-               : "r"(at));
+               : "r"(at)
+               : "memory");
 }
 __device__ __forceinline__ void LoadMatricesTransposed(const void* row, uint32_t (&r)[4]) {
   const uint32_t at = static_cast<uint32_t>(__cvta_generic_to_shared(row));
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(at));
+               : "r"(at)
+               : "memory");
 }
 
 // Batch rows per CTA of every tensor-core kernel: one n-tile of m16n8k16, so that a lane's
