@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import pathlib
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -160,3 +163,31 @@ def test_dR_stays_with_xla_where_the_fused_kernels_cannot_run(monkeypatch):
     monkeypatch.setattr(fused, "tensor_core_kernels", lambda: options)
     monkeypatch.setattr(fused, "kernels_for", lambda *args: None)
     assert fused.kernel_computes_weight_gradient(jnp.bfloat16, 64, "lstm") is False
+
+
+def test_dR_parts_come_in_the_split_backwards_batch_tiles(monkeypatch):
+    """flashrnn_jax_backward_dr's output as the custom_vjp declares it: one part per 8 batch
+    rows (params.h kDrPartialBatchTile, the split backward's CTA), the last one partial."""
+    header = (pathlib.Path(__file__).resolve().parent.parent / "cuda_ffi" / "kernels"
+              / "params.h").read_text()
+    tile = int(re.search(r"kDrPartialBatchTile = (\d+);", header).group(1))
+    assert fused.DR_PARTIAL_BATCH_TILE == tile
+    # The tiling attributes need a device; the output shape does not depend on them.
+    monkeypatch.setattr(fused, "_tiling_attributes", lambda *args: {})
+    B, T, G, N, D = 17, 5, 4, 3, 16
+    f32 = jnp.float32
+    args = (jax.ShapeDtypeStruct((G, N, D, D), jnp.bfloat16),
+            jax.ShapeDtypeStruct((2, B, N, D), f32),
+            jax.ShapeDtypeStruct((B, T, G, N, D), f32),
+            jax.ShapeDtypeStruct((2, B, T, N, D), f32),
+            jax.ShapeDtypeStruct((2, B, T, N, D), jnp.bfloat16),
+            jax.ShapeDtypeStruct((2, B, N, D), jnp.bfloat16),
+            jax.ShapeDtypeStruct((B,), jnp.int32),
+            jax.ShapeDtypeStruct((1, 1), jnp.bool_))
+    options = fused._Options("lstm")
+    shapes = jax.eval_shape(
+        lambda *a: fused._backward_call(*a, options, weight_gradient=True), *args)
+    assert shapes[2].shape == (3, G, N, D, D) and shapes[2].dtype == f32
+    plain = jax.eval_shape(
+        lambda *a: fused._backward_call(*a, options, weight_gradient=False)[:2], *args)
+    assert [s.shape for s in plain] == [(B, T, G, N, D), (2, B, N, D)]
