@@ -338,3 +338,37 @@ def test_dR_comes_from_the_backward_kernel_exactly_where_built(function, rng):
     # The targets as the lowered text quotes them (one name is a prefix of the other).
     assert ('"flashrnn_jax_backward_dr"' in text) is built
     assert ('"flashrnn_jax_backward"' in text) is not built
+
+
+@pytest.mark.parametrize("function", FUNCTIONS)
+def test_auto_dR_is_the_contraction_it_stands_for(function, rng, monkeypatch):
+    """dR of a bfloat16 head of 64 (the split backward) with R_GRADIENT_CONTRACTION "auto"
+    against the setting it stands for on this build: "bf16" (both operands rounded to
+    bfloat16, float32 sums) where the backward kernel accumulates dR itself, else "float32"
+    (the contraction "auto" takes for R this small). 17 rows (three parts of 8 rows, the last
+    of one), lengths and resets: each product with its own step's h_prev, each row once. The
+    two sum in different orders, so they agree within one rounding of the bfloat16 dR."""
+    B, T, N, D = 17, 7, 2, 64
+    Wx, R, b = random_inputs(rng, function, B, T, N, D)
+    states = random_states(rng, function, B, N, D)
+    lengths = jnp.asarray(rng.integers(0, T + 1, size=B), jnp.int32)
+    resets = jnp.asarray(rng.uniform(size=(B, T)) < 0.2)
+    args = [jnp.asarray(x, jnp.bfloat16) for x in (Wx, R)] + [jnp.asarray(b), jnp.asarray(states)]
+    S = CELL_SHAPES[function].num_states
+    w_all = jnp.asarray(rng.normal(size=(S, B, T, N, D)))
+
+    def d_r(setting):
+        monkeypatch.setattr(fused, "R_GRADIENT_CONTRACTION", setting)  # read when traced
+
+        def loss(R):
+            states_all, _ = flashrnn(args[0], R, *args[2:], seq_lengths=lengths, resets=resets,
+                                     function=function, backend="fused")
+            return jnp.sum(states_all.astype(jnp.float64) * w_all)
+
+        return np.asarray(jax.jit(jax.grad(loss))(args[1]), np.float64)
+
+    named = "bf16" if fused.kernel_computes_weight_gradient(jnp.bfloat16, D, function) else (
+        "float32")
+    got, want = d_r("auto"), d_r(named)
+    eps = float(jnp.finfo(jnp.bfloat16).eps)
+    assert np.all(np.abs(got - want) <= eps * np.abs(want) + 1e-5 * np.max(np.abs(want)))
