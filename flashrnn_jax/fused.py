@@ -406,7 +406,10 @@ def recurrent_inputs(states, states_f32, seq_lengths, resets, options: _Options)
 # mantissa bits, takes "bf16x3" under it); not "auto"'s choice until the GPU has timed it.
 # float32 R always takes "float32". Where the call's backward kernel accumulates dR itself
 # (kernel_computes_weight_gradient, a CMake option off by default), "auto" takes that, no
-# contraction at all. (A module setting so that the benchmark can time each.)
+# contraction at all: its operands are rounded as "bf16"'s (within the rule, with less room than
+# "float32", which "auto" takes for such small R otherwise), its float32 parts take
+# ceil(B / 8) Gr N D² floats, and the kernel does the work on any build with the option, whatever
+# the setting. (A module setting so that the benchmark can time each.)
 R_GRADIENT_CONTRACTION = "auto"
 BF16X3_MIN_R_ELEMENTS = 512 * 512
 
