@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import itertools
+import re
 
 import jax
 import jax.numpy as jnp
@@ -335,9 +336,10 @@ def test_dR_comes_from_the_backward_kernel_exactly_where_built(function, rng):
     w_last = jnp.ones((S, B, N, D))
     text = _grad_fn(function, "fused").lower(*args, w_all, w_last).as_text()
     assert fused.kernel_computes_weight_gradient(jnp.bfloat16, D, function) is built
-    # The targets as the lowered text quotes them (one name is a prefix of the other).
-    assert ('"flashrnn_jax_backward_dr"' in text) is built
-    assert ('"flashrnn_jax_backward"' in text) is not built
+    # The custom calls' targets, as the lowered module names them (@target).
+    targets = set(re.findall(r"custom_call @(flashrnn_jax_\w+)", text))
+    assert targets == {"flashrnn_jax_forward_train",
+                       "flashrnn_jax_backward_dr" if built else "flashrnn_jax_backward"}, targets
 
 
 @pytest.mark.parametrize("function", FUNCTIONS)
