@@ -392,25 +392,26 @@ def recurrent_inputs(states, states_f32, seq_lengths, resets, options: _Options)
 
 
 # How the custom_vjp contracts dR = sum over batch and time of dg h_prevᵀ (XLA, not a kernel)
-# for 16-bit R: "bf16x3" splits both float32 operands into bfloat16 hi + lo parts and sums the
-# products hi·hi, hi·lo and lo·hi, each on the tensor cores with float32 accumulation (~16
-# mantissa bits a product, as the kernels' own hi + lo operands, far below the rounding of the
-# 16-bit dR); "float32" runs one float32 contraction at Precision.HIGHEST, without tensor cores;
-# "auto" takes "bf16x3" where R has at least BF16X3_MIN_R_ELEMENTS per gate (N D², N the heads
-# on one device under a mesh: the contraction's cost is per device) and "float32" below: the split's extra passes over dg and h_prev cost more than the tensor cores
-# save on small R (H200, B=16, T=1024: float32 faster by 0.06–0.2 ms at 48×16 to 3×256, bf16x3
-# faster by 0.34 ms at 1×768 and 3.9 ms at 1×2048; benchmarks/NOTES.md). "bf16" is one product
-# of both operands rounded to bfloat16, a third of bf16x3's: dR then keeps DESIGN §4's rule with
-# less room (benchmarks/precision_study.py --rounded-dr, bfloat16: dR's error at 51–81% of the
-# bound, against 42–63% from exact operands); bfloat16 R only (float16 R, whose result has 3 more
-# mantissa bits, takes "bf16x3" under it); not "auto"'s choice until the GPU has timed it.
+# for 16-bit R: "bf16" is one product of both operands rounded to bfloat16 with float32
+# accumulation on the tensor cores: dR then keeps DESIGN §4's rule with less room
+# (benchmarks/precision_study.py --rounded-dr, bfloat16: dR's error at 51–81% of the bound,
+# against 42–63% from exact operands), bfloat16 R only (float16 R, whose result has 3 more
+# mantissa bits, takes "bf16x3" under it); "bf16x3" splits both float32 operands into bfloat16
+# hi + lo parts and sums the products hi·hi, hi·lo and lo·hi (~16 mantissa bits a product, far
+# below the rounding of the 16-bit dR); "float32" runs one float32 contraction at
+# Precision.HIGHEST, without tensor cores. "auto" takes, from R of BF16_MIN_R_ELEMENTS per gate
+# (N D², N the heads on one device under a mesh: the contraction's cost is per device), "bf16"
+# for bfloat16 R and, from BF16X3_MIN_R_ELEMENTS, "bf16x3" for float16 R; "float32" below, as
+# fast there and more accurate (H100, B=16, T=1024, LSTM forward+backward, in alternation: 12×64
+# 3.39 / 3.65 / 3.42 ms for bf16 / bf16x3 / float32, 3×256 3.87 / 4.37 / 4.27, 1×768 6.93 /
+# 7.73 / 7.94; results/quick_bench_maxnreg_H100_80GB_HBM3.json, benchmarks/NOTES.md).
 # float32 R always takes "float32". Where the call's backward kernel accumulates dR itself
-# (kernel_computes_weight_gradient, a CMake option off by default), "auto" takes that, no
-# contraction at all: its operands are rounded as "bf16"'s (within the rule, with less room than
-# "float32", which "auto" takes for such small R otherwise), its float32 parts take
-# ceil(B / 8) Gr N D² floats, and the kernel does the work on any build with the option, whatever
-# the setting. (A module setting so that the benchmark can time each.)
+# (kernel_computes_weight_gradient: CMake FLASHRNN_MMA_SPLIT_BACKWARD_DR, on by default),
+# "auto" takes that, no contraction at all: its operands are rounded as "bf16"'s, its float32
+# parts take ceil(B / 8) Gr N D² floats, and the kernel does the work on any build with the
+# option, whatever the setting. (A module setting so that the benchmark can time each.)
 R_GRADIENT_CONTRACTION = "auto"
+BF16_MIN_R_ELEMENTS = 256 * 256
 BF16X3_MIN_R_ELEMENTS = 512 * 512
 
 
@@ -461,8 +462,10 @@ def weight_gradient_contraction(r_dtype, num_heads: int, head_size: int) -> str:
     if np.dtype(r_dtype).itemsize != 2:
         return "float32"
     if R_GRADIENT_CONTRACTION == "auto":
-        large = num_heads * head_size * head_size >= BF16X3_MIN_R_ELEMENTS
-        return "bf16x3" if large else "float32"
+        elements = num_heads * head_size * head_size
+        if np.dtype(r_dtype) == jnp.bfloat16:
+            return "bf16" if elements >= BF16_MIN_R_ELEMENTS else "float32"
+        return "bf16x3" if elements >= BF16X3_MIN_R_ELEMENTS else "float32"
     if R_GRADIENT_CONTRACTION == "bf16" and np.dtype(r_dtype) != jnp.bfloat16:
         return "bf16x3"
     return R_GRADIENT_CONTRACTION

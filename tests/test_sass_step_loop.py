@@ -4,6 +4,8 @@ the instructions a warp issues every step that the sources were written to have
 
 from __future__ import annotations
 
+import collections
+
 import shutil
 import subprocess
 import sys
@@ -176,8 +178,9 @@ def test_split_forward_gates_option_drops_the_partial_sums_of_the_four_gate_cell
 def test_split_backward_16_option_takes_the_four_gate_cells_heads_of_16():
     # FLASHRNN_MMA_SPLIT_BACKWARD_16 (on by default): the LSTM's and sLSTM's bf16 backward at 16
     # is the split one (a quarter of the 4 k-tiles over (gate, unit) a warp, one rounded
-    # operand: 1 mma a step) with no local memory; the GRU's (3 gates) stays the FMA kernel, and
-    # so do all three with the option off.
+    # operand: 1 m16n8k16 a step, and dR's 2 m16n8k8, FLASHRNN_MMA_SPLIT_BACKWARD_DR on by
+    # default) with no local memory; the GRU's (3 gates) stays the FMA kernel, and so do all
+    # three with the option off.
     cases = [("Backward", cell, BF16, (16, 1, 16, 256))
              for cell in ("LstmCell", "SlstmCell", "GruCell")]
     loops = sass_loop.step_loops(cases)
@@ -186,7 +189,9 @@ def test_split_backward_16_option_takes_the_four_gate_cells_heads_of_16():
     assert [name for name in loops if "GruCell" in name][0].startswith("_ZN8flashrnn14Backward")
     for name in split:
         counts = sass_loop.opcode_counts(loops[name])
-        assert counts["HMMA"] == 1 and counts["LDL"] + counts["STL"] == 0, (name, counts)
+        shapes = collections.Counter(i.opcode.split(".")[1] for i in loops[name] if i.op == "HMMA")
+        assert shapes == {"16816": 1, "1688": 2}, (name, shapes)
+        assert counts["LDL"] + counts["STL"] == 0, (name, counts)
     off = sass_loop.step_loops(cases, ("FLASHRNN_MMA_SPLIT_BACKWARD_16=0",))
     assert len(off) == 3, list(off)
     assert all(name.startswith("_ZN8flashrnn14Backward") for name in off), list(off)

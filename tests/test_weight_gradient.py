@@ -77,16 +77,19 @@ def test_float32_R_keeps_the_float32_contraction(rng, monkeypatch):
     np.testing.assert_array_equal(np.asarray(got16), np.asarray(got.astype(jnp.bfloat16)))
 
 
-@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
-def test_auto_takes_bf16x3_from_the_size_of_R(dtype):
-    """"auto" (the default) splits into bfloat16 parts where R has BF16X3_MIN_R_ELEMENTS per
-    gate or more, over all heads, and contracts in float32 below; float32 R never splits."""
+@pytest.mark.parametrize("dtype,limit_name,large", [
+    (jnp.bfloat16, "BF16_MIN_R_ELEMENTS", "bf16"),
+    (jnp.float16, "BF16X3_MIN_R_ELEMENTS", "bf16x3")])
+def test_auto_takes_bfloat16_products_from_the_size_of_R(dtype, limit_name, large):
+    """"auto" (the default) contracts bfloat16 R as one product of rounded operands where R
+    has BF16_MIN_R_ELEMENTS per gate or more, float16 R as three bfloat16 products from
+    BF16X3_MIN_R_ELEMENTS, over all heads, and in float32 below; float32 R always in float32."""
     assert fused.R_GRADIENT_CONTRACTION == "auto"
-    limit = fused.BF16X3_MIN_R_ELEMENTS
+    limit = getattr(fused, limit_name)
     side = int(np.sqrt(limit))
     assert side * side == limit
-    assert fused.weight_gradient_contraction(dtype, 1, side) == "bf16x3"
-    assert fused.weight_gradient_contraction(dtype, 4, side // 2) == "bf16x3"
+    assert fused.weight_gradient_contraction(dtype, 1, side) == large
+    assert fused.weight_gradient_contraction(dtype, 4, side // 2) == large
     assert fused.weight_gradient_contraction(dtype, 1, side - 16) == "float32"
     assert fused.weight_gradient_contraction(dtype, 3, side // 2) == "float32"
     assert fused.weight_gradient_contraction(jnp.float32, 1, 2 * side) == "float32"

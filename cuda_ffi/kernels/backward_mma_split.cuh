@@ -42,8 +42,8 @@ constexpr bool kMmaSplitBackwardSupported =
      Tile::kHeadSize == 64) &&
     Cell::kGatesR * Tile::kHeadSize / 16 % 4 == 0;
 
-// dR inside the kernel (CMake FLASHRNN_MMA_SPLIT_BACKWARD_DR, experimental, off until
-// measured; benchmarks/NOTES.md): dR[g, o, i] += sum over the tile's batch rows of dg[g, o]
+// dR inside the kernel (CMake FLASHRNN_MMA_SPLIT_BACKWARD_DR, on by default since measured:
+// forward+backward 0.25-0.7 ms faster at 16 to 64, benchmarks/NOTES.md): dR[g, o, i] += sum over the tile's batch rows of dg[g, o]
 // h_prev[i], one mma.m16n8k8 per 16 (gate, unit) rows and 8 inputs with the batch rows as K:
 // the gate cotangents' hi part where the recurrent product reads them (bfloat16, dg rounded)
 // and a bfloat16 copy of h_prev, both [batch row][column] in shared memory and transposed into
