@@ -74,8 +74,9 @@ def table(results: dict, plot_name: str) -> str:
     if contractions:
         lines += ["", "Forward+backward ms with dR contracted as three bfloat16 products against "
                   "one float32 contraction and, where timed, against one bfloat16 product "
-                  "(`fused.R_GRADIENT_CONTRACTION`: \"auto\" takes the first from R of 512² "
-                  "elements a gate, \"bf16\" is the third), timed in alternation: "
+                  "(`fused.R_GRADIENT_CONTRACTION`: \"auto\" takes, for bfloat16 R, the third "
+                  "from `fused.BF16_MIN_R_ELEMENTS` a gate and the second below, where the "
+                  "backward kernel does not accumulate dR itself), timed in alternation: "
                   + "; ".join(contractions) + "."]
     if masks:
         lines += ["", "Cost of the sequence masks in the fused kernels (full `seq_lengths` and 1% "
