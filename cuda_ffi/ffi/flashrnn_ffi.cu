@@ -496,51 +496,45 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(FlashrnnForwardTrain, flashrnn::ForwardTrainImpl,
                                   .Attr<bool>("has_resets")
                                   .Attr<bool>("reverse"));
 
+namespace {
+
+// The backward targets' bindings: the buffers both take and return, then (after any output of
+// their own) the attributes both take.
+auto BackwardBuffers() {
+  return ffi::Ffi::Bind()
+      .Ctx<ffi::PlatformStream<cudaStream_t>>()
+      .Ctx<ffi::ScratchAllocator>()
+      .Arg<ffi::AnyBuffer>()  // R
+      .Arg<ffi::AnyBuffer>()  // states0
+      .Arg<ffi::AnyBuffer>()  // gate_cache
+      .Arg<ffi::AnyBuffer>()  // states_f32
+      .Arg<ffi::AnyBuffer>()  // d_states_all
+      .Arg<ffi::AnyBuffer>()  // d_last_states
+      .Arg<ffi::AnyBuffer>()  // seq_lengths
+      .Arg<ffi::AnyBuffer>()  // resets
+      .Ret<ffi::AnyBuffer>()  // d_gates
+      .Ret<ffi::AnyBuffer>();  // d_states0
+}
+
+template <typename Binding>
+auto WithBackwardAttributes(Binding binding) {
+  return std::move(binding)
+      .template Attr<std::string_view>("function")
+      .template Attr<bool>("poison_outputs")
+      .template Attr<int32_t>("cluster")
+      .template Attr<int32_t>("batch_tile")
+      .template Attr<int32_t>("threads")
+      .template Attr<bool>("has_resets")
+      .template Attr<bool>("reverse")
+      .template Attr<int32_t>("recurrent_gradient")
+      .template Attr<float>("clipval");
+}
+
+}  // namespace
+
 XLA_FFI_DEFINE_HANDLER_SYMBOL(FlashrnnBackward, flashrnn::BackwardImpl,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::PlatformStream<cudaStream_t>>()
-                                  .Ctx<ffi::ScratchAllocator>()
-                                  .Arg<ffi::AnyBuffer>()  // R
-                                  .Arg<ffi::AnyBuffer>()  // states0
-                                  .Arg<ffi::AnyBuffer>()  // gate_cache
-                                  .Arg<ffi::AnyBuffer>()  // states_f32
-                                  .Arg<ffi::AnyBuffer>()  // d_states_all
-                                  .Arg<ffi::AnyBuffer>()  // d_last_states
-                                  .Arg<ffi::AnyBuffer>()  // seq_lengths
-                                  .Arg<ffi::AnyBuffer>()  // resets
-                                  .Ret<ffi::AnyBuffer>()  // d_gates
-                                  .Ret<ffi::AnyBuffer>()  // d_states0
-                                  .Attr<std::string_view>("function")
-                                  .Attr<bool>("poison_outputs")
-                                  .Attr<int32_t>("cluster")
-                                  .Attr<int32_t>("batch_tile")
-                                  .Attr<int32_t>("threads")
-                                  .Attr<bool>("has_resets")
-                                  .Attr<bool>("reverse")
-                                  .Attr<int32_t>("recurrent_gradient")
-                                  .Attr<float>("clipval"));
+                              WithBackwardAttributes(BackwardBuffers()));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(FlashrnnBackwardDr, flashrnn::BackwardDrImpl,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::PlatformStream<cudaStream_t>>()
-                                  .Ctx<ffi::ScratchAllocator>()
-                                  .Arg<ffi::AnyBuffer>()  // R
-                                  .Arg<ffi::AnyBuffer>()  // states0
-                                  .Arg<ffi::AnyBuffer>()  // gate_cache
-                                  .Arg<ffi::AnyBuffer>()  // states_f32
-                                  .Arg<ffi::AnyBuffer>()  // d_states_all
-                                  .Arg<ffi::AnyBuffer>()  // d_last_states
-                                  .Arg<ffi::AnyBuffer>()  // seq_lengths
-                                  .Arg<ffi::AnyBuffer>()  // resets
-                                  .Ret<ffi::AnyBuffer>()  // d_gates
-                                  .Ret<ffi::AnyBuffer>()  // d_states0
-                                  .Ret<ffi::AnyBuffer>()  // d_r_partial
-                                  .Attr<std::string_view>("function")
-                                  .Attr<bool>("poison_outputs")
-                                  .Attr<int32_t>("cluster")
-                                  .Attr<int32_t>("batch_tile")
-                                  .Attr<int32_t>("threads")
-                                  .Attr<bool>("has_resets")
-                                  .Attr<bool>("reverse")
-                                  .Attr<int32_t>("recurrent_gradient")
-                                  .Attr<float>("clipval"));
+                              WithBackwardAttributes(
+                                  BackwardBuffers().Ret<ffi::AnyBuffer>()));  // d_r_partial
