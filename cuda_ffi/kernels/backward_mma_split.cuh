@@ -43,8 +43,9 @@ constexpr bool kMmaSplitBackwardSupported =
     Cell::kGatesR * Tile::kHeadSize / 16 % 4 == 0;
 
 // dR inside the kernel (CMake FLASHRNN_MMA_SPLIT_BACKWARD_DR, on by default since measured:
-// forward+backward 0.25-0.7 ms faster at 16 to 64, benchmarks/NOTES.md): dR[g, o, i] += sum over the tile's batch rows of dg[g, o]
-// h_prev[i], one mma.m16n8k8 per 16 (gate, unit) rows and 8 inputs with the batch rows as K:
+// forward+backward 0.2-0.7 ms faster at 16 to 64, benchmarks/NOTES.md): dR[g, o, i] += sum over
+// the tile's batch rows of dg[g, o] h_prev[i], one mma.m16n8k8 per 16 (gate, unit) rows and 8
+// inputs with the batch rows as K:
 // the gate cotangents' hi part where the recurrent product reads them (bfloat16, dg rounded)
 // and a bfloat16 copy of h_prev, both [batch row][column] in shared memory and transposed into
 // fragments by ldmatrix. Warp w accumulates the (gate, unit) tiles w, w + W, ... over all D
@@ -241,7 +242,8 @@ __global__ void __maxnreg__(
   // What step 0 sent back reaches the initial h; step 0's dR products, and this batch tile's
   // part of dR out: C register r of a tile holds row group (+8 for r >= 2), input 2 tig + r % 2.
   DrFragments dr_fragments;
-  FinishCotangents<Cell>(args, el, recurrent_cotangent([&] { dr_fragments = load_dr(); }), ds, d0);
+  const float dh_rec = recurrent_cotangent([&] { dr_fragments = load_dr(); });
+  FinishCotangents<Cell>(args, el, dh_rec, ds, d0);
   accumulate_dr(dr_fragments);
   if constexpr (kMmaSplitBackwardDr) {
     if (args.d_r_partial != nullptr) {
