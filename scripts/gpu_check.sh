@@ -241,9 +241,18 @@ if [[ $steps == *" ab "* ]]; then
     --shapes ${AB_SHAPES:-3x256 1x512 1x768} --no-masks --no-contraction --no-groups || rc=1
   [ "${SANITIZE_AB:-1}" = 1 ] && sanitizers "$out/sanitizer_ab" "$ab_heads"
   # test_fused_gpu.py names a head D<size>, test_fused_options_gpu.py <dtype>-<size>-.
+  # Only the dtypes the narrow build has (AB_DTYPES), by the names the test ids use.
+  ab_dtype_names=""
+  IFS=';' read -ra ab_dtypes <<< "${AB_DTYPES:-bf16;f16}"
+  for t in "${ab_dtypes[@]}"; do
+    case "$t" in bf16) t=bfloat16 ;; f16) t=float16 ;; f32) t=float32 ;; esac
+    ab_dtype_names+="${ab_dtype_names:+ }$t"
+  done
   ab_tests=""
   for d in $ab_heads; do
-    ab_tests+="${ab_tests:+ or }D$d and (bfloat16 or float16) or bfloat16-$d- or float16-$d-"
+    for t in $ab_dtype_names; do
+      ab_tests+="${ab_tests:+ or }D$d and $t or $t-$d-"
+    done
   done
   ab_tests+="${AB_TEST_K:+ or $AB_TEST_K}"
   if [ "${AB_TESTS:-1}" = 1 ]; then
