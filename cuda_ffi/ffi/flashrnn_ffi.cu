@@ -454,52 +454,37 @@ std::vector<CompiledTiling> CompiledGrid() {
 
 }  // namespace flashrnn
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(FlashrnnForward, flashrnn::ForwardImpl,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::PlatformStream<cudaStream_t>>()
-                                  .Ctx<ffi::ScratchAllocator>()
-                                  .Arg<ffi::AnyBuffer>()  // Wx
-                                  .Arg<ffi::AnyBuffer>()  // R
-                                  .Arg<ffi::AnyBuffer>()  // b
-                                  .Arg<ffi::AnyBuffer>()  // states0
-                                  .Arg<ffi::AnyBuffer>()  // seq_lengths
-                                  .Arg<ffi::AnyBuffer>()  // resets
-                                  .Ret<ffi::AnyBuffer>()  // states_all
-                                  .Ret<ffi::AnyBuffer>()  // last_states
-                                  .Attr<std::string_view>("function")
-                                  .Attr<bool>("poison_outputs")
-                                  .Attr<int32_t>("cluster")
-                                  .Attr<int32_t>("batch_tile")
-                                  .Attr<int32_t>("threads")
-                                  .Attr<bool>("has_resets")
-                                  .Attr<bool>("reverse"));
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(FlashrnnForwardTrain, flashrnn::ForwardTrainImpl,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::PlatformStream<cudaStream_t>>()
-                                  .Ctx<ffi::ScratchAllocator>()
-                                  .Arg<ffi::AnyBuffer>()  // Wx
-                                  .Arg<ffi::AnyBuffer>()  // R
-                                  .Arg<ffi::AnyBuffer>()  // b
-                                  .Arg<ffi::AnyBuffer>()  // states0
-                                  .Arg<ffi::AnyBuffer>()  // seq_lengths
-                                  .Arg<ffi::AnyBuffer>()  // resets
-                                  .Ret<ffi::AnyBuffer>()  // states_all
-                                  .Ret<ffi::AnyBuffer>()  // last_states
-                                  .Ret<ffi::AnyBuffer>()  // gate_cache
-                                  .Ret<ffi::AnyBuffer>()  // states_f32
-                                  .Attr<std::string_view>("function")
-                                  .Attr<bool>("poison_outputs")
-                                  .Attr<int32_t>("cluster")
-                                  .Attr<int32_t>("batch_tile")
-                                  .Attr<int32_t>("threads")
-                                  .Attr<bool>("has_resets")
-                                  .Attr<bool>("reverse"));
-
 namespace {
 
-// The backward targets' bindings: the buffers both take and return, then (after any output of
-// their own) the attributes both take.
+// The bindings of the targets, each from the buffers its direction's targets share, then (after
+// any output of their own) the attributes they share.
+auto ForwardBuffers() {
+  return ffi::Ffi::Bind()
+      .Ctx<ffi::PlatformStream<cudaStream_t>>()
+      .Ctx<ffi::ScratchAllocator>()
+      .Arg<ffi::AnyBuffer>()  // Wx
+      .Arg<ffi::AnyBuffer>()  // R
+      .Arg<ffi::AnyBuffer>()  // b
+      .Arg<ffi::AnyBuffer>()  // states0
+      .Arg<ffi::AnyBuffer>()  // seq_lengths
+      .Arg<ffi::AnyBuffer>()  // resets
+      .Ret<ffi::AnyBuffer>()  // states_all
+      .Ret<ffi::AnyBuffer>();  // last_states
+}
+
+// (Bindings are built from rvalues only: their move constructor is private.)
+template <typename Binding>
+auto WithForwardAttributes(Binding&& binding) {
+  return std::move(binding)
+      .template Attr<std::string_view>("function")
+      .template Attr<bool>("poison_outputs")
+      .template Attr<int32_t>("cluster")
+      .template Attr<int32_t>("batch_tile")
+      .template Attr<int32_t>("threads")
+      .template Attr<bool>("has_resets")
+      .template Attr<bool>("reverse");
+}
+
 auto BackwardBuffers() {
   return ffi::Ffi::Bind()
       .Ctx<ffi::PlatformStream<cudaStream_t>>()
@@ -516,21 +501,23 @@ auto BackwardBuffers() {
       .Ret<ffi::AnyBuffer>();  // d_states0
 }
 
+// The forward's attributes and how much of the recurrent cotangent goes through.
 template <typename Binding>
-auto WithBackwardAttributes(Binding binding) {
-  return std::move(binding)
-      .template Attr<std::string_view>("function")
-      .template Attr<bool>("poison_outputs")
-      .template Attr<int32_t>("cluster")
-      .template Attr<int32_t>("batch_tile")
-      .template Attr<int32_t>("threads")
-      .template Attr<bool>("has_resets")
-      .template Attr<bool>("reverse")
+auto WithBackwardAttributes(Binding&& binding) {
+  return WithForwardAttributes(std::move(binding))
       .template Attr<int32_t>("recurrent_gradient")
       .template Attr<float>("clipval");
 }
 
 }  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(FlashrnnForward, flashrnn::ForwardImpl,
+                              WithForwardAttributes(ForwardBuffers()));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(FlashrnnForwardTrain, flashrnn::ForwardTrainImpl,
+                              WithForwardAttributes(ForwardBuffers()
+                                                        .Ret<ffi::AnyBuffer>()     // gate_cache
+                                                        .Ret<ffi::AnyBuffer>()));  // states_f32
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(FlashrnnBackward, flashrnn::BackwardImpl,
                               WithBackwardAttributes(BackwardBuffers()));
