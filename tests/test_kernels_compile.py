@@ -14,6 +14,7 @@ import shutil
 import subprocess
 
 import bench_runs  # noqa: F401  (puts benchmarks/ on sys.path)
+import jax
 import pytest
 from sass_loop import default_defines, instantiation_source, short_name
 
@@ -538,3 +539,27 @@ def test_default_build_spills_only_where_registers_are_tightest(tmp_path):
     assert "ForwardMmaClusterKernel LstmCell D=64 (outputs only)" in names
     assert "BackwardMmaSplitKernel SlstmCell D=64" in names
     assert all(any(name.startswith(k) for name in names) for k in allowed), names
+
+
+@pytest.mark.parametrize("dr", (0, 1))
+def test_ffi_handlers_compile_and_export_every_target(tmp_path, dr):
+    """cuda_ffi/ffi/flashrnn_ffi.cu against the installed jaxlib's XLA FFI headers, with a
+    one-kernel grid (CMake generates the real one) and FLASHRNN_MMA_SPLIT_BACKWARD_DR off and
+    on: it compiles and exports the handler of each target module.cc registers."""
+    (tmp_path / "compiled_grid.inc").write_text(
+        "FLASHRNN_KERNEL(lstm, LstmCell, BF16, __nv_bfloat16, 64, 1, 16, 512)\n")
+    obj = tmp_path / "ffi.o"
+    result = subprocess.run(
+        [NVCC, "-std=c++17", "-arch=sm_90a", "--expt-relaxed-constexpr",
+         "-DFLASHRNN_MMA_SPLIT_BACKWARD=1", f"-DFLASHRNN_MMA_SPLIT_BACKWARD_DR={dr}",
+         f"-I{jax.ffi.include_dir()}", f"-I{REPO / 'cuda_ffi'}", f"-I{tmp_path}", "-c",
+         str(REPO / "cuda_ffi" / "ffi" / "flashrnn_ffi.cu"), "-o", str(obj)],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    symbols = subprocess.run(["nm", str(obj)], capture_output=True, text=True).stdout
+    exported = set(re.findall(r" T (Flashrnn\w+)$", symbols, re.M))
+    registered = set(re.findall(r"Capsule\((Flashrnn\w+)\)",
+                                (REPO / "cuda_ffi" / "ffi" / "module.cc").read_text()))
+    assert registered == {"FlashrnnForward", "FlashrnnForwardTrain", "FlashrnnBackward",
+                          "FlashrnnBackwardDr"}
+    assert exported == registered, exported
