@@ -49,8 +49,8 @@ def recurrent_product(round_to, rounded_dr: bool = False):
     """R·h with h rounded to ``round_to`` (None: exact), and its vjp with the cotangent rounded
     so in Rᵀ·dg; dR from the exact operands (the fused backward forms dR outside the kernel from
     float32 states and gate cotangents), or with ``rounded_dr`` from dg and h both rounded to
-    ``round_to`` (dR accumulated on the tensor cores inside the backward kernel, one mma a tile:
-    a design not built, benchmarks/NOTES.md)."""
+    ``round_to`` (dR accumulated on the tensor cores inside the split backward kernel,
+    FLASHRNN_MMA_SPLIT_BACKWARD_DR, and the "bf16" contraction of fused.R_GRADIENT_CONTRACTION)."""
 
     def operand(x):
         return x if round_to is None else rounded(x, round_to)

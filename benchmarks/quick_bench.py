@@ -104,8 +104,8 @@ def bench_mask_cost(function, dtype, B, T, N, D, key):
 def bench_weight_gradient_contraction(function, dtype, B, T, N, D, key):
     """The fused forward+backward with dR contracted as three bfloat16 products, as one
     float32 contraction and as one bfloat16 product (``fused.R_GRADIENT_CONTRACTION``; "auto"
-    takes the first for large 16-bit R, the second below), timed in alternation on the same
-    data."""
+    takes the third for large bfloat16 R, the second below, where the backward kernel does not
+    accumulate dR itself), timed in alternation on the same data."""
     key, mask_key = jax.random.split(key)
     data = random_inputs(function, dtype, B, T, N, D, key)
     compiled = []

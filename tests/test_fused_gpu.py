@@ -320,6 +320,13 @@ def test_dR_contraction_keeps_its_low_parts_on_the_gpu(rng):
     assert weight_gradient_error(got, want) < 2e-5
 
 
+def _bf16_arguments(rng, function, B, T, N, D):
+    """Random (Wx, R, b, states) of a call with bfloat16 Wx and R."""
+    Wx, R, b = random_inputs(rng, function, B, T, N, D)
+    states = random_states(rng, function, B, N, D)
+    return [jnp.asarray(x, jnp.bfloat16) for x in (Wx, R)] + [jnp.asarray(b), jnp.asarray(states)]
+
+
 @pytest.mark.parametrize("function", ("lstm", "slstm"))
 def test_dR_comes_from_the_backward_kernel_exactly_where_built(function, rng):
     """A build with FLASHRNN_MMA_SPLIT_BACKWARD_DR differentiates a bfloat16 head of 64 (the split
@@ -328,9 +335,7 @@ def test_dR_comes_from_the_backward_kernel_exactly_where_built(function, rng):
     gradient of test_fused_matches_reference at 16, 32 and 64, against the rule.)"""
     built = fused.tensor_core_kernels()["split_backward_dr"]
     B, T, N, D = 3, 9, 2, 64
-    Wx, R, b = random_inputs(rng, function, B, T, N, D)
-    states = random_states(rng, function, B, N, D)
-    args = [jnp.asarray(x, jnp.bfloat16) for x in (Wx, R)] + [jnp.asarray(b), jnp.asarray(states)]
+    args = _bf16_arguments(rng, function, B, T, N, D)
     S = CELL_SHAPES[function].num_states
     w_all = jnp.ones((S, B, T, N, D))
     w_last = jnp.ones((S, B, N, D))
@@ -351,11 +356,9 @@ def test_auto_dR_is_the_contraction_it_stands_for(function, rng, monkeypatch):
     of one), lengths and resets: each product with its own step's h_prev, each row once. The
     two sum in different orders, so they agree within one rounding of the bfloat16 dR."""
     B, T, N, D = 17, 7, 2, 64
-    Wx, R, b = random_inputs(rng, function, B, T, N, D)
-    states = random_states(rng, function, B, N, D)
+    args = _bf16_arguments(rng, function, B, T, N, D)
     lengths = jnp.asarray(rng.integers(0, T + 1, size=B), jnp.int32)
     resets = jnp.asarray(rng.uniform(size=(B, T)) < 0.2)
-    args = [jnp.asarray(x, jnp.bfloat16) for x in (Wx, R)] + [jnp.asarray(b), jnp.asarray(states)]
     S = CELL_SHAPES[function].num_states
     w_all = jnp.asarray(rng.normal(size=(S, B, T, N, D)))
 

@@ -141,9 +141,13 @@ __global__ void __maxnreg__(
   // h_prev from the copy, each loaded before the partial sums' barrier (their latency passes in
   // its wait) and multiplied after it, off the dependent chain of the cell derivative.
   constexpr bool dr = kMmaSplitBackwardDr;
-  constexpr int DM = kMmaSplitBackwardDr ? Layout::kDrMTilesPerWarp : 1;
-  constexpr int DN = kMmaSplitBackwardDr ? Layout::kDrNTiles : 2;
-  constexpr bool kDrWarpsIdle = Layout::kDrMTiles % Layout::kWarps != 0;
+  constexpr int DM = dr ? Layout::kDrMTilesPerWarp : 1;
+  constexpr int DN = dr ? Layout::kDrNTiles : 2;
+  // Whether this warp's j-th m-tile exists (the GRU's and Elman's rows leave warps without).
+  auto has_m_tile = [&](int j) {
+    return Layout::kDrMTiles % Layout::kWarps == 0 ||
+           warp + j * Layout::kWarps < Layout::kDrMTiles;
+  };
   static_assert(DN % 4 == 0 || DN == 2, "h_prev's n-tiles by four (or two) matrices a load");
   constexpr int kNPerLoad = DN % 4 == 0 ? 4 : 2;
   float dr_acc[DM][DN][4] = {};
@@ -158,14 +162,13 @@ __global__ void __maxnreg__(
   };
   auto load_dr = [&]() {
     DrFragments f{};
-    if constexpr (kMmaSplitBackwardDr) {
+    if constexpr (dr) {
 #pragma unroll
       for (int j = 0; j < DM; ++j) {
-        if (kDrWarpsIdle && warp + j * Layout::kWarps >= Layout::kDrMTiles) break;
+        if (!has_m_tile(j)) break;
         LoadMatricesTransposed(dg_rows + 16 * j * Layout::kWarps, f.a[j]);
       }
-      // A warp without an m-tile (the GRU's and Elman's fewer rows) loads no h_prev either.
-      if (kDrWarpsIdle && warp >= Layout::kDrMTiles) return f;
+      if (!has_m_tile(0)) return f;  // no h_prev either
 #pragma unroll
       for (int q = 0; q < DN / kNPerLoad; ++q) {
         LoadMatricesTransposed(h_rows + 8 * kNPerLoad * q, f.b[q]);
@@ -174,10 +177,10 @@ __global__ void __maxnreg__(
     return f;
   };
   auto accumulate_dr = [&](const DrFragments& f) {
-    if constexpr (kMmaSplitBackwardDr) {
+    if constexpr (dr) {
 #pragma unroll
       for (int j = 0; j < DM; ++j) {
-        if (kDrWarpsIdle && warp + j * Layout::kWarps >= Layout::kDrMTiles) break;
+        if (!has_m_tile(j)) break;
 #pragma unroll
         for (int n = 0; n < DN; ++n) {
           Op::MmaK8(dr_acc[j][n], f.a[j], f.b[n / kNPerLoad][n % kNPerLoad]);
@@ -245,13 +248,13 @@ __global__ void __maxnreg__(
   const float dh_rec = recurrent_cotangent([&] { dr_fragments = load_dr(); });
   FinishCotangents<Cell>(args, el, dh_rec, ds, d0);
   accumulate_dr(dr_fragments);
-  if constexpr (kMmaSplitBackwardDr) {
+  if constexpr (dr) {
     if (args.d_r_partial != nullptr) {
       const int group = lane / 4, tig = lane % 4;
 #pragma unroll
       for (int j = 0; j < DM; ++j) {
+        if (!has_m_tile(j)) break;
         const int m_tile = warp + j * Layout::kWarps;
-        if (kDrWarpsIdle && m_tile >= Layout::kDrMTiles) break;
 #pragma unroll
         for (int half = 0; half < 2; ++half) {
           const int row = 16 * m_tile + group + 8 * half, g = row / D, o = row % D;
