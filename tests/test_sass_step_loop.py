@@ -140,12 +140,16 @@ def test_step_loops_keep_to_registers_but_at_2048():
 
 def test_the_slstm_divides_by_its_normaliser_with_the_hardware_reciprocal():
     # h = o c / n and the backward's c / n: no IEEE division (its range check FCHK and the call
-    # of its slow path) on the step's critical path.
+    # of its slow path) on the step's critical path; log σ(f̃) by one hardware lg2 per element
+    # (one element per thread at 64), not libdevice's log1pf (a 9-term polynomial behind a
+    # branch: BSSY/BSYNC around its special cases).
     loops = sass_loop.step_loops([("Forward", "SlstmCell", BF16, (64, 1, 16, 512)),
                                   ("Backward", "SlstmCell", BF16, (64, 1, 16, 512))])
     for name, loop in loops.items():
         assert [i for i in loop if i.opcode == "MUFU.RCP"], name
         assert not [i for i in loop if i.op in ("FCHK", "CALL")], name
+        assert len([i for i in loop if i.opcode == "MUFU.LG2"]) == 1, name
+        assert not [i for i in loop if i.op == "FFMA" and "0.14491446" in i.operands], name
 
 
 def test_kernel_symbols_get_short_names():

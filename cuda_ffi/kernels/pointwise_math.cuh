@@ -46,9 +46,22 @@ __device__ __forceinline__ float Reciprocal(float x) {
   return y;
 }
 
-// log(sigmoid(x)) without overflow for large |x|: min(x, 0) - log1p(exp(-|x|)).
+// log2(x) by the hardware lg2 (lg2.approx: absolute error at most 2^-22 for x in [0.5, 2], the
+// CUDA C++ Programming Guide's table of intrinsics).
+__device__ __forceinline__ float Log2Approx(float x) {
+  float y;
+  asm("lg2.approx.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+
+// log(sigmoid(x)) without overflow for large |x|: min(x, 0) - log(1 + t), t = e^-|x| in (0, 1].
+// log(1 + t) as ln 2 lg2(1 + t) rather than libdevice's log1pf, whose branchy polynomial was the
+// longest part of the sLSTM step's dependent chain (benchmarks/NOTES.md): its error, the lg2's
+// 2^-22 ln 2 ~ 1.7e-7 plus 2^-24 from rounding 1 + t, is absolute, and log σ only ever enters
+// L = log σ(f̃) + m, whose own rounding is of that size for |m| >= 1, and f' = e^(L - m), where
+// an absolute error of L is f's relative error.
 __device__ __forceinline__ float LogSigmoid(float x) {
-  return fminf(x, 0.0f) - log1pf(ExpFlushed(-fabsf(x)));
+  return fmaf(-0.6931471805599453f, Log2Approx(1.0f + ExpFlushed(-fabsf(x))), fminf(x, 0.0f));
 }
 
 }  // namespace flashrnn
