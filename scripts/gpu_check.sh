@@ -10,11 +10,8 @@
 #            cluster tensor-core forward and backward (head sizes 256 to 2048), MMA_SPLIT=0
 #            without the split tensor-core forward and backward (head sizes 16 to 64);
 #            OPTIONS_ON names kernel options to turn on and OPTIONS_OFF options to turn off
-#            (space-separated, of FLASHRNN_MMA_CLUSTER_ASYNC_PUSH,
-#            FLASHRNN_BACKWARD_INPUTS_TWO_AHEAD, FLASHRNN_MMA_ROUNDED_OPERAND,
-#            FLASHRNN_MMA_SPLIT_FORWARD_GATES, FLASHRNN_MMA_SPLIT_BACKWARD_16 and
-#            FLASHRNN_MMA_SPLIT_BACKWARD_DR; the others
-#            keep CMakeLists.txt's defaults)
+#            (space-separated, of CMakeLists.txt's options but the six switches above, e.g.
+#            FLASHRNN_MMA_CLUSTER_ASYNC_PUSH; the others keep CMakeLists.txt's defaults)
 #     tests  the GPU tests and, beside them, the sanitizers (SANITIZE=0 leaves them out);
 #            PYTEST_WORKERS sets the test processes, 12 by default; GPU_TESTS the test files,
 #            all GPU tests by default; GPU_TEST_ARGS more pytest arguments (e.g. -k "lstm";
@@ -62,12 +59,13 @@ on_off() { [ "$1" = 1 ] && echo ON || echo OFF; }
 
 # option_defines ON_OPTIONS OFF_OPTIONS: pip's CMake definitions, in the array `defines`, of the
 # CMake options named in ON_OPTIONS (ON) and OFF_OPTIONS (OFF), each space-separated, and of
-# every other kernel option below as the CMakeLists.txt of the tree built ($build_source) sets
-# it by default (left out where that tree has no such option): always explicit, since a build
-# directory's cache would keep an earlier call's value otherwise.
-kernel_options="FLASHRNN_MMA_CLUSTER_ASYNC_PUSH FLASHRNN_BACKWARD_INPUTS_TWO_AHEAD"
-kernel_options+=" FLASHRNN_MMA_ROUNDED_OPERAND FLASHRNN_MMA_SPLIT_FORWARD_GATES"
-kernel_options+=" FLASHRNN_MMA_SPLIT_BACKWARD_16 FLASHRNN_MMA_SPLIT_BACKWARD_DR"
+# every other kernel option of the CMakeLists.txt of the tree built ($build_source) as it sets
+# it by default: always explicit, since a build directory's cache would keep an earlier call's
+# value otherwise. The kernel options are all its options but the switches of whole kernel
+# families below, which the build step sets itself and an A/B build leaves at their defaults.
+kernel_families="FLASHRNN_MMA_FORWARD FLASHRNN_MMA_BACKWARD FLASHRNN_MMA_CLUSTER_FORWARD"
+kernel_families+=" FLASHRNN_MMA_CLUSTER_BACKWARD FLASHRNN_MMA_SPLIT_FORWARD"
+kernel_families+=" FLASHRNN_MMA_SPLIT_BACKWARD"
 option_defines() {
   local option value defaults
   defines=()
@@ -78,11 +76,10 @@ option_defines() {
   for option in $2; do defines+=(-Ccmake.define."$option"=OFF); done
   defaults=$(python3 "$repo/benchmarks/sass_loop.py" --option-defaults "$build_source") ||
     { echo "cannot read the options of $build_source/CMakeLists.txt" >&2; exit 2; }
-  for option in $kernel_options; do
-    [[ " $1 $2 " == *" $option "* ]] && continue
-    value=$(sed -n "s/^$option=//p" <<<"$defaults")
-    [[ -n $value ]] && defines+=(-Ccmake.define."$option"="$value")
-  done
+  while IFS='=' read -r option value; do
+    [[ -z $option || " $kernel_families $1 $2 " == *" $option "* ]] && continue
+    defines+=(-Ccmake.define."$option"="$value")
+  done <<<"$defaults"
 }
 
 # build LOG BUILD_DIR [pip arguments...]: one pip build of the extension (of the source tree
