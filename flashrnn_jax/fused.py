@@ -321,15 +321,20 @@ DR_PARTIAL_BATCH_TILE = 8
 
 def _backward_call(R, states, gate_cache, states_f32, d_states_all, d_last, seq_lengths,
                    resets, options: _Options, *, weight_gradient: bool):
-    """The cotangents of every bias gate's pre-activation and of the initial states, and with
-    ``weight_gradient`` each batch tile's part of dR ``[batch tiles, Gr, N, D, D]`` (float32;
-    None without)."""
-    out = [jax.ShapeDtypeStruct(gate_cache.shape, jnp.float32),
+    """The cotangents of every bias gate's pre-activation ``[B, T, Gt, N, D]`` and of the initial
+    states; with ``weight_gradient`` the former in R's dtype (the kernel forms the weight
+    gradients from their float32 values, so they are needed only for dWx) and, float32, each
+    batch tile's part of dR ``[batch tiles, Gr, N, D, D]`` and each batch row's part of db
+    ``[B, Gt, N, D]``; without, the former in float32 and None, None."""
+    gates_dtype = R.dtype if weight_gradient else jnp.float32
+    out = [jax.ShapeDtypeStruct(gate_cache.shape, gates_dtype),
            jax.ShapeDtypeStruct(states.shape, jnp.float32)]
     if weight_gradient:
         Gr, N, D = R.shape[0], R.shape[1], R.shape[-1]
-        tiles = -(-states.shape[1] // DR_PARTIAL_BATCH_TILE)
-        out.append(jax.ShapeDtypeStruct((tiles, Gr, N, D, D), jnp.float32))
+        B, Gt = states.shape[1], gate_cache.shape[2]
+        tiles = -(-B // DR_PARTIAL_BATCH_TILE)
+        out += [jax.ShapeDtypeStruct((tiles, Gr, N, D, D), jnp.float32),
+                jax.ShapeDtypeStruct((B, Gt, N, D), jnp.float32)]
     target = "flashrnn_jax_backward_dr" if weight_gradient else "flashrnn_jax_backward"
     results = jax.ffi.ffi_call(target, tuple(out), vmap_method="sequential")(
         R, states, gate_cache, states_f32, d_states_all, d_last, seq_lengths, resets,
@@ -337,7 +342,7 @@ def _backward_call(R, states, gate_cache, states_f32, d_states_all, d_last, seq_
         clipval=np.float32(options.clipval),
         **options.attributes(R.dtype, R.shape[-1]),
     )
-    return tuple(results) if weight_gradient else (*results, None)
+    return tuple(results) if weight_gradient else (*results, None, None)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
@@ -472,10 +477,10 @@ def weight_gradient_contraction(r_dtype, num_heads: int, head_size: int) -> str:
 
 
 def kernel_computes_weight_gradient(dtype, head_size: int, function: str) -> bool:
-    """Whether the backward kernel of a call accumulates dR itself (CMake
-    ``FLASHRNN_MMA_SPLIT_BACKWARD_DR``: the split tensor-core backward, bfloat16, its operands
-    rounded as the "bf16" contraction's), which :data:`R_GRADIENT_CONTRACTION` "auto" then
-    takes instead of an XLA contraction."""
+    """Whether the backward kernel of a call accumulates dR and db itself (CMake
+    ``FLASHRNN_MMA_SPLIT_BACKWARD_DR``: the split tensor-core backward, bfloat16, dR's operands
+    rounded as the "bf16" contraction's, db in float32), which :data:`R_GRADIENT_CONTRACTION`
+    "auto" then takes instead of an XLA contraction."""
     if R_GRADIENT_CONTRACTION != "auto" or not tensor_core_kernels()["split_backward_dr"]:
         return False
     paths = kernels_for(dtype, head_size, function)
@@ -501,7 +506,7 @@ def _fused_bwd(options, residuals, cotangents):
     d_states_all, d_last = cotangents
     wx_dtype = d_states_all.dtype  # the outputs, and so their cotangents, have Wx's dtype
     in_kernel = kernel_computes_weight_gradient(R.dtype, R.shape[-1], options.function)
-    d_gates, d_states0, d_r_partial = _backward_call(
+    d_gates, d_states0, d_r_partial, d_b_partial = _backward_call(
         R, states, gate_cache, states_f32, d_states_all, d_last.astype(wx_dtype), seq_lengths,
         resets, options, weight_gradient=in_kernel,
     )
@@ -510,10 +515,11 @@ def _fused_bwd(options, residuals, cotangents):
     d_wx = d_gates[:, :, offset : offset + cell.gates_wx].astype(wx_dtype)
     if in_kernel:
         d_r = d_r_partial.sum(axis=0).astype(R.dtype)
+        d_b = d_b_partial.sum(axis=0)
     else:
         h_prev = recurrent_inputs(states, states_f32, seq_lengths, resets, options)
         d_r = recurrent_weight_gradient(d_gates[:, :, : cell.gates_r], h_prev, R.dtype)
-    d_b = d_gates.sum(axis=(0, 1))
+        d_b = d_gates.sum(axis=(0, 1))
     # seq_lengths and resets are integer and boolean: no cotangent.
     return d_wx, d_r, d_b, d_states0, None, None
 

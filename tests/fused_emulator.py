@@ -139,7 +139,11 @@ def emulate_backward(R, states0, cache, states_f32, d_all, d_last, seq_lengths, 
                 ds = np.zeros_like(ds)
         ds[0] += dh_rec
         d_states0[:, row] += ds
-    return (d_gates, d_states0) + ((d_r_partial,) if weight_gradient else ())
+    if not weight_gradient:
+        return d_gates, d_states0
+    # With weight_gradient also each row's part of db, its gate cotangents summed over steps
+    # (d_gates then leaves in R's dtype: backward_call's shapes).
+    return d_gates, d_states0, d_r_partial, d_gates.sum(axis=1)
 
 
 def _callback(fn, shapes, *args):
@@ -164,14 +168,16 @@ def forward_call(Wx, R, b, states, seq_lengths, resets, options, *, train):
 def backward_call(R, states, gate_cache, states_f32, d_all, d_last, seq_lengths, resets,
                   options, *, weight_gradient):
     S, B, N, D = states.shape
-    shapes = [jax.ShapeDtypeStruct(gate_cache.shape, jnp.float32),
+    shapes = [jax.ShapeDtypeStruct(gate_cache.shape,
+                                   R.dtype if weight_gradient else jnp.float32),
               jax.ShapeDtypeStruct(states.shape, jnp.float32)]
     if weight_gradient:
-        shapes.append(jax.ShapeDtypeStruct(
-            (-(-B // fused.DR_PARTIAL_BATCH_TILE), R.shape[0], N, D, D), jnp.float32))
+        shapes += [jax.ShapeDtypeStruct(
+            (-(-B // fused.DR_PARTIAL_BATCH_TILE), R.shape[0], N, D, D), jnp.float32),
+            jax.ShapeDtypeStruct((B, gate_cache.shape[2], N, D), jnp.float32)]
     results = _callback(lambda *a: emulate_backward(*a, options, weight_gradient), shapes,
                         R, states, gate_cache, states_f32, d_all, d_last, seq_lengths, resets)
-    return tuple(results) if weight_gradient else (*results, None)
+    return tuple(results) if weight_gradient else (*results, None, None)
 
 
 def install(monkeypatch) -> None:

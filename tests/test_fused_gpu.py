@@ -377,3 +377,34 @@ def test_auto_dR_is_the_contraction_it_stands_for(function, rng, monkeypatch):
     got, want = d_r("auto"), d_r(named)
     eps = float(jnp.finfo(jnp.bfloat16).eps)
     assert np.all(np.abs(got - want) <= eps * np.abs(want) + 1e-5 * np.max(np.abs(want)))
+
+
+@pytest.mark.parametrize("function", FUNCTIONS)
+def test_in_kernel_db_and_dWx_are_the_float32_gate_cotangents_summed_and_rounded(
+        function, rng, monkeypatch):
+    """Where the split backward forms the weight gradients (R_GRADIENT_CONTRACTION "auto" on a
+    build with FLASHRNN_MMA_SPLIT_BACKWARD_DR), it writes the gate cotangents in bfloat16 and
+    each row's db: dWx must be bit for bit the float32 cotangents of the plain target
+    ("float32") rounded by XLA (the same kernel computes both), db their float32 sum up to the
+    order of summation. 17 rows (the CTAs' 8-row tiles, the last of one), lengths and resets."""
+    B, T, N, D = 17, 7, 2, 64
+    args = _bf16_arguments(rng, function, B, T, N, D)
+    lengths = jnp.asarray(rng.integers(0, T + 1, size=B), jnp.int32)
+    resets = jnp.asarray(rng.uniform(size=(B, T)) < 0.2)
+    S = CELL_SHAPES[function].num_states
+    w_all = jnp.asarray(rng.normal(size=(S, B, T, N, D)))
+
+    def d_wx_and_d_b(setting):
+        monkeypatch.setattr(fused, "R_GRADIENT_CONTRACTION", setting)  # read when traced
+
+        def loss(Wx, b):
+            states_all, _ = flashrnn(Wx, args[1], b, args[3], seq_lengths=lengths,
+                                     resets=resets, function=function, backend="fused")
+            return jnp.sum(states_all.astype(jnp.float64) * w_all)
+
+        d_wx, d_b = jax.jit(jax.grad(loss, argnums=(0, 1)))(args[0], args[2])
+        return np.asarray(d_wx, np.float64), np.asarray(d_b, np.float64)
+
+    (got_wx, got_b), (want_wx, want_b) = d_wx_and_d_b("auto"), d_wx_and_d_b("float32")
+    np.testing.assert_array_equal(got_wx, want_wx)
+    np.testing.assert_allclose(got_b, want_b, rtol=1e-5, atol=1e-6 * np.max(np.abs(want_b)))

@@ -268,9 +268,9 @@ def test_fused_custom_vjp_with_emulated_kernels(rng, monkeypatch, function, comb
     """The fused backend's custom_vjp (h_prev, dR, db, d_states0 assembly, options passed to
     the kernels) with the kernels replaced by tests/fused_emulator.py: forward against the
     float64 reference, gradients against the scan backend (itself checked against finite
-    differences above). dr_in_kernel: dR from the backward's per-batch-tile parts (the target
-    flashrnn_jax_backward_dr, emulated with exact operands in float64), summed by the
-    custom_vjp, instead of its own contraction."""
+    differences above). dr_in_kernel: dR from the backward's per-batch-tile parts and db from
+    its per-row parts (the target flashrnn_jax_backward_dr, emulated with exact operands in
+    float64), summed by the custom_vjp, instead of its own contraction and sum."""
     Wx, R, b, states, resets = draw(rng, function)
     R = 2.0 * R  # recurrent cotangents large enough for the clip to act
     opts = dict(FUSED_COMBOS[combo])

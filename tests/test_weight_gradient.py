@@ -191,6 +191,9 @@ def test_dR_parts_come_in_the_split_backwards_batch_tiles(monkeypatch):
     shapes = jax.eval_shape(
         lambda *a: fused._backward_call(*a, options, weight_gradient=True), *args)
     assert shapes[2].shape == (3, G, N, D, D) and shapes[2].dtype == f32
+    # With them, db's parts per batch row, and the gate cotangents in R's dtype (for dWx only).
+    assert shapes[3].shape == (B, G, N, D) and shapes[3].dtype == f32
+    assert shapes[0].shape == (B, T, G, N, D) and shapes[0].dtype == jnp.bfloat16
     plain = jax.eval_shape(
         lambda *a: fused._backward_call(*a, options, weight_gradient=False)[:2], *args)
-    assert [s.shape for s in plain] == [(B, T, G, N, D), (2, B, N, D)]
+    assert [(s.shape, s.dtype) for s in plain] == [((B, T, G, N, D), f32), ((2, B, N, D), f32)]

@@ -310,14 +310,20 @@ ffi::Error ForwardTrainImpl(cudaStream_t stream, ffi::ScratchAllocator scratch,
                  &states, poison);
 }
 
-// The backward of either target: d_r_partial null (flashrnn_jax_backward: dR is the caller's)
-// or [batch tiles, Gr, N, D, D] float32, each batch tile's part of dR (flashrnn_jax_backward_dr,
-// for the kernels that compute it).
+// The weight gradients' parts of flashrnn_jax_backward_dr (BackwardArgs): dR's [batch tiles,
+// Gr, N, D, D] and db's [B, Gt, N, D], float32.
+struct WeightGradientParts {
+  ffi::AnyBuffer d_r, d_b;
+};
+
+// The backward of either target: weight_gradients null (flashrnn_jax_backward: the caller forms
+// dR and db from d_gates, float32) or the parts of dR and db (flashrnn_jax_backward_dr, for the
+// kernels that compute them; d_gates then in the call's dtype).
 ffi::Error Backward(cudaStream_t stream, ffi::ScratchAllocator& scratch, ffi::AnyBuffer r,
                     ffi::AnyBuffer states0, ffi::AnyBuffer gate_cache, ffi::AnyBuffer states_f32,
                     ffi::AnyBuffer d_states_all, ffi::AnyBuffer d_last_states,
                     ffi::AnyBuffer seq_lengths, ffi::AnyBuffer resets, ffi::AnyBuffer d_gates,
-                    ffi::AnyBuffer d_states0, ffi::AnyBuffer* d_r_partial,
+                    ffi::AnyBuffer d_states0, const WeightGradientParts* weight_gradients,
                     std::string_view function, bool poison, int32_t cluster, int32_t batch_tile,
                     int32_t threads, bool has_resets, bool reverse, int32_t recurrent_gradient,
                     float clipval) {
@@ -341,24 +347,30 @@ ffi::Error Backward(cudaStream_t stream, ffi::ScratchAllocator& scratch, ffi::An
   FLASHRNN_RETURN_IF_ERROR(CheckShape("d_last_states", d_last_states.dimensions(), last));
   FLASHRNN_RETURN_IF_ERROR(CheckShape("d_gates", d_gates.dimensions(), gates));
   FLASHRNN_RETURN_IF_ERROR(CheckShape("d_states0", d_states0.dimensions(), last));
-  if (d_r_partial != nullptr) {
+  std::vector<std::pair<const char*, ffi::AnyBuffer>> float32_buffers = {
+      {"gate_cache", gate_cache}, {"states_f32", states_f32}, {"d_states0", d_states0}};
+  if (weight_gradients != nullptr) {
     if (!BackwardComputesDr(k.backward_path())) {
       return ffi::Error::InvalidArgument(
           "flashrnn_jax: flashrnn_jax_backward_dr called for a backward kernel that leaves dR "
-          "to the caller (" + std::string(KernelPathName(k.backward_path())) +
+          "and db to the caller (" + std::string(KernelPathName(k.backward_path())) +
           "); call flashrnn_jax_backward");
     }
     const int64_t batch_tiles = (p.batch + kDrPartialBatchTile - 1) / kDrPartialBatchTile;
     FLASHRNN_RETURN_IF_ERROR(CheckShape(
-        "d_r_partial", d_r_partial->dimensions(),
+        "d_r_partial", weight_gradients->d_r.dimensions(),
         {batch_tiles, k.gates_r, p.heads, p.head_size, p.head_size}));
-    if (d_r_partial->element_type() != ffi::DataType::F32) {
-      return ffi::Error::InvalidArgument("flashrnn_jax: d_r_partial must be float32");
+    FLASHRNN_RETURN_IF_ERROR(CheckShape("d_b_partial", weight_gradients->d_b.dimensions(),
+                                        {p.batch, k.gates_b, p.heads, p.head_size}));
+    float32_buffers.push_back({"d_r_partial", weight_gradients->d_r});
+    float32_buffers.push_back({"d_b_partial", weight_gradients->d_b});
+    if (d_gates.element_type() != k.dtype) {
+      return ffi::Error::InvalidArgument(
+          "flashrnn_jax: d_gates of flashrnn_jax_backward_dr must have the dtype of R");
     }
+  } else {
+    float32_buffers.push_back({"d_gates", d_gates});
   }
-  const std::pair<const char*, ffi::AnyBuffer> float32_buffers[] = {
-      {"gate_cache", gate_cache}, {"states_f32", states_f32}, {"d_gates", d_gates},
-      {"d_states0", d_states0}};
   for (const auto& [name, buffer] : float32_buffers) {
     if (buffer.element_type() != ffi::DataType::F32) {
       return ffi::Error::InvalidArgument("flashrnn_jax: " + std::string(name) +
@@ -390,17 +402,28 @@ ffi::Error Backward(cudaStream_t stream, ffi::ScratchAllocator& scratch, ffi::An
   args.states_f32 = static_cast<const float*>(states_f32.untyped_data());
   args.d_states_all = d_states_all.untyped_data();
   args.d_last_states = d_last_states.untyped_data();
-  args.d_gates = static_cast<float*>(d_gates.untyped_data());
   args.d_states0 = static_cast<float*>(d_states0.untyped_data());
-  args.d_r_partial =
-      d_r_partial ? static_cast<float*>(d_r_partial->untyped_data()) : nullptr;
+  if (weight_gradients != nullptr) {
+    args.d_gates = nullptr;
+    args.d_gates_rounded = d_gates.untyped_data();
+    args.d_r_partial = static_cast<float*>(weight_gradients->d_r.untyped_data());
+    args.d_b_partial = static_cast<float*>(weight_gradients->d_b.untyped_data());
+  } else {
+    args.d_gates = static_cast<float*>(d_gates.untyped_data());
+    args.d_gates_rounded = nullptr;
+    args.d_r_partial = nullptr;
+    args.d_b_partial = nullptr;
+  }
   args.batch = p.batch;
   args.steps = steps;
   args.heads = p.heads;
   FLASHRNN_RETURN_IF_ERROR(AllocateWorkspace(scratch, k, true, &args));
   if (poison) {
     FLASHRNN_RETURN_IF_ERROR(PoisonOutputs(stream, {d_gates, d_states0}));
-    if (d_r_partial) FLASHRNN_RETURN_IF_ERROR(PoisonOutputs(stream, {*d_r_partial}));
+    if (weight_gradients != nullptr) {
+      FLASHRNN_RETURN_IF_ERROR(
+          PoisonOutputs(stream, {weight_gradients->d_r, weight_gradients->d_b}));
+    }
   }
   if (cudaError_t err = k.backward(args, stream); err != cudaSuccess) {
     return CudaError("fused backward kernel launch", err);
@@ -429,13 +452,14 @@ ffi::Error BackwardDrImpl(cudaStream_t stream, ffi::ScratchAllocator scratch, ff
                           ffi::AnyBuffer d_last_states, ffi::AnyBuffer seq_lengths,
                           ffi::AnyBuffer resets, ffi::Result<ffi::AnyBuffer> d_gates,
                           ffi::Result<ffi::AnyBuffer> d_states0,
-                          ffi::Result<ffi::AnyBuffer> d_r_partial, std::string_view function,
+                          ffi::Result<ffi::AnyBuffer> d_r_partial,
+                          ffi::Result<ffi::AnyBuffer> d_b_partial, std::string_view function,
                           bool poison, int32_t cluster, int32_t batch_tile, int32_t threads,
                           bool has_resets, bool reverse, int32_t recurrent_gradient,
                           float clipval) {
-  ffi::AnyBuffer partial = *d_r_partial;
+  const WeightGradientParts parts{*d_r_partial, *d_b_partial};
   return Backward(stream, scratch, r, states0, gate_cache, states_f32, d_states_all,
-                  d_last_states, seq_lengths, resets, *d_gates, *d_states0, &partial, function,
+                  d_last_states, seq_lengths, resets, *d_gates, *d_states0, &parts, function,
                   poison, cluster, batch_tile, threads, has_resets, reverse, recurrent_gradient,
                   clipval);
 }
@@ -523,5 +547,6 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(FlashrnnBackward, flashrnn::BackwardImpl,
                               WithBackwardAttributes(BackwardBuffers()));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(FlashrnnBackwardDr, flashrnn::BackwardDrImpl,
-                              WithBackwardAttributes(
-                                  BackwardBuffers().Ret<ffi::AnyBuffer>()));  // d_r_partial
+                              WithBackwardAttributes(BackwardBuffers()
+                                                         .Ret<ffi::AnyBuffer>()     // d_r_partial
+                                                         .Ret<ffi::AnyBuffer>()));  // d_b_partial

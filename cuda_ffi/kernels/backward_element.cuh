@@ -260,6 +260,19 @@ __device__ __forceinline__ void StoreGateCotangents(const BackwardArgs& args, co
   for (int g = 0; g < Cell::kGatesB; ++g) d_gates[g * e.nd] = dg[g];
 }
 
+// StoreGateCotangents into d_gates_rounded, in the call's dtype T (BackwardArgs), for a kernel
+// that forms the weight gradients from the float32 values itself.
+template <typename Cell, typename T>
+__device__ __forceinline__ void StoreRoundedGateCotangents(const BackwardArgs& args,
+                                                           const Element& e,
+                                                           const BackwardRowStep& row,
+                                                           const float (&dg)[Cell::kGatesB]) {
+  if (e.b >= args.batch) return;
+  T* d_gates = static_cast<T*>(args.d_gates_rounded) + row.at * Cell::kGatesB + e.hd;
+#pragma unroll
+  for (int g = 0; g < Cell::kGatesB; ++g) d_gates[g * e.nd] = T(dg[g]);
+}
+
 // After the last step (step 0): what it sent back through R reaches the initial h; the state
 // cotangents go to the initial states.
 template <typename Cell, bool kInRegisters>

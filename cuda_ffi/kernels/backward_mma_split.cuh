@@ -52,7 +52,9 @@ constexpr bool kMmaSplitBackwardSupported =
 // inputs in registers and writes them once, as its batch tile's part of dR
 // (BackwardArgs::d_r_partial; XLA sums the tiles). The products of a step are issued in the next
 // step's cell derivative, off its dependent chain. Within DESIGN §4's rule (the operands rounded
-// to bfloat16, float32 sums): benchmarks/precision_study.py --rounded-dr.
+// to bfloat16, float32 sums): benchmarks/precision_study.py --rounded-dr. db the same way, in
+// float32 registers (each thread its row's, d_b_partial), so that the gate cotangents leave
+// only as dWx needs them, in bfloat16 (d_gates_rounded): no float32 pass over them in XLA.
 inline constexpr bool kMmaSplitBackwardDr = BackwardComputesDr(KernelPath::kMmaSplit);
 
 // Shared memory: the gate cotangents [batch row][gate * D + unit] as hi and lo parts, rows
@@ -151,6 +153,7 @@ __global__ void __maxnreg__(
   static_assert(DN % 4 == 0 || DN == 2, "h_prev's n-tiles by four (or two) matrices a load");
   constexpr int kNPerLoad = DN % 4 == 0 ? 4 : 2;
   float dr_acc[DM][DN][4] = {};
+  float db[dr ? Gt : 1] = {};
   // The rows whose addresses this lane gives ldmatrix: A, batch row lane % 8 at the (gate,
   // unit) columns 16 m_tile + 8 (lane / 8 % 2); B, batch row lane % 8 at the inputs
   // 8 (lane / 8) of each load's n-tiles.
@@ -234,21 +237,34 @@ __global__ void __maxnreg__(
       const int at = batch_row * kStride + g * D + unit;
       Op::Split(dg[g], dg_hi[at], dg_lo[at]);
     }
-    if (dr) *my_h_prev_copy = T(h_prev);
-    StoreGateCotangents<Cell>(args, el, inputs.row, dg);
+    if constexpr (dr) {
+      *my_h_prev_copy = T(h_prev);
+#pragma unroll
+      for (int g = 0; g < Gt; ++g) db[g] += dg[g];
+    }
+    if (dr && args.d_gates_rounded != nullptr) {
+      StoreRoundedGateCotangents<Cell, T>(args, el, inputs.row, dg);
+    } else {
+      StoreGateCotangents<Cell>(args, el, inputs.row, dg);
+    }
     Ahead::Refill(args, el, length, step, inputs);
     // Orders this step's gate cotangents before the next step's product, and this step's
     // reads of the partials before the next step's writes.
     __syncthreads();
   });
 
-  // What step 0 sent back reaches the initial h; step 0's dR products, and this batch tile's
-  // part of dR out: C register r of a tile holds row group (+8 for r >= 2), input 2 tig + r % 2.
+  // What step 0 sent back reaches the initial h; step 0's dR products; this thread's row's part
+  // of db and this batch tile's part of dR out: C register r of a tile holds row group (+8 for
+  // r >= 2), input 2 tig + r % 2.
   DrFragments dr_fragments;
   const float dh_rec = recurrent_cotangent([&] { dr_fragments = load_dr(); });
   FinishCotangents<Cell>(args, el, dh_rec, ds, d0);
   accumulate_dr(dr_fragments);
   if constexpr (dr) {
+    if (args.d_b_partial != nullptr && el.b < args.batch) {
+#pragma unroll
+      for (int g = 0; g < Gt; ++g) args.d_b_partial[(el.b * Gt + g) * nd + el.hd] = db[g];
+    }
     if (args.d_r_partial != nullptr) {
       const int group = lane / 4, tig = lane % 4;
 #pragma unroll

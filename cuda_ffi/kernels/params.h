@@ -100,11 +100,16 @@ struct BackwardArgs {
   const void* d_last_states;
   float* d_gates;
   float* d_states0;
-  // [batch tiles of kDrPartialBatchTile rows, Gr, N, D, D]: each batch tile's part of dR,
-  // summed over its rows and steps,
-  // from the kernels that compute it (the split backward with FLASHRNN_MMA_SPLIT_BACKWARD_DR);
-  // null: dR is left to the caller.
+  // The weight gradients from the kernels that compute them (the split backward with
+  // FLASHRNN_MMA_SPLIT_BACKWARD_DR, target flashrnn_jax_backward_dr); all null otherwise, when
+  // they are left to the caller. d_r_partial [batch tiles of kDrPartialBatchTile rows, Gr, N, D,
+  // D]: each batch tile's part of dR, summed over its rows and steps. d_b_partial [B, Gt, N, D]:
+  // each batch row's part of db, d_gates summed over its steps. d_gates_rounded [B, T, Gt, N, D]
+  // in the call's dtype, written instead of d_gates (null then): the caller then needs it only
+  // for dWx, in that dtype.
   float* d_r_partial;
+  float* d_b_partial;
+  void* d_gates_rounded;
   SequenceArgs seq;
   RecurrentGradient recurrent_gradient;
   float clipval;  // with RecurrentGradient::kClip: the cotangent is clipped to [-clipval, clipval]
@@ -156,8 +161,9 @@ inline const char* KernelPathName(KernelPath path) {
   return "unknown";
 }
 
-// Whether the backward of a kernel path computes dR itself (BackwardArgs::d_r_partial, the
-// FFI target flashrnn_jax_backward_dr): the split tensor-core backward built with
+// Whether the backward of a kernel path computes the weight gradients dR and db itself
+// (BackwardArgs::d_r_partial, d_b_partial and d_gates_rounded, the FFI target
+// flashrnn_jax_backward_dr): the split tensor-core backward built with
 // FLASHRNN_MMA_SPLIT_BACKWARD_DR.
 constexpr bool BackwardComputesDr(KernelPath path) {
   return FLASHRNN_MMA_SPLIT_BACKWARD_DR && path == KernelPath::kMmaSplit;
