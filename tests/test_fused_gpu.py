@@ -327,6 +327,18 @@ def _bf16_arguments(rng, function, B, T, N, D):
     return [jnp.asarray(x, jnp.bfloat16) for x in (Wx, R)] + [jnp.asarray(b), jnp.asarray(states)]
 
 
+def _split_backward_case(rng, function):
+    """A bfloat16 call at 64 (the split backward) of 17 rows (the CTAs' 8-row tiles, the last of
+    one) with lengths and resets: its arguments, seq_lengths, resets and random weights of the
+    loss over every state."""
+    B, T, N, D = 17, 7, 2, 64
+    args = _bf16_arguments(rng, function, B, T, N, D)
+    lengths = jnp.asarray(rng.integers(0, T + 1, size=B), jnp.int32)
+    resets = jnp.asarray(rng.uniform(size=(B, T)) < 0.2)
+    S = CELL_SHAPES[function].num_states
+    return args, lengths, resets, jnp.asarray(rng.normal(size=(S, B, T, N, D)))
+
+
 @pytest.mark.parametrize("function", ("lstm", "slstm"))
 def test_dR_comes_from_the_backward_kernel_exactly_where_built(function, rng):
     """A build with FLASHRNN_MMA_SPLIT_BACKWARD_DR differentiates a bfloat16 head of 64 (the split
@@ -355,12 +367,7 @@ def test_auto_dR_is_the_contraction_it_stands_for(function, rng, monkeypatch):
     (the contraction "auto" takes for R this small). 17 rows (three parts of 8 rows, the last
     of one), lengths and resets: each product with its own step's h_prev, each row once. The
     two sum in different orders, so they agree within one rounding of the bfloat16 dR."""
-    B, T, N, D = 17, 7, 2, 64
-    args = _bf16_arguments(rng, function, B, T, N, D)
-    lengths = jnp.asarray(rng.integers(0, T + 1, size=B), jnp.int32)
-    resets = jnp.asarray(rng.uniform(size=(B, T)) < 0.2)
-    S = CELL_SHAPES[function].num_states
-    w_all = jnp.asarray(rng.normal(size=(S, B, T, N, D)))
+    args, lengths, resets, w_all = _split_backward_case(rng, function)
 
     def d_r(setting):
         monkeypatch.setattr(fused, "R_GRADIENT_CONTRACTION", setting)  # read when traced
@@ -372,7 +379,7 @@ def test_auto_dR_is_the_contraction_it_stands_for(function, rng, monkeypatch):
 
         return np.asarray(jax.jit(jax.grad(loss))(args[1]), np.float64)
 
-    named = "bf16" if fused.kernel_computes_weight_gradient(jnp.bfloat16, D, function) else (
+    named = "bf16" if fused.kernel_computes_weight_gradient(jnp.bfloat16, 64, function) else (
         "float32")
     got, want = d_r("auto"), d_r(named)
     eps = float(jnp.finfo(jnp.bfloat16).eps)
@@ -387,12 +394,7 @@ def test_in_kernel_db_and_dWx_are_the_float32_gate_cotangents_summed_and_rounded
     each row's db: dWx must be bit for bit the float32 cotangents of the plain target
     ("float32") rounded by XLA (the same kernel computes both), db their float32 sum up to the
     order of summation. 17 rows (the CTAs' 8-row tiles, the last of one), lengths and resets."""
-    B, T, N, D = 17, 7, 2, 64
-    args = _bf16_arguments(rng, function, B, T, N, D)
-    lengths = jnp.asarray(rng.integers(0, T + 1, size=B), jnp.int32)
-    resets = jnp.asarray(rng.uniform(size=(B, T)) < 0.2)
-    S = CELL_SHAPES[function].num_states
-    w_all = jnp.asarray(rng.normal(size=(S, B, T, N, D)))
+    args, lengths, resets, w_all = _split_backward_case(rng, function)
 
     def d_wx_and_d_b(setting):
         monkeypatch.setattr(fused, "R_GRADIENT_CONTRACTION", setting)  # read when traced
