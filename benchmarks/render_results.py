@@ -128,6 +128,11 @@ def _by_case(records: list[dict], fields: tuple[str, ...]) -> dict:
     return by_case
 
 
+def _gpus(results: dict, records: list[dict]) -> str:
+    """The GPUs the records ran on (merge_suites marks each; else the results' own)."""
+    return ", ".join(dict.fromkeys(r.get("gpu", results.get("gpu", "")) for r in records))
+
+
 def suite_table(results: dict) -> str:
     """The heads sweep: per function and head split, fused and scan forward / forward+backward,
     the dense LSTM baselines (flax, cuDNN float32) and issue 5's target."""
@@ -135,7 +140,7 @@ def suite_table(results: dict) -> str:
     by_case = _by_case(heads, ("function", "N", "D"))
     first = heads[0]
     lines = [
-        (f"{results['gpu']}, jax {results['jax']}; bf16 (cuDNN float32), B={first['B']}, "
+        (f"{_gpus(results, heads)}, jax {results['jax']}; bf16 (cuDNN float32), B={first['B']}, "
          f"T={first['T']}, hidden {first['N'] * first['D']}; median ms, forward / "
          "forward+backward; — where an implementation did not run the case (the JSON records "
          "why: for the fused kernels, the build's head sizes at the time); run: the file under "
@@ -167,8 +172,9 @@ def size_table(results: dict) -> str:
     by_case = _by_case(sizes, ("function", "dtype", "D"))
     first = sizes[0]
     lines = [
-        (f"Single heads (size sweep), B={first['B']}, T={first['T']}; median ms, forward / "
-         "forward+backward; where the fused kernels did not run a head, why."),
+        (f"Single heads (size sweep) on {_gpus(results, sizes)}, B={first['B']}, "
+         f"T={first['T']}; median ms, forward / forward+backward; where the fused kernels did "
+         "not run a head, why."),
         "",
         "| function | dtype | D | fused | scan | fused kernels (forward, backward) or why not "
         "| run |",
@@ -209,7 +215,8 @@ def scaling_table(results: dict, sweep: str) -> str:
     first = points[0]
     fixed = ", ".join(f"{k}={first[k]}" for k in ("N", "D", "B", "T") if k != field)
     lines = [
-        f"{sweep.capitalize()} sweep, {fixed}; median ms, forward / forward+backward.",
+        (f"{sweep.capitalize()} sweep on {_gpus(results, points)}, {fixed}; median ms, "
+         "forward / forward+backward."),
         "",
         f"| function | dtype | {column} | fused | scan | {derived_name} | run |",
         "|---|---|---|---|---|---|---|",
@@ -226,20 +233,18 @@ def scaling_table(results: dict, sweep: str) -> str:
 
 
 def merge_suites(suites: dict[pathlib.Path, dict]) -> dict:
-    """The records of several suite.py files of one GPU (path -> its JSON, in order), each
-    marked with its file's stem (``run``); where two files measured the same case, the later
-    file's record."""
-    gpus = {suite["gpu"] for suite in suites.values()}
-    if len(gpus) != 1:
-        raise ValueError(f"the suite files come from different GPUs: {sorted(gpus)}")
+    """The records of several suite.py files (path -> its JSON, in order), each marked with its
+    file's stem (``run``) and GPU (``gpu``, which the tables name); where two files measured the
+    same case on the same GPU, the later file's record (a case of two GPUs keeps both)."""
     merged = {}
     for path, suite in suites.items():
         for r in suite["records"]:
-            key = (r["sweep"], r["impl"], r["function"], r["dtype"], r["B"], r["T"], r["N"],
-                   r["D"])
+            key = (suite["gpu"], r["sweep"], r["impl"], r["function"], r["dtype"], r["B"],
+                   r["T"], r["N"], r["D"])
             merged.pop(key, None)  # re-inserted last: the later file's order
-            merged[key] = {**r, "run": path.stem}
-    return {**next(iter(suites.values())), "records": list(merged.values())}
+            merged[key] = {**r, "run": path.stem, "gpu": suite["gpu"]}
+    gpus = ", ".join(dict.fromkeys(suite["gpu"] for suite in suites.values()))
+    return {**next(iter(suites.values())), "gpu": gpus, "records": list(merged.values())}
 
 
 def replace_block(text: str, markers: tuple[str, str], body: str) -> str:

@@ -149,13 +149,15 @@ def test_a_forward_without_a_backward_keeps_its_time(monkeypatch, tmp_path):
 
 def test_suite_files_merge_with_the_later_file_winning(tmp_path):
     """render_results.merge_suites: records of several suite files, each marked with its file's
-    stem; a case measured in two files keeps the later file's record; files of two GPUs are
-    refused. other_build_rows pairs each fused row of a second quick bench with the first's."""
-    from render_results import merge_suites, other_build_rows
+    stem and GPU; a case measured in two files on one GPU keeps the later file's record, on two
+    GPUs both, and the heads table names the GPUs of its rows. other_build_rows pairs each fused
+    row of a second quick bench with the first's."""
+    from render_results import merge_suites, other_build_rows, suite_table
 
     def record(function, D, fwd, impl="fused"):
         return {"sweep": "heads", "impl": impl, "function": function, "dtype": "bfloat16",
-                "B": 16, "T": 1024, "N": 768 // D, "D": D, "fwd_ms": fwd, "fwdbwd_ms": 2 * fwd}
+                "B": 16, "T": 1024, "N": 768 // D, "D": D, "fwd_ms": fwd, "fwdbwd_ms": 2 * fwd,
+                "peak_mem_mb": None}
 
     old = {"gpu": "H", "jax": "0", "records": [record("lstm", 64, 3.0), record("gru", 64, 4.0)]}
     new = {"gpu": "H", "jax": "0", "records": [record("lstm", 64, 1.5)]}
@@ -165,8 +167,11 @@ def test_suite_files_merge_with_the_later_file_winning(tmp_path):
     assert len(merged["records"]) == 2
     assert (by_function["lstm"]["fwd_ms"], by_function["lstm"]["run"]) == (1.5, "new")
     assert (by_function["gru"]["fwd_ms"], by_function["gru"]["run"]) == (4.0, "old")
-    with pytest.raises(ValueError, match="different GPUs"):
-        merge_suites({paths[0]: old, tmp_path / "other.json": {**new, "gpu": "other"}})
+    two = merge_suites({paths[0]: old, tmp_path / "other.json": {**new, "gpu": "G2"}})
+    lstm = [(r["gpu"], r["run"], r["fwd_ms"]) for r in two["records"] if r["function"] == "lstm"]
+    assert lstm == [("H", "old", 3.0), ("G2", "other", 1.5)]
+    assert suite_table(two).startswith("H, G2, jax 0;")
+    assert suite_table(merge_suites({paths[1]: new})).startswith("H, jax 0;")
 
     assert other_build_rows(old, new, "Split") == (
         "Split (forward / forward+backward ms): lstm 12 × 64: 1.50 / 3.00 (above: 3.00 / 6.00).")
