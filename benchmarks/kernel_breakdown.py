@@ -11,6 +11,12 @@ wall-clock time cannot. Kernel times are the device's own (no profiler replay), 
 to at most the wall time; the rest ("gap") is launch latency and host work between kernels. On
 a machine without a GPU the events are XLA's CPU thunks (threads that overlap: their sum may
 exceed the wall time), which is what the tests use.
+
+Beside the wall time of device-synchronised calls, each record has the time per call of calls
+issued back to back with one synchronisation at the end (``pipelined_ms``: the host's work of a
+call overlaps the device's of the one before, so what is left above the kernels is the device
+idling between them), and the SM clock ``nvidia-smi`` reports right after the timed calls
+(``sm_clock_mhz``, None without it): two readings for a gap larger than a call's fixed cost.
 """
 
 from __future__ import annotations
@@ -21,7 +27,10 @@ import glob
 import json
 import os
 import re
+import shutil
+import subprocess
 import tempfile
+import time
 
 import jax
 from quick_bench import case_functions, median_ms, random_inputs
@@ -109,6 +118,26 @@ def traced_kernels(fn, args, calls: int = 5, warmup: int = 3) -> dict:
     return {"source": source, **summarise(events, calls)}
 
 
+def pipelined_ms(fn, args, calls: int = 20) -> float:
+    """ms per call of ``calls`` calls of ``fn`` issued back to back, synchronised once at the end
+    (after one synchronised call, so that none waits on earlier work)."""
+    jax.block_until_ready(fn(*args))
+    start = time.perf_counter()
+    outs = [fn(*args) for _ in range(calls)]
+    jax.block_until_ready(outs)
+    return 1e3 * (time.perf_counter() - start) / calls
+
+
+def sm_clock_mhz() -> float | None:
+    """The first GPU's SM clock now, as nvidia-smi reports it (None without nvidia-smi)."""
+    if shutil.which("nvidia-smi") is None:
+        return None
+    query = ["nvidia-smi", "--query-gpu=clocks.sm", "--format=csv,noheader,nounits"]
+    result = subprocess.run(query, capture_output=True, text=True, timeout=30)
+    lines = result.stdout.split()
+    return float(lines[0]) if result.returncode == 0 and lines else None
+
+
 def breakdown_case(function, backend, dtype, B, T, N, D, key, calls: int = 5) -> list[dict]:
     """The forward's and forward+backward's records of one case."""
     key, mask_key = jax.random.split(key)
@@ -116,21 +145,26 @@ def breakdown_case(function, backend, dtype, B, T, N, D, key, calls: int = 5) ->
     records = []
     for direction, fn in zip(("fwd", "fwdbwd"), case_functions(function, backend, B, T, mask_key)):
         wall_ms = median_ms(fn, *data)  # which warms fn up for the trace too
+        clock = sm_clock_mhz()
+        back_to_back = pipelined_ms(fn, data)
         traced = traced_kernels(fn, data, calls, warmup=0)
         records.append({"impl": backend, "function": function, "dtype": jax.numpy.dtype(dtype).name,
                         "B": B, "T": T, "N": N, "D": D, "direction": direction,
-                        "wall_ms": wall_ms, "gap_ms": wall_ms - traced["kernel_ms"], **traced})
+                        "wall_ms": wall_ms, "gap_ms": wall_ms - traced["kernel_ms"],
+                        "pipelined_ms": back_to_back, "sm_clock_mhz": clock, **traced})
     return records
 
 
 def table(records) -> str:
-    head = ["case", "dir", "wall ms", "kernels", *KINDS, "gap"]
+    head = ["case", "dir", "wall ms", "back to back", "kernels", *KINDS, "gap", "SM MHz"]
     rows = [" | ".join(head), " | ".join("---" for _ in head)]
     for r in records:
+        clock = "—" if r.get("sm_clock_mhz") is None else f"{r['sm_clock_mhz']:.0f}"
         rows.append(" | ".join([f"{r['function']} {r['N']}x{r['D']}", r["direction"],
-                                f"{r['wall_ms']:.3f}", f"{r['kernel_ms']:.3f}",
+                                f"{r['wall_ms']:.3f}", f"{r['pipelined_ms']:.3f}",
+                                f"{r['kernel_ms']:.3f}",
                                 *(f"{r['kinds_ms'][k]:.3f}" for k in KINDS),
-                                f"{r['gap_ms']:.3f}"]))
+                                f"{r['gap_ms']:.3f}", clock]))
     return "\n".join(rows)
 
 

@@ -94,5 +94,27 @@ def test_the_script_writes_a_record_per_case_and_direction(tmp_path):
     records = json.loads(out.read_text())["records"]
     assert [(r["function"], r["N"], r["D"], r["direction"]) for r in records] == [
         ("lstm", 2, 8, "fwd"), ("lstm", 2, 8, "fwdbwd")]
-    assert all(r["wall_ms"] > 0 and r["kernel_ms"] > 0 for r in records)
+    assert all(r["wall_ms"] > 0 and r["kernel_ms"] > 0 and r["pipelined_ms"] > 0
+               for r in records)
     assert "lstm 2x8 | fwdbwd |" in stdout
+
+
+def test_back_to_back_calls_are_timed_per_call(monkeypatch):
+    """pipelined_ms: the time of the calls after the first synchronised one, divided by their
+    number (a stand-in function of known cost, timed by a stand-in clock)."""
+    clock = {"now": 0.0}
+    monkeypatch.setattr(kernel_breakdown.time, "perf_counter", lambda: clock["now"])
+    calls = []
+
+    def fn(x):
+        calls.append(x)
+        clock["now"] += 0.004  # each call costs 4 ms of the stand-in clock
+        return jnp.asarray(x)
+
+    assert kernel_breakdown.pipelined_ms(fn, (1.0,), calls=5) == pytest.approx(4.0)
+    assert len(calls) == 6  # one synchronised call first, then the five timed
+
+
+def test_the_sm_clock_is_none_without_nvidia_smi(monkeypatch):
+    monkeypatch.setattr(kernel_breakdown.shutil, "which", lambda name: None)
+    assert kernel_breakdown.sm_clock_mhz() is None
