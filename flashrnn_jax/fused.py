@@ -410,8 +410,8 @@ def recurrent_inputs(states, states_f32, seq_lengths, resets, options: _Options)
 # fast there and more accurate (H100, B=16, T=1024, LSTM forward+backward, in alternation: 12×64
 # 3.39 / 3.65 / 3.42 ms for bf16 / bf16x3 / float32, 3×256 3.87 / 4.37 / 4.27, 1×768 6.93 /
 # 7.73 / 7.94; results/quick_bench_maxnreg_H100_80GB_HBM3.json, benchmarks/NOTES.md).
-# float32 R always takes "float32". Where the call's backward kernel accumulates dR itself
-# (kernel_computes_weight_gradient: CMake FLASHRNN_MMA_SPLIT_BACKWARD_DR, on by default),
+# float32 R always takes "float32". Where the call's backward kernel accumulates dR (and db)
+# itself (kernel_computes_weight_gradient: CMake FLASHRNN_MMA_SPLIT_BACKWARD_DR, on by default),
 # "auto" takes that, no contraction at all: its operands are rounded as "bf16"'s, its float32
 # parts take ceil(B / 8) Gr N D² floats, and the kernel does the work on any build with the
 # option, whatever the setting. (A module setting so that the benchmark can time each.)

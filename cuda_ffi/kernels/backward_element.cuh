@@ -247,30 +247,27 @@ __device__ __forceinline__ float BackwardStep(const BackwardArgs& args, const El
   return prev[0];
 }
 
-// The gate cotangents of a step (BackwardStep's dg) into d_gates, at the step's input index.
+// The gate cotangents of a step (BackwardStep's dg) into d_gates [B, T, Gt, N, D] with elements
+// of type Out, at the step's input index: BackwardArgs::d_gates (float32), or d_gates_rounded (the
+// call's dtype) for a kernel that forms the weight gradients from the float32 values itself.
 // Apart from BackwardStep so that a kernel can place these stores where their latency is not
 // waited for (after a cluster barrier's arrive).
+template <typename Cell, typename Out>
+__device__ __forceinline__ void StoreGateCotangents(const BackwardArgs& args, const Element& e,
+                                                    const BackwardRowStep& row,
+                                                    const float (&dg)[Cell::kGatesB],
+                                                    Out* d_gates_out) {
+  if (e.b >= args.batch) return;
+  Out* d_gates = d_gates_out + row.at * Cell::kGatesB + e.hd;
+#pragma unroll
+  for (int g = 0; g < Cell::kGatesB; ++g) d_gates[g * e.nd] = FromFloat<Out>(dg[g]);
+}
+
 template <typename Cell>
 __device__ __forceinline__ void StoreGateCotangents(const BackwardArgs& args, const Element& e,
                                                     const BackwardRowStep& row,
                                                     const float (&dg)[Cell::kGatesB]) {
-  if (e.b >= args.batch) return;
-  float* d_gates = args.d_gates + row.at * Cell::kGatesB + e.hd;
-#pragma unroll
-  for (int g = 0; g < Cell::kGatesB; ++g) d_gates[g * e.nd] = dg[g];
-}
-
-// StoreGateCotangents into d_gates_rounded, in the call's dtype T (BackwardArgs), for a kernel
-// that forms the weight gradients from the float32 values itself.
-template <typename Cell, typename T>
-__device__ __forceinline__ void StoreRoundedGateCotangents(const BackwardArgs& args,
-                                                           const Element& e,
-                                                           const BackwardRowStep& row,
-                                                           const float (&dg)[Cell::kGatesB]) {
-  if (e.b >= args.batch) return;
-  T* d_gates = static_cast<T*>(args.d_gates_rounded) + row.at * Cell::kGatesB + e.hd;
-#pragma unroll
-  for (int g = 0; g < Cell::kGatesB; ++g) d_gates[g * e.nd] = T(dg[g]);
+  StoreGateCotangents<Cell>(args, e, row, dg, args.d_gates);
 }
 
 // After the last step (step 0): what it sent back through R reaches the initial h; the state

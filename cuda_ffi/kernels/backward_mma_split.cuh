@@ -243,7 +243,7 @@ __global__ void __maxnreg__(
       for (int g = 0; g < Gt; ++g) db[g] += dg[g];
     }
     if (dr && args.d_gates_rounded != nullptr) {
-      StoreRoundedGateCotangents<Cell, T>(args, el, inputs.row, dg);
+      StoreGateCotangents<Cell>(args, el, inputs.row, dg, static_cast<T*>(args.d_gates_rounded));
     } else {
       StoreGateCotangents<Cell>(args, el, inputs.row, dg);
     }
